@@ -1,0 +1,304 @@
+//! `~/.config/banger/config.toml`: every key the seed names, plus banger's own.
+//! Unknown keys and bad values are errors naming the key, the line and the
+//! expected form; environment variables override the file.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:42069";
+pub const ENV_RUNTIME_DIR: &str = "BANGER_RUNTIME_DIR";
+pub const ENV_LOG_LEVEL: &str = "BANGER_LOG_LEVEL";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{path} line {line}{key}: {message}", key = key.as_deref().map(|k| format!(", key `{k}`")).unwrap_or_default())]
+    Parse { path: PathBuf, line: usize, key: Option<String>, message: String },
+    #[error("{var}={value:?} is not valid: {expected}")]
+    Env { var: &'static str, value: String, expected: &'static str },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Debug, Self::Info, Self::Warn, Self::Error]
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+/// Which VMM runs new VMs. `auto` picks Firecracker where it can boot guests.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    #[default]
+    Auto,
+    Firecracker,
+    Qemu,
+}
+
+/// The file as written. Every field is optional; [`Config`] holds the result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    log_level: Option<LogLevel>,
+    runtime_dir: Option<PathBuf>,
+    firecracker_bin: Option<PathBuf>,
+    ssh_key_path: Option<PathBuf>,
+    namegen_path: Option<PathBuf>,
+    customize_script: Option<PathBuf>,
+    vsock_ping_helper_path: Option<PathBuf>,
+    default_rootfs: Option<PathBuf>,
+    default_base_rootfs: Option<PathBuf>,
+    default_kernel: Option<PathBuf>,
+    default_initrd: Option<PathBuf>,
+    default_modules_dir: Option<PathBuf>,
+    default_packages_file: Option<PathBuf>,
+    vmm: Option<VmmChoice>,
+    dns_listen: Option<SocketAddr>,
+}
+
+/// Settings in force: file values, environment overrides applied, relative
+/// paths resolved against the config directory, `~/` against HOME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub log_level: LogLevel,
+    /// Set explicitly (file or `BANGER_RUNTIME_DIR`); otherwise found next to the binary.
+    pub runtime_dir: Option<PathBuf>,
+    pub firecracker_bin: Option<PathBuf>,
+    pub ssh_key_path: Option<PathBuf>,
+    pub namegen_path: Option<PathBuf>,
+    pub customize_script: Option<PathBuf>,
+    pub vsock_ping_helper_path: Option<PathBuf>,
+    pub default_rootfs: Option<PathBuf>,
+    pub default_base_rootfs: Option<PathBuf>,
+    pub default_kernel: Option<PathBuf>,
+    pub default_initrd: Option<PathBuf>,
+    pub default_modules_dir: Option<PathBuf>,
+    pub default_packages_file: Option<PathBuf>,
+    pub vmm: VmmChoice,
+    pub dns_listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_file(ConfigFile::default(), Path::new("/"), Path::new("/"))
+    }
+}
+
+impl Config {
+    /// Loads `path` (a missing file means defaults) and applies the environment.
+    pub fn load(path: &Path, home: &Path, env: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ConfigError::Read(path.into(), e)),
+        };
+        let mut config = Self::parse(&text, path, home)?;
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, path: &Path, home: &Path) -> Result<Self> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+            let line = text[..offset].matches('\n').count() + 1;
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+                .filter(|k| !k.is_empty());
+            ConfigError::Parse {
+                path: path.into(),
+                line,
+                key,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        Ok(Self::from_file(file, base, home))
+    }
+
+    fn from_file(file: ConfigFile, base: &Path, home: &Path) -> Self {
+        let resolve = |p: Option<PathBuf>| p.map(|p| resolve_path(&p, base, home));
+        Self {
+            log_level: file.log_level.unwrap_or_default(),
+            runtime_dir: resolve(file.runtime_dir),
+            firecracker_bin: resolve(file.firecracker_bin),
+            ssh_key_path: resolve(file.ssh_key_path),
+            namegen_path: resolve(file.namegen_path),
+            customize_script: resolve(file.customize_script),
+            vsock_ping_helper_path: resolve(file.vsock_ping_helper_path),
+            default_rootfs: resolve(file.default_rootfs),
+            default_base_rootfs: resolve(file.default_base_rootfs),
+            default_kernel: resolve(file.default_kernel),
+            default_initrd: resolve(file.default_initrd),
+            default_modules_dir: resolve(file.default_modules_dir),
+            default_packages_file: resolve(file.default_packages_file),
+            vmm: file.vmm.unwrap_or_default(),
+            dns_listen: file.dns_listen.unwrap_or_else(|| {
+                DEFAULT_DNS_LISTEN.parse().expect("the default DNS address parses")
+            }),
+        }
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<OsString>) -> Result<()> {
+        if let Some(value) = env(ENV_LOG_LEVEL).filter(|v| !v.is_empty()) {
+            let text = value.to_string_lossy().into_owned();
+            self.log_level = LogLevel::parse(&text).ok_or(ConfigError::Env {
+                var: ENV_LOG_LEVEL,
+                value: text,
+                expected: "use one of debug, info, warn, error",
+            })?;
+        }
+        if let Some(value) = env(ENV_RUNTIME_DIR).filter(|v| !v.is_empty()) {
+            let path = PathBuf::from(&value);
+            if !path.is_absolute() {
+                return Err(ConfigError::Env {
+                    var: ENV_RUNTIME_DIR,
+                    value: value.to_string_lossy().into_owned(),
+                    expected: "use an absolute path to a runtime bundle directory",
+                });
+            }
+            self.runtime_dir = Some(path);
+        }
+        Ok(())
+    }
+}
+
+fn resolve_path(path: &Path, base: &Path, home: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~") {
+        home.join(rest)
+    } else if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/home/u/.config/banger/config.toml"), Path::new("/home/u"))
+    }
+
+    #[test]
+    fn every_seed_key_is_accepted() {
+        let config = parse(
+            r#"
+log_level = "debug"
+runtime_dir = "/opt/banger"
+firecracker_bin = "/usr/bin/firecracker"
+ssh_key_path = "~/.ssh/id_ed25519"
+namegen_path = "names.txt"
+customize_script = "/opt/customize.sh"
+vsock_ping_helper_path = "/opt/pingd"
+default_rootfs = "/r/rootfs-docker.ext4"
+default_base_rootfs = "/r/rootfs.ext4"
+default_kernel = "/r/vmlinux"
+default_initrd = "/r/initrd.img"
+default_modules_dir = "/r/modules"
+default_packages_file = "/r/packages.apt"
+vmm = "qemu"
+dns_listen = "127.0.0.1:5353"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.log_level, LogLevel::Debug);
+        assert_eq!(config.runtime_dir.as_deref(), Some(Path::new("/opt/banger")));
+        assert_eq!(config.ssh_key_path.as_deref(), Some(Path::new("/home/u/.ssh/id_ed25519")));
+        assert_eq!(
+            config.namegen_path.as_deref(),
+            Some(Path::new("/home/u/.config/banger/names.txt"))
+        );
+        assert_eq!(config.vmm, VmmChoice::Qemu);
+        assert_eq!(config.dns_listen.to_string(), "127.0.0.1:5353");
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(config.vmm, VmmChoice::Auto);
+        assert_eq!(config.dns_listen.to_string(), DEFAULT_DNS_LISTEN);
+        assert_eq!(config.runtime_dir, None);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("log_level = \"info\"\n\nfirecraker_bin = \"/x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("key `firecraker_bin`"), "{msg}");
+        assert!(msg.contains("firecracker_bin"), "the expected keys are listed: {msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key_line_and_expected_form() {
+        let msg = parse("\nlog_level = \"verbose\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("key `log_level`"), "{msg}");
+        assert!(msg.contains("debug") && msg.contains("error"), "{msg}");
+        let msg = parse("dns_listen = \"localhost\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 1") && msg.contains("dns_listen"), "{msg}");
+        let msg = parse("vmm = 3\n").unwrap_err().to_string();
+        assert!(msg.contains("key `vmm`"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.toml");
+        std::fs::write(&path, "log_level = \"error\"\nruntime_dir = \"/from/file\"\n").unwrap();
+        let env = |name: &str| match name {
+            ENV_LOG_LEVEL => Some(OsString::from("warn")),
+            ENV_RUNTIME_DIR => Some(OsString::from("/from/env")),
+            _ => None,
+        };
+        let config = Config::load(&path, Path::new("/h"), env).unwrap();
+        assert_eq!(config.log_level, LogLevel::Warn);
+        assert_eq!(config.runtime_dir.as_deref(), Some(Path::new("/from/env")));
+
+        let config = Config::load(&path, Path::new("/h"), no_env).unwrap();
+        assert_eq!(config.log_level, LogLevel::Error);
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let env = |name: &str| (name == ENV_LOG_LEVEL).then(|| OsString::from("loud"));
+        let msg =
+            Config::load(Path::new("/nonexistent"), Path::new("/h"), env).unwrap_err().to_string();
+        assert!(msg.contains("BANGER_LOG_LEVEL") && msg.contains("\"loud\""), "{msg}");
+    }
+}

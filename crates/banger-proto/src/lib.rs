@@ -1,0 +1,8 @@
+//! banger's RPC vocabulary, shared by the CLI and the daemon. No I/O lives here.
+
+pub mod api;
+pub mod rpc;
+pub mod validate;
+
+pub use api::*;
+pub use rpc::{ErrorKind, MAX_MESSAGE_BYTES, Request, Response, RpcError};
