@@ -1,1 +1,130 @@
+//! bangerd: owns banger's state and every host side effect, and answers the
+//! CLI over a Unix socket. The `bangerd` binary only calls [`main_entry`].
 
+pub mod instance;
+pub mod namegen;
+pub mod server;
+pub mod service;
+pub mod store;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::PermissionsExt;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use banger_host::{Config, LogLevel, Paths};
+use tokio::net::UnixListener;
+
+pub use service::Daemon;
+
+/// Parses `bangerd`'s arguments, loads config, logs to `bangerd.log`, and
+/// serves until asked to stop. Errors go to stderr (the CLI points that at
+/// the log too) with their whole cause chain.
+pub fn main_entry() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("--version" | "-V") => {
+            println!("bangerd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            println!(
+                "bangerd {}: the banger daemon. The banger CLI starts it on demand;\n\
+                 it serves on $XDG_RUNTIME_DIR/banger/bangerd.sock and logs to\n\
+                 ~/.local/state/banger/bangerd.log. Stop it with `banger daemon stop`.",
+                env!("CARGO_PKG_VERSION")
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!(
+                "bangerd: unexpected argument {other:?}: bangerd takes no arguments (try --help)"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bangerd: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            tracing::error!(error = format!("{err:#}"), "bangerd failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
+    let paths = Paths::from_env().context("working out banger's directories")?;
+    let config = Config::load(&paths.config_file, &paths.home, |v| std::env::var_os(v))
+        .context("loading configuration")?;
+    paths
+        .ensure_daemon_dirs()
+        .context("preparing banger's directories")?;
+    init_logging(&paths, config.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(paths, config))
+}
+
+fn init_logging(paths: &Paths, level: LogLevel) -> anyhow::Result<()> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.log_file)
+        .with_context(|| format!("opening daemon log {}", paths.log_file.display()))?;
+    let level = match level {
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    };
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(level)
+        .with_current_span(false)
+        .with_writer(Mutex::new(file))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// Takes the instance lock, opens the store, binds the socket and serves
+/// until `daemon.stop` or SIGTERM/SIGINT.
+pub async fn run(paths: Paths, config: Config) -> anyhow::Result<()> {
+    let _lock = instance::InstanceLock::acquire(&paths.pid_file, &paths.socket)?;
+    let store = store::Store::open(&paths.db_file)?;
+    let listener = UnixListener::bind(&paths.socket)
+        .with_context(|| format!("binding socket {}", paths.socket.display()))?;
+    std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting socket {} to mode 0600", paths.socket.display()))?;
+    let socket = paths.socket.clone();
+    let daemon = Daemon::new(paths, config, store);
+    spawn_signal_handler(daemon.clone())?;
+    tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
+    server::serve(listener, daemon).await;
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "removing socket at shutdown");
+    }
+    tracing::info!("bangerd stopped");
+    Ok(())
+}
+
+fn spawn_signal_handler(daemon: std::sync::Arc<Daemon>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        daemon.request_shutdown();
+    });
+    Ok(())
+}

@@ -18,9 +18,18 @@ pub enum ConfigError {
     #[error("reading {0}")]
     Read(PathBuf, #[source] std::io::Error),
     #[error("{path} line {line}{key}: {message}", key = key.as_deref().map(|k| format!(", key `{k}`")).unwrap_or_default())]
-    Parse { path: PathBuf, line: usize, key: Option<String>, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{var}={value:?} is not valid: {expected}")]
-    Env { var: &'static str, value: String, expected: &'static str },
+    Env {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -163,7 +172,9 @@ impl Config {
             default_packages_file: resolve(file.default_packages_file),
             vmm: file.vmm.unwrap_or_default(),
             dns_listen: file.dns_listen.unwrap_or_else(|| {
-                DEFAULT_DNS_LISTEN.parse().expect("the default DNS address parses")
+                DEFAULT_DNS_LISTEN
+                    .parse()
+                    .expect("the default DNS address parses")
             }),
         }
     }
@@ -211,7 +222,11 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Config> {
-        Config::parse(text, Path::new("/home/u/.config/banger/config.toml"), Path::new("/home/u"))
+        Config::parse(
+            text,
+            Path::new("/home/u/.config/banger/config.toml"),
+            Path::new("/home/u"),
+        )
     }
 
     #[test]
@@ -237,8 +252,14 @@ dns_listen = "127.0.0.1:5353"
         )
         .unwrap();
         assert_eq!(config.log_level, LogLevel::Debug);
-        assert_eq!(config.runtime_dir.as_deref(), Some(Path::new("/opt/banger")));
-        assert_eq!(config.ssh_key_path.as_deref(), Some(Path::new("/home/u/.ssh/id_ed25519")));
+        assert_eq!(
+            config.runtime_dir.as_deref(),
+            Some(Path::new("/opt/banger"))
+        );
+        assert_eq!(
+            config.ssh_key_path.as_deref(),
+            Some(Path::new("/home/u/.ssh/id_ed25519"))
+        );
         assert_eq!(
             config.namegen_path.as_deref(),
             Some(Path::new("/home/u/.config/banger/names.txt"))
@@ -262,16 +283,29 @@ dns_listen = "127.0.0.1:5353"
         let msg = err.to_string();
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("key `firecraker_bin`"), "{msg}");
-        assert!(msg.contains("firecracker_bin"), "the expected keys are listed: {msg}");
+        assert!(
+            msg.contains("firecracker_bin"),
+            "the expected keys are listed: {msg}"
+        );
     }
 
     #[test]
     fn bad_value_names_key_line_and_expected_form() {
-        let msg = parse("\nlog_level = \"verbose\"\n").unwrap_err().to_string();
-        assert!(msg.contains("line 2") && msg.contains("key `log_level`"), "{msg}");
+        let msg = parse("\nlog_level = \"verbose\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 2") && msg.contains("key `log_level`"),
+            "{msg}"
+        );
         assert!(msg.contains("debug") && msg.contains("error"), "{msg}");
-        let msg = parse("dns_listen = \"localhost\"\n").unwrap_err().to_string();
-        assert!(msg.contains("line 1") && msg.contains("dns_listen"), "{msg}");
+        let msg = parse("dns_listen = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 1") && msg.contains("dns_listen"),
+            "{msg}"
+        );
         let msg = parse("vmm = 3\n").unwrap_err().to_string();
         assert!(msg.contains("key `vmm`"), "{msg}");
     }
@@ -280,7 +314,11 @@ dns_listen = "127.0.0.1:5353"
     fn environment_overrides_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.toml");
-        std::fs::write(&path, "log_level = \"error\"\nruntime_dir = \"/from/file\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "log_level = \"error\"\nruntime_dir = \"/from/file\"\n",
+        )
+        .unwrap();
         let env = |name: &str| match name {
             ENV_LOG_LEVEL => Some(OsString::from("warn")),
             ENV_RUNTIME_DIR => Some(OsString::from("/from/env")),
@@ -297,8 +335,12 @@ dns_listen = "127.0.0.1:5353"
     #[test]
     fn bad_environment_values_name_the_variable() {
         let env = |name: &str| (name == ENV_LOG_LEVEL).then(|| OsString::from("loud"));
-        let msg =
-            Config::load(Path::new("/nonexistent"), Path::new("/h"), env).unwrap_err().to_string();
-        assert!(msg.contains("BANGER_LOG_LEVEL") && msg.contains("\"loud\""), "{msg}");
+        let msg = Config::load(Path::new("/nonexistent"), Path::new("/h"), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("BANGER_LOG_LEVEL") && msg.contains("\"loud\""),
+            "{msg}"
+        );
     }
 }

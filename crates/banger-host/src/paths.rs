@@ -65,7 +65,10 @@ impl Paths {
                     if path.is_absolute() {
                         Ok(Some(path))
                     } else {
-                        Err(PathsError::Relative { var: name, value: path })
+                        Err(PathsError::Relative {
+                            var: name,
+                            value: path,
+                        })
                     }
                 }
             }
@@ -74,7 +77,10 @@ impl Paths {
         let xdg = |name: &'static str, fallback: &str| -> Result<PathBuf> {
             match absolute(name)? {
                 Some(dir) => Ok(dir),
-                None => home.as_ref().map(|h| h.join(fallback)).ok_or(PathsError::NoHome(name)),
+                None => home
+                    .as_ref()
+                    .map(|h| h.join(fallback))
+                    .ok_or(PathsError::NoHome(name)),
             }
         };
         let config_dir = xdg("XDG_CONFIG_HOME", ".config")?.join("banger");
@@ -108,7 +114,12 @@ impl Paths {
     /// Creates the state directories (mode 0755 per umask) and the runtime
     /// directory (0700, owned by us), as the daemon needs them.
     pub fn ensure_daemon_dirs(&self) -> Result<()> {
-        for dir in [&self.state_dir, &self.vms_dir, &self.images_dir, &self.cache_dir] {
+        for dir in [
+            &self.state_dir,
+            &self.vms_dir,
+            &self.images_dir,
+            &self.cache_dir,
+        ] {
             std::fs::create_dir_all(dir).map_err(|e| PathsError::CreateDir(dir.clone(), e))?;
         }
         ensure_private_dir(&self.runtime_dir)
@@ -130,7 +141,11 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     if meta.uid() != uid {
-        return Err(PathsError::ForeignRuntimeDir { path: dir.into(), owner: meta.uid(), uid });
+        return Err(PathsError::ForeignRuntimeDir {
+            path: dir.into(),
+            owner: meta.uid(),
+            uid,
+        });
     }
     if meta.permissions().mode() & 0o777 != 0o700 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -145,22 +160,38 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |name| map.get(name).map(OsString::from)
     }
 
     #[test]
     fn defaults_follow_the_seed_layout() {
-        let paths =
-            Paths::from_vars(lookup(&[("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")]), 1000)
-                .unwrap();
-        assert_eq!(paths.config_file, Path::new("/home/u/.config/banger/config.toml"));
+        let paths = Paths::from_vars(
+            lookup(&[("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")]),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            paths.config_file,
+            Path::new("/home/u/.config/banger/config.toml")
+        );
         assert_eq!(paths.state_dir, Path::new("/home/u/.local/state/banger"));
         assert_eq!(paths.cache_dir, Path::new("/home/u/.cache/banger"));
-        assert_eq!(paths.socket, Path::new("/run/user/1000/banger/bangerd.sock"));
-        assert_eq!(paths.log_file, Path::new("/home/u/.local/state/banger/bangerd.log"));
-        assert_eq!(paths.vm_dir("abc"), Path::new("/home/u/.local/state/banger/vms/abc"));
+        assert_eq!(
+            paths.socket,
+            Path::new("/run/user/1000/banger/bangerd.sock")
+        );
+        assert_eq!(
+            paths.log_file,
+            Path::new("/home/u/.local/state/banger/bangerd.log")
+        );
+        assert_eq!(
+            paths.vm_dir("abc"),
+            Path::new("/home/u/.local/state/banger/vms/abc")
+        );
     }
 
     #[test]
@@ -183,8 +214,8 @@ mod tests {
 
     #[test]
     fn relative_xdg_values_are_refused_by_name() {
-        let err = Paths::from_vars(lookup(&[("HOME", "/h"), ("XDG_STATE_HOME", "rel")]), 1)
-            .unwrap_err();
+        let err =
+            Paths::from_vars(lookup(&[("HOME", "/h"), ("XDG_STATE_HOME", "rel")]), 1).unwrap_err();
         assert!(err.to_string().contains("XDG_STATE_HOME"), "{err}");
     }
 

@@ -37,13 +37,22 @@ pub struct RuntimeDir {
 
 /// The candidates tried, in order, for a binary at `exe`.
 pub fn candidates(exe: &Path) -> Vec<(PathBuf, RuntimeDirSource)> {
-    let Some(bin_dir) = exe.parent() else { return Vec::new() };
+    let Some(bin_dir) = exe.parent() else {
+        return Vec::new();
+    };
     let mut list = vec![
         (bin_dir.join("../lib/banger"), RuntimeDirSource::Installed),
         (bin_dir.join("runtime"), RuntimeDirSource::SourceCheckout),
     ];
-    if bin_dir.parent().and_then(Path::file_name).is_some_and(|n| n == "target") {
-        list.push((bin_dir.join("../../runtime"), RuntimeDirSource::SourceCheckout));
+    if bin_dir
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "target")
+    {
+        list.push((
+            bin_dir.join("../../runtime"),
+            RuntimeDirSource::SourceCheckout,
+        ));
     }
     list
 }
@@ -51,7 +60,10 @@ pub fn candidates(exe: &Path) -> Vec<(PathBuf, RuntimeDirSource)> {
 pub fn resolve(explicit: Option<&Path>, exe: &Path) -> Result<RuntimeDir, RuntimeDirError> {
     if let Some(path) = explicit {
         return if path.is_dir() {
-            Ok(RuntimeDir { path: path.to_path_buf(), source: RuntimeDirSource::Explicit })
+            Ok(RuntimeDir {
+                path: path.to_path_buf(),
+                source: RuntimeDirSource::Explicit,
+            })
         } else {
             Err(RuntimeDirError::ExplicitMissing(path.to_path_buf()))
         };
@@ -60,10 +72,15 @@ pub fn resolve(explicit: Option<&Path>, exe: &Path) -> Result<RuntimeDir, Runtim
     for (path, source) in &list {
         if path.is_dir() {
             let path = path.canonicalize().unwrap_or_else(|_| path.clone());
-            return Ok(RuntimeDir { path, source: *source });
+            return Ok(RuntimeDir {
+                path,
+                source: *source,
+            });
         }
     }
-    Err(RuntimeDirError::NotFound(list.into_iter().map(|(p, _)| p).collect()))
+    Err(RuntimeDirError::NotFound(
+        list.into_iter().map(|(p, _)| p).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -77,7 +94,10 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("lib/banger")).unwrap();
         let found = resolve(None, &tmp.path().join("bin/banger")).unwrap();
         assert_eq!(found.source, RuntimeDirSource::Installed);
-        assert_eq!(found.path, tmp.path().join("lib/banger").canonicalize().unwrap());
+        assert_eq!(
+            found.path,
+            tmp.path().join("lib/banger").canonicalize().unwrap()
+        );
     }
 
     #[test]
@@ -87,9 +107,15 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("target/debug")).unwrap();
         let found = resolve(None, &tmp.path().join("banger")).unwrap();
         assert_eq!(found.source, RuntimeDirSource::SourceCheckout);
-        assert_eq!(found.path, tmp.path().join("runtime").canonicalize().unwrap());
+        assert_eq!(
+            found.path,
+            tmp.path().join("runtime").canonicalize().unwrap()
+        );
         let found = resolve(None, &tmp.path().join("target/debug/banger")).unwrap();
-        assert_eq!(found.path, tmp.path().join("runtime").canonicalize().unwrap());
+        assert_eq!(
+            found.path,
+            tmp.path().join("runtime").canonicalize().unwrap()
+        );
     }
 
     #[test]
@@ -98,7 +124,13 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("runtime")).unwrap();
         let exe = tmp.path().join("banger");
         let found = resolve(Some(tmp.path()), &exe).unwrap();
-        assert_eq!(found, RuntimeDir { path: tmp.path().into(), source: RuntimeDirSource::Explicit });
+        assert_eq!(
+            found,
+            RuntimeDir {
+                path: tmp.path().into(),
+                source: RuntimeDirSource::Explicit
+            }
+        );
         let err = resolve(Some(&tmp.path().join("nope")), &exe).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
@@ -106,7 +138,12 @@ mod tests {
     #[test]
     fn nothing_found_lists_where_it_looked() {
         let tmp = tempfile::tempdir().unwrap();
-        let msg = resolve(None, &tmp.path().join("bin/banger")).unwrap_err().to_string();
-        assert!(msg.contains("lib/banger") && msg.contains("runtime") && msg.contains("make runtime"), "{msg}");
+        let msg = resolve(None, &tmp.path().join("bin/banger"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("lib/banger") && msg.contains("runtime") && msg.contains("make runtime"),
+            "{msg}"
+        );
     }
 }

@@ -41,11 +41,21 @@ pub struct Response {
 
 impl Response {
     pub fn success(id: Value, result: Value) -> Self {
-        Self { jsonrpc: JSONRPC_VERSION.to_owned(), id, result: Some(result), error: None }
+        Self {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id,
+            result: Some(result),
+            error: None,
+        }
     }
 
     pub fn failure(id: Value, error: RpcError) -> Self {
-        Self { jsonrpc: JSONRPC_VERSION.to_owned(), id, result: None, error: Some(error) }
+        Self {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id,
+            result: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -108,7 +118,10 @@ impl RpcError {
         Self {
             code: kind.code(),
             message: message.into(),
-            data: Some(ErrorData { kind, causes: Vec::new() }),
+            data: Some(ErrorData {
+                kind,
+                causes: Vec::new(),
+            }),
         }
     }
 
@@ -131,17 +144,23 @@ impl RpcError {
     }
 
     pub fn kind(&self) -> ErrorKind {
-        self.data.as_ref().map(|d| d.kind).unwrap_or(match self.code {
-            -32700 => ErrorKind::ParseError,
-            -32600 => ErrorKind::InvalidRequest,
-            -32601 => ErrorKind::MethodNotFound,
-            -32602 => ErrorKind::InvalidParams,
-            _ => ErrorKind::Internal,
-        })
+        self.data
+            .as_ref()
+            .map(|d| d.kind)
+            .unwrap_or(match self.code {
+                -32700 => ErrorKind::ParseError,
+                -32600 => ErrorKind::InvalidRequest,
+                -32601 => ErrorKind::MethodNotFound,
+                -32602 => ErrorKind::InvalidParams,
+                _ => ErrorKind::Internal,
+            })
     }
 
     pub fn causes(&self) -> &[String] {
-        self.data.as_ref().map(|d| d.causes.as_slice()).unwrap_or(&[])
+        self.data
+            .as_ref()
+            .map(|d| d.causes.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -187,7 +206,10 @@ mod tests {
         let err = RpcError::from_chain(ErrorKind::HostFailure, &Outer(Inner));
         assert_eq!(err.code, -32004);
         assert_eq!(err.causes(), ["disk full"]);
-        assert_eq!(err.to_string(), "creating overlay disk\n  caused by: disk full");
+        assert_eq!(
+            err.to_string(),
+            "creating overlay disk\n  caused by: disk full"
+        );
         let wire = serde_json::to_string(&Response::failure(Value::from(1), err.clone())).unwrap();
         let back: Response = serde_json::from_str(&wire).unwrap();
         assert_eq!(back.error.unwrap(), err);

@@ -22,9 +22,13 @@ pub enum ValidationError {
     Size(String),
     #[error("invalid vCPU count {0}: use {MIN_VCPU} to {MAX_VCPU}")]
     Vcpu(u32),
-    #[error("invalid memory {0} MiB: use at least {MIN_MEMORY_MIB} MiB and at most {MAX_MEMORY_MIB} MiB (like 2048)")]
+    #[error(
+        "invalid memory {0} MiB: use at least {MIN_MEMORY_MIB} MiB and at most {MAX_MEMORY_MIB} MiB (like 2048)"
+    )]
     Memory(u64),
-    #[error("invalid signal {0:?}: use a name like TERM, KILL, INT, HUP (SIG prefix optional) or a number 1 to 64")]
+    #[error(
+        "invalid signal {0:?}: use a name like TERM, KILL, INT, HUP (SIG prefix optional) or a number 1 to 64"
+    )]
     Signal(String),
 }
 
@@ -32,8 +36,14 @@ pub fn vm_name(name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok { Ok(()) } else { Err(ValidationError::Name(name.to_owned())) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::Name(name.to_owned()))
+    }
 }
 
 /// Parses `512M`, `16G`, `1T` (binary units; a trailing `B` or `iB` is allowed)
@@ -68,7 +78,7 @@ pub fn size_bytes(text: &str) -> Result<u64, ValidationError> {
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
         let scale = 1u64 << shift;
-        if bytes >= scale && bytes % scale == 0 {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
             return format!("{}{unit}", bytes / scale);
         }
     }
@@ -124,10 +134,18 @@ pub fn signal(text: &str) -> Result<i32, ValidationError> {
     let bad = || ValidationError::Signal(text.to_owned());
     let upper = text.trim().to_ascii_uppercase();
     if let Ok(number) = upper.parse::<i32>() {
-        return if (1..=64).contains(&number) { Ok(number) } else { Err(bad()) };
+        return if (1..=64).contains(&number) {
+            Ok(number)
+        } else {
+            Err(bad())
+        };
     }
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, num)| *num).ok_or_else(bad)
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, num)| *num)
+        .ok_or_else(bad)
 }
 
 /// The conventional name of a signal number, for messages (`SIGTERM`).
@@ -148,8 +166,20 @@ mod tests {
         for good in ["calm-otter", "a", "api-1", "0abc", &"x".repeat(63)] {
             assert_eq!(vm_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "-lead", "Calm", "under_score", "dot.name", "sp ace", &"x".repeat(64)] {
-            assert_eq!(vm_name(bad), Err(ValidationError::Name(bad.to_owned())), "{bad}");
+        for bad in [
+            "",
+            "-lead",
+            "Calm",
+            "under_score",
+            "dot.name",
+            "sp ace",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(
+                vm_name(bad),
+                Err(ValidationError::Name(bad.to_owned())),
+                "{bad}"
+            );
         }
     }
 
@@ -166,8 +196,23 @@ mod tests {
 
     #[test]
     fn sizes_refuse_zero_negative_junk_and_overflow() {
-        for bad in ["0G", "-1G", "16", "G", "abc", "1.5G", "16X", "", "99999999999T", "1 G"] {
-            assert_eq!(size_bytes(bad), Err(ValidationError::Size(bad.to_owned())), "{bad}");
+        for bad in [
+            "0G",
+            "-1G",
+            "16",
+            "G",
+            "abc",
+            "1.5G",
+            "16X",
+            "",
+            "99999999999T",
+            "1 G",
+        ] {
+            assert_eq!(
+                size_bytes(bad),
+                Err(ValidationError::Size(bad.to_owned())),
+                "{bad}"
+            );
         }
         let msg = size_bytes("junk").unwrap_err().to_string();
         assert!(msg.contains("\"junk\"") && msg.contains("16G"), "{msg}");

@@ -1,0 +1,384 @@
+//! The whole command tree of `banger`, readable in one place.
+
+use banger_proto::validate;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "banger",
+    version,
+    about = "Persistent Firecracker development VMs on your workstation",
+    long_about = "Persistent Firecracker development VMs on your workstation.\n\n\
+        Each VM boots a shared read-only base image with its own copy-on-write overlay and a \
+        persistent /root work disk. The CLI starts the bangerd daemon when needed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, reach and manage VMs
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// List, build, show and delete images
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Inspect or stop the bangerd daemon
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Check host and runtime bundle readiness
+    Doctor(JsonFlag),
+    /// Launch the terminal UI
+    Tui,
+    /// Print a shell completion script
+    Completions {
+        /// Shell to generate completions for
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create and boot a VM
+    Create(CreateArgs),
+    /// List VMs
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show every detail of a VM
+    Show(VmTarget),
+    /// Show a VM's CPU, memory and disk usage
+    Stats(VmTarget),
+    /// SSH into a running VM as root
+    Ssh(SshArgs),
+    /// Stop VMs gracefully (their disks are kept)
+    Stop(VmTargets),
+    /// Start stopped VMs
+    Start(VmTargets),
+    /// Stop, then start VMs
+    Restart(VmTargets),
+    /// Send a signal to VMs' VMM processes
+    Kill(KillArgs),
+    /// Delete VMs and every file they own
+    #[command(alias = "rm")]
+    Delete(VmTargets),
+    /// Change settings of VMs (memory, vCPU, disk size need the VM stopped)
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// VM name (a-z, 0-9, '-'); generated like calm-otter when omitted
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
+    /// Image to boot (see `banger image list`); the default image when omitted
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Virtual CPUs, 1 to 32
+    #[arg(long, value_parser = parse_vcpu)]
+    pub vcpu: Option<u32>,
+    /// Memory in MiB, at least 128
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Size of the persistent /root work disk, like 16G
+    #[arg(long, value_parser = parse_size)]
+    pub disk_size: Option<String>,
+    /// Give the VM outbound network access through NAT
+    #[arg(long)]
+    pub nat: bool,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct VmTarget {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct VmTargets {
+    /// VM names or unique ID prefixes; several run concurrently
+    #[arg(required = true, num_args = 1..)]
+    pub vms: Vec<String>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    /// Command to run instead of a login shell (after `--`)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal name (TERM, KILL, INT, ...) or number
+    #[arg(long, short = 's', default_value = "KILL", value_parser = parse_signal)]
+    pub signal: String,
+    #[command(flatten)]
+    pub targets: VmTargets,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Memory in MiB, at least 128 (VM must be stopped)
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Virtual CPUs, 1 to 32 (VM must be stopped)
+    #[arg(long, value_parser = parse_vcpu)]
+    pub vcpu: Option<u32>,
+    /// Grow the /root work disk, like 32G (VM must be stopped; shrinking is refused)
+    #[arg(long, value_parser = parse_size)]
+    pub disk_size: Option<String>,
+    /// Enable NAT (works on running VMs)
+    #[arg(long, conflicts_with = "no_nat")]
+    pub nat: bool,
+    /// Disable NAT (works on running VMs)
+    #[arg(long)]
+    pub no_nat: bool,
+    #[command(flatten)]
+    pub targets: VmTargets,
+}
+
+impl SetArgs {
+    pub fn nat_change(&self) -> Option<bool> {
+        match (self.nat, self.no_nat) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
+    pub fn changes_anything(&self) -> bool {
+        self.memory.is_some()
+            || self.vcpu.is_some()
+            || self.disk_size.is_some()
+            || self.nat_change().is_some()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Build a managed image from the bundle's base rootfs
+    Build(BuildArgs),
+    /// Show an image
+    Show(ImageTarget),
+    /// Delete a managed image
+    #[command(alias = "rm")]
+    Delete(ImageTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name of the new image
+    #[arg(long)]
+    pub name: String,
+    /// Include Docker and the packages from packages.apt
+    #[arg(long)]
+    pub docker: bool,
+    /// Base rootfs to build from (default: the bundle's rootfs.ext4)
+    #[arg(long)]
+    pub base_rootfs: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageTarget {
+    /// Image name
+    pub image: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Print the daemon's PID, socket, log path and DNS listener
+    Status(JsonFlag),
+    /// Print the daemon's socket path
+    Socket,
+    /// Stop the daemon gracefully (running VMs keep running)
+    Stop,
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    validate::vm_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_size(text: &str) -> Result<String, String> {
+    validate::size_bytes(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_vcpu(text: &str) -> Result<u32, String> {
+    let count: u32 = text
+        .parse()
+        .map_err(|_| format!("invalid vCPU count {text:?}: use a whole number from 1 to 32"))?;
+    validate::vcpu(count)
+        .map(|()| count)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let mib: u64 = text
+        .parse()
+        .map_err(|_| format!("invalid memory {text:?}: give MiB as a whole number, like 2048"))?;
+    validate::memory_mib(mib)
+        .map(|()| mib)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_signal(text: &str) -> Result<String, String> {
+    validate::signal(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("banger").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_seed_command_parses() {
+        let accepted: &[&[&str]] = &[
+            &["vm", "create", "--name", "calm-otter", "--disk-size", "16G"],
+            &["vm", "create", "--name", "web", "--nat"],
+            &["vm", "create"],
+            &[
+                "vm",
+                "create",
+                "--image",
+                "docker-dev",
+                "--vcpu",
+                "4",
+                "--memory",
+                "2048",
+                "--json",
+            ],
+            &["vm", "list"],
+            &["vm", "list", "--json"],
+            &["vm", "show", "calm-otter"],
+            &["vm", "show", "calm-otter", "--json"],
+            &["vm", "stats", "calm-otter"],
+            &["vm", "ssh", "calm-otter"],
+            &["vm", "ssh", "calm-otter", "--", "uname", "-a"],
+            &["vm", "stop", "calm-otter"],
+            &["vm", "start", "calm-otter"],
+            &["vm", "restart", "calm-otter"],
+            &["vm", "kill", "--signal", "TERM", "calm-otter"],
+            &["vm", "delete", "calm-otter"],
+            &[
+                "vm",
+                "set",
+                "calm-otter",
+                "--memory",
+                "2048",
+                "--vcpu",
+                "4",
+                "--disk-size",
+                "32G",
+            ],
+            &["vm", "stop", "calm-otter", "buildbox", "api-1"],
+            &["vm", "kill", "--signal", "KILL", "aa12bb34", "cc56dd78"],
+            &["vm", "set", "--nat", "web-1", "web-2", "web-3"],
+            &["vm", "set", "web", "--nat"],
+            &["vm", "set", "web", "--no-nat"],
+            &["tui"],
+            &["daemon", "status"],
+            &["daemon", "status", "--json"],
+            &["daemon", "socket"],
+            &["daemon", "stop"],
+            &["doctor"],
+            &["doctor", "--json"],
+            &["image", "list"],
+            &["image", "list", "--json"],
+            &["image", "build", "--name", "docker-dev", "--docker"],
+            &["image", "show", "docker-dev"],
+            &["image", "delete", "docker-dev"],
+            &["completions", "bash"],
+            &["completions", "zsh"],
+        ];
+        for args in accepted {
+            if let Err(e) = parse(args) {
+                panic!("{args:?} should parse: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn parsed_values_reach_the_command() {
+        let Cli {
+            command: Command::Vm(VmCommand::Set(set)),
+        } = parse(&["vm", "set", "--no-nat", "a", "b", "--memory", "4096"]).unwrap()
+        else {
+            panic!("not vm set")
+        };
+        assert_eq!(set.targets.vms, ["a", "b"]);
+        assert_eq!(set.memory, Some(4096));
+        assert_eq!(set.nat_change(), Some(false));
+        let Cli {
+            command: Command::Vm(VmCommand::Kill(kill)),
+        } = parse(&["vm", "kill", "x"]).unwrap()
+        else {
+            panic!("not vm kill")
+        };
+        assert_eq!(kill.signal, "KILL");
+        let Cli {
+            command: Command::Vm(VmCommand::Ssh(ssh)),
+        } = parse(&["vm", "ssh", "x", "--", "ls", "-la"]).unwrap()
+        else {
+            panic!("not vm ssh")
+        };
+        assert_eq!(ssh.command, ["ls", "-la"]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_value_and_the_form() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["vm", "create", "--name", "Bad_Name"], "Bad_Name"),
+            (&["vm", "create", "--disk-size", "0G"], "16G"),
+            (&["vm", "create", "--disk-size", "lots"], "lots"),
+            (&["vm", "create", "--vcpu", "0"], "1 to 32"),
+            (&["vm", "create", "--vcpu", "64"], "1 to 32"),
+            (&["vm", "create", "--memory", "64"], "at least 128"),
+            (&["vm", "create", "--memory", "-5"], "-5"),
+            (&["vm", "kill", "--signal", "NOPE", "x"], "NOPE"),
+            (&["vm", "set", "x", "--nat", "--no-nat"], "--no-nat"),
+            (&["vm", "stop"], "<VMS>"),
+        ];
+        for (args, needle) in cases {
+            let msg = parse(args).unwrap_err().to_string();
+            assert!(msg.contains(needle), "{args:?}: {msg}");
+        }
+    }
+}

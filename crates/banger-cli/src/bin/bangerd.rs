@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    banger_daemon::main_entry()
+}

@@ -1,0 +1,101 @@
+use std::process::ExitCode;
+
+use banger_proto::DaemonStatus;
+use banger_proto::api::method;
+use serde_json::Value;
+
+use super::Context;
+use crate::args::DaemonCommand;
+use crate::client::{Client, ClientError};
+use crate::output;
+
+/// Exit status of `daemon status` when no daemon runs, as `systemctl status` does.
+const EXIT_NOT_RUNNING: u8 = 3;
+
+pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        DaemonCommand::Socket => {
+            println!("{}", ctx.paths.socket.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        DaemonCommand::Status(flags) => {
+            let status: DaemonStatus = match Client::connect(&ctx.paths.socket) {
+                Ok(mut client) => client.call(method::DAEMON_STATUS, Value::Null)?,
+                Err(ClientError::NotRunning(socket)) => {
+                    if flags.json {
+                        output::print_json(&serde_json::json!({
+                            "running": false,
+                            "socket": socket,
+                            "log_path": ctx.paths.log_file,
+                        }))?;
+                    } else {
+                        println!(
+                            "bangerd is not running (socket {}); any banger command starts it.",
+                            socket.display()
+                        );
+                    }
+                    return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if flags.json {
+                let mut value = serde_json::to_value(&status)?;
+                value["running"] = Value::Bool(true);
+                output::print_json(&value)?;
+            } else {
+                println!("bangerd is running");
+                println!("pid:        {}", status.pid);
+                println!("version:    {}", status.version);
+                println!("socket:     {}", status.socket.display());
+                println!("log:        {}", status.log_path.display());
+                println!("dns:        {}", status.dns_listen);
+                println!("state dir:  {}", status.state_dir.display());
+                println!("uptime:     {}", output::duration(status.uptime_secs));
+                println!("vms:        {}", status.vm_count);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DaemonCommand::Stop => {
+            match Client::connect(&ctx.paths.socket) {
+                Ok(mut client) => {
+                    let status: DaemonStatus = client.call(method::DAEMON_STATUS, Value::Null)?;
+                    let _: Value = client.call(method::DAEMON_STOP, Value::Null)?;
+                    wait_for_exit(status.pid)?;
+                    println!(
+                        "bangerd (pid {}) stopped; running VMs keep running.",
+                        status.pid
+                    );
+                }
+                Err(ClientError::NotRunning(_)) => println!("bangerd is not running."),
+                Err(e) => return Err(e.into()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Waits until the daemon's process is gone, so a following command never
+/// races the old daemon's socket.
+fn wait_for_exit(pid: u32) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(35);
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    while proc_dir.exists() && !is_zombie(&proc_dir) {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "bangerd (pid {pid}) is still running 35s after it was asked to stop: check its log, or kill it"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn is_zombie(proc_dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,52 @@
+//! One function per command; `run` is the single exhaustive dispatch.
+
+mod daemon;
+mod image;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use banger_host::Paths;
+use clap::CommandFactory;
+
+use crate::args::{Cli, Command};
+use crate::client::Client;
+
+/// What every command needs: where things live.
+#[derive(Debug)]
+pub struct Context {
+    pub paths: Paths,
+}
+
+impl Context {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            paths: Paths::from_env().context("working out banger's directories")?,
+        })
+    }
+
+    /// A client to a running daemon, started on demand.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect_or_start(&self.paths)?)
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "banger", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vm(command) => vm::run(command, &Context::from_env()?),
+        Command::Image(command) => image::run(command, &Context::from_env()?),
+        Command::Daemon(command) => daemon::run(command, &Context::from_env()?),
+        Command::Doctor(_) => not_implemented("banger doctor"),
+        Command::Tui => not_implemented("banger tui"),
+    }
+}
+
+/// Commands whose behaviour has not landed yet say so and fail.
+pub fn not_implemented(what: &str) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("{what} is not implemented yet in this version of banger")
+}

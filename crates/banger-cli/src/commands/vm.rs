@@ -1,0 +1,131 @@
+use std::process::ExitCode;
+
+use banger_proto::api::method;
+use banger_proto::{
+    BatchResult, CreateVmParams, KillParams, SetVmParams, Vm, VmRef, VmRefs, VmStats,
+};
+use serde_json::Value;
+
+use super::{Context, not_implemented};
+use crate::args::{VmCommand, VmTargets};
+use crate::client::Client;
+use crate::output;
+
+pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        VmCommand::Create(args) => {
+            let params = CreateVmParams {
+                name: args.name,
+                image: args.image,
+                vcpu: args.vcpu,
+                memory_mib: args.memory,
+                disk_size: args.disk_size,
+                nat: args.nat,
+            };
+            let vm: Vm = ctx.client()?.call(method::VM_CREATE, params)?;
+            if args.output.json {
+                output::print_json(&vm)?;
+            } else {
+                println!(
+                    "created {} ({}): {}, ip {}; connect with `banger vm ssh {}`",
+                    vm.name,
+                    output::short_id(&vm.id),
+                    vm.state,
+                    vm.guest_ip.as_deref().unwrap_or("-"),
+                    vm.name
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::List(flags) => {
+            let vms: Vec<Vm> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
+            if flags.json {
+                output::print_json(&vms)?;
+            } else {
+                print!("{}", output::vm_table(&vms, output::now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Show(target) => {
+            let vm: Vm = ctx
+                .client()?
+                .call(method::VM_SHOW, VmRef { vm: target.vm })?;
+            if target.output.json {
+                output::print_json(&vm)?;
+            } else {
+                print!("{}", output::vm_details(&vm));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Stats(target) => {
+            let stats: VmStats = ctx
+                .client()?
+                .call(method::VM_STATS, VmRef { vm: target.vm })?;
+            if target.output.json {
+                output::print_json(&stats)?;
+            } else {
+                print!("{}", output::vm_stats(&stats));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Ssh(_) => not_implemented("banger vm ssh"),
+        VmCommand::Stop(targets) => batch(ctx, method::VM_STOP, targets, "stopped"),
+        VmCommand::Start(targets) => batch(ctx, method::VM_START, targets, "started"),
+        VmCommand::Restart(targets) => batch(ctx, method::VM_RESTART, targets, "restarted"),
+        VmCommand::Delete(targets) => batch(ctx, method::VM_DELETE, targets, "deleted"),
+        VmCommand::Kill(args) => {
+            let params = KillParams {
+                vms: args.targets.vms.clone(),
+                signal: args.signal.clone(),
+            };
+            let verb = format!("sent {}", args.signal.to_ascii_uppercase());
+            let result: BatchResult = ctx.client()?.call(method::VM_KILL, params)?;
+            report(&result, &verb, args.targets.output.json)
+        }
+        VmCommand::Set(args) => {
+            if !args.changes_anything() {
+                anyhow::bail!(
+                    "nothing to change: give at least one of --memory, --vcpu, --disk-size, --nat, --no-nat"
+                );
+            }
+            let params = SetVmParams {
+                vms: args.targets.vms.clone(),
+                vcpu: args.vcpu,
+                memory_mib: args.memory,
+                disk_size: args.disk_size.clone(),
+                nat: args.nat_change(),
+            };
+            let result: BatchResult = ctx.client()?.call(method::VM_SET, params)?;
+            report(&result, "updated", args.targets.output.json)
+        }
+    }
+}
+
+fn batch(ctx: &Context, method: &str, targets: VmTargets, verb: &str) -> anyhow::Result<ExitCode> {
+    let mut client: Client = ctx.client()?;
+    let result: BatchResult = client.call(method, VmRefs { vms: targets.vms })?;
+    report(&result, verb, targets.output.json)
+}
+
+fn report(result: &BatchResult, verb: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (text, all_ok) = output::batch_lines(result, verb);
+    if json {
+        output::print_json(result)?;
+    } else if all_ok {
+        print!("{text}");
+    } else {
+        // Successes stay on stdout; the failed lines go to stderr.
+        for line in text.lines() {
+            if line.contains(": error: ") || line.starts_with("    ") {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

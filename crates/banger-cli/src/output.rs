@@ -1,0 +1,220 @@
+//! Text and JSON rendering of what the daemon returns.
+
+use std::io::Write;
+
+use banger_proto::validate::format_size;
+use banger_proto::{BatchResult, Image, Vm, VmStats};
+use serde::Serialize;
+
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Left-aligned columns separated by two spaces, like `docker ps`.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut parts = Vec::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                parts.push(cell.to_string());
+            } else {
+                parts.push(format!("{cell:<width$}", width = widths[i]));
+            }
+        }
+        text.push_str(parts.join("  ").trim_end());
+        text.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    text
+}
+
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}
+
+/// `45s`, `12m`, `3h`, `4d`: how long ago `unix_secs` was.
+pub fn age(unix_secs: i64, now: i64) -> String {
+    let secs = (now - unix_secs).max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn vm_table(vms: &[Vm], now: i64) -> String {
+    if vms.is_empty() {
+        return "No VMs. Create one with `banger vm create`.\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|vm| {
+            vec![
+                vm.name.clone(),
+                short_id(&vm.id).to_owned(),
+                vm.state.to_string(),
+                vm.image.clone(),
+                vm.vcpu.to_string(),
+                format!("{}M", vm.memory_mib),
+                vm.guest_ip.clone().unwrap_or_else(|| "-".into()),
+                if vm.nat { "yes" } else { "no" }.to_owned(),
+                age(vm.created_at, now),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "ID", "STATE", "IMAGE", "VCPU", "MEMORY", "IP", "NAT", "AGE",
+        ],
+        &rows,
+    )
+}
+
+pub fn vm_details(vm: &Vm) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let path = |p: &std::path::Path| p.display().to_string();
+    let fields: Vec<(&str, String)> = vec![
+        ("name", vm.name.clone()),
+        ("id", vm.id.clone()),
+        ("state", vm.state.to_string()),
+        ("image", vm.image.clone()),
+        ("vmm", vm.vmm.clone()),
+        ("vcpu", vm.vcpu.to_string()),
+        ("memory", format!("{} MiB", vm.memory_mib)),
+        ("disk size", format_size(vm.disk_size_bytes)),
+        ("nat", vm.nat.to_string()),
+        ("guest ip", opt(vm.guest_ip.clone())),
+        ("tap", opt(vm.tap.clone())),
+        ("vsock cid", opt(vm.vsock_cid.map(|c| c.to_string()))),
+        ("vsock path", opt(vm.vsock_path.as_deref().map(path))),
+        ("pid", opt(vm.pid.map(|p| p.to_string()))),
+        ("created", vm.created_at.to_string()),
+        ("started", opt(vm.started_at.map(|t| t.to_string()))),
+        ("stopped", opt(vm.stopped_at.map(|t| t.to_string()))),
+        ("exit reason", opt(vm.exit_reason.clone())),
+        ("last error", opt(vm.last_error.clone())),
+        ("dir", path(&vm.dir)),
+        ("overlay", path(&vm.overlay_path)),
+        ("work disk", path(&vm.work_disk_path)),
+        ("vmm log", path(&vm.vmm_log_path)),
+    ];
+    fields
+        .iter()
+        .map(|(k, v)| format!("{:<12} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+pub fn image_table(images: &[Image]) -> String {
+    if images.is_empty() {
+        return "No images. Run `make runtime` or `banger image build`.\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                if i.docker { "yes" } else { "no" }.to_owned(),
+                if i.managed { "built" } else { "bundle" }.to_owned(),
+                i.rootfs.display().to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "DOCKER", "SOURCE", "ROOTFS"], &rows)
+}
+
+pub fn vm_stats(stats: &VmStats) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let disk = |d: &banger_proto::DiskUsage| {
+        format!(
+            "{} allocated of {}",
+            format_size(d.allocated_bytes),
+            format_size(d.apparent_bytes)
+        )
+    };
+    let fields: Vec<(&str, String)> = vec![
+        ("vm", format!("{} ({})", stats.vm, short_id(&stats.id))),
+        ("state", stats.state.to_string()),
+        ("pid", opt(stats.pid.map(|p| p.to_string()))),
+        ("cpu", opt(stats.cpu_seconds.map(|c| format!("{c:.2}s")))),
+        ("rss", opt(stats.rss_bytes.map(format_size))),
+        ("uptime", opt(stats.uptime_secs.map(duration))),
+        ("overlay", disk(&stats.overlay)),
+        ("work disk", disk(&stats.work_disk)),
+    ];
+    fields
+        .iter()
+        .map(|(k, v)| format!("{:<10} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// One line per VM; returns whether every item succeeded.
+pub fn batch_lines(result: &BatchResult, verb: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut all_ok = true;
+    for item in &result.items {
+        match (&item.vm, &item.error) {
+            (_, Some(error)) => {
+                all_ok = false;
+                let message = error.to_string().replace('\n', "\n    ");
+                text.push_str(&format!("{}: error: {message}\n", item.vm_ref));
+            }
+            (Some(vm), None) => {
+                text.push_str(&format!("{}: {verb} ({})\n", vm.name, vm.state));
+            }
+            (None, None) => text.push_str(&format!("{}: {verb}\n", item.vm_ref)),
+        }
+    }
+    (text, all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let text = table(&["A", "LONGER"], &[vec!["wide-cell".into(), "x".into()]]);
+        assert_eq!(text, "A          LONGER\nwide-cell  x\n");
+    }
+
+    #[test]
+    fn ages_and_durations() {
+        assert_eq!(age(100, 145), "45s");
+        assert_eq!(age(0, 7200), "2h");
+        assert_eq!(age(0, 86_400 * 3), "3d");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(125), "2m05s");
+        assert_eq!(duration(3 * 3600 + 60), "3h01m");
+    }
+}

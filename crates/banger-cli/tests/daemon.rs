@@ -1,0 +1,313 @@
+//! bangerd and the CLI over a real Unix socket in a temp dir.
+
+// An integration test crate is compiled only for tests; there is no module to wrap.
+#![allow(clippy::tests_outside_test_module)]
+
+mod support;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use support::{BANGERD, World, stderr, stdout};
+
+#[test]
+fn cli_starts_the_daemon_and_status_reports_it() {
+    let world = World::new();
+    let out = world.banger(&["daemon", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status before start: {}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("not running"));
+
+    assert_eq!(
+        world.ok(&["vm", "list"]),
+        "No VMs. Create one with `banger vm create`.\n"
+    );
+
+    let text = world.ok(&["daemon", "status"]);
+    let pid = world.daemon_pid().expect("the daemon wrote its PID");
+    assert!(text.contains(&format!("pid:        {pid}")), "{text}");
+    assert!(
+        text.contains(&world.socket().display().to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains(&world.log_file().display().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("dns:        127.0.0.1:42069"), "{text}");
+
+    let status: Value = serde_json::from_str(&world.ok(&["daemon", "status", "--json"])).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["pid"], pid);
+    assert_eq!(status["dns_listen"], "127.0.0.1:42069");
+
+    assert_eq!(
+        world.ok(&["daemon", "socket"]).trim(),
+        world.socket().display().to_string()
+    );
+
+    // The daemon runs in its own session, detached from ours.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "session id is the daemon's own PID"
+    );
+
+    // Logs are JSON lines.
+    let log = std::fs::read_to_string(world.log_file()).unwrap();
+    let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(
+        first["level"].is_string() && first["fields"]["message"].is_string(),
+        "{first}"
+    );
+}
+
+#[test]
+fn stop_is_graceful_and_removes_the_socket() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let pid = world.daemon_pid().unwrap();
+    let text = world.ok(&["daemon", "stop"]);
+    assert!(text.contains(&format!("pid {pid}")), "{text}");
+    assert!(!support::process_alive(pid), "daemon process is gone");
+    assert!(!world.socket().exists(), "socket removed");
+    assert_eq!(world.ok(&["daemon", "stop"]), "bangerd is not running.\n");
+    let log = std::fs::read_to_string(world.log_file()).unwrap();
+    assert!(log.contains("bangerd stopped"), "{log}");
+}
+
+#[test]
+fn socket_and_runtime_dir_are_private() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let socket = std::fs::metadata(world.socket()).unwrap();
+    assert!(socket.file_type().is_socket());
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+    let dir = std::fs::metadata(world.socket().parent().unwrap()).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn second_daemon_is_refused_with_the_holders_pid() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let pid = world.daemon_pid().unwrap();
+    let out = world.command(BANGERD).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("already running (pid {pid})")),
+        "{err}"
+    );
+    assert!(err.contains("bangerd.sock"), "{err}");
+    // The first daemon is unharmed.
+    world.ok(&["daemon", "status"]);
+}
+
+#[test]
+fn stale_socket_from_a_dead_daemon_is_replaced() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let pid = world.daemon_pid().unwrap();
+    // SAFETY: killing our own test daemon.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    while support::process_alive(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(world.socket().exists(), "SIGKILL leaves the socket behind");
+    world.ok(&["vm", "list"]);
+    assert_ne!(world.daemon_pid().unwrap(), pid, "a new daemon serves");
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_daemon_keeps_serving() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let mut client = world.rpc();
+
+    let reply = client.send_raw(b"{not json\n");
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+    assert_eq!(reply["id"], Value::Null);
+
+    let reply = client.send_raw(b"[1,2,3]\n");
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+
+    let reply = client.send_raw(b"{\"jsonrpc\":\"1.0\",\"id\":4,\"method\":\"vm.list\"}\n");
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert_eq!(reply["id"], 4);
+
+    let reply = client.call("vm.explode", json!({}));
+    assert_eq!(reply["error"]["code"], -32601, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vm.explode")
+    );
+
+    let reply = client.call("vm.show", json!({"wrong": 1}));
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert_eq!(reply["error"]["data"]["kind"], "invalid_params");
+    assert!(
+        !reply["error"]["data"]["causes"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{reply}"
+    );
+
+    let reply = client.call("vm.show", json!({"vm": "nope"}));
+    assert_eq!(reply["error"]["data"]["kind"], "not_found", "{reply}");
+
+    let mut huge = vec![b'x'; banger_proto::MAX_MESSAGE_BYTES + 10];
+    huge.push(b'\n');
+    let reply = client.send_raw(&huge);
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than"),
+        "{reply}"
+    );
+
+    // Invalid UTF-8 is a parse error, not a dropped connection.
+    let reply = client.send_raw(b"\xff\xfe\n");
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+
+    // The same connection, and a new one, still work.
+    let reply = client.call("vm.list", Value::Null);
+    assert_eq!(reply["result"], json!([]), "{reply}");
+    world.ok(&["daemon", "status"]);
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_request_harms_no_one() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    for _ in 0..20 {
+        use std::io::Write;
+        let mut stream = std::os::unix::net::UnixStream::connect(world.socket()).unwrap();
+        stream
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"meth")
+            .unwrap();
+    }
+    world.ok(&["vm", "list"]);
+}
+
+#[test]
+fn fifty_concurrent_clients_all_succeed() {
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let socket = world.socket();
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut client = support::RawClient::connect(&socket);
+                for _ in 0..10 {
+                    let method = if i % 2 == 0 {
+                        "vm.list"
+                    } else {
+                        "daemon.status"
+                    };
+                    let reply = client.call(method, Value::Null);
+                    assert!(
+                        reply["result"].is_object() || reply["result"].is_array(),
+                        "{reply}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn concurrent_first_commands_share_one_daemon() {
+    let world = World::new();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            world
+                .command(support::BANGER)
+                .args(["vm", "list"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let pid = world.daemon_pid().unwrap();
+    assert!(support::process_alive(pid));
+}
+
+#[test]
+fn a_daemon_that_cannot_start_is_reported_with_its_log() {
+    let world = World::new();
+    world.write_config("log_level = \"chatty\"\n");
+    let out = world.banger(&["vm", "list"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("bangerd exited"), "{err}");
+    assert!(
+        err.contains(&world.log_file().display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("log_level"), "the reason is shown: {err}");
+}
+
+#[test]
+fn unimplemented_commands_fail_and_say_so() {
+    let world = World::new();
+    for args in [&["vm", "ssh", "calm-otter"][..], &["tui"]] {
+        let out = world.banger(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("not implemented yet"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn version_and_completions() {
+    let world = World::new();
+    assert_eq!(
+        world.ok(&["--version"]),
+        format!("banger {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let script = world.ok(&["completions", "bash"]);
+    assert!(
+        script.contains("banger") && script.contains("vm"),
+        "bash completion script"
+    );
+    assert!(!world.socket().exists(), "neither starts the daemon");
+}
+
+#[test]
+fn cli_refuses_bad_input_before_contacting_the_daemon() {
+    let world = World::new();
+    let out = world.banger(&["vm", "create", "--disk-size", "0G"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("\"0G\""), "{}", stderr(&out));
+    assert!(!world.socket().exists(), "nothing was started");
+}

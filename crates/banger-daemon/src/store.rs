@@ -1,0 +1,528 @@
+//! The daemon's SQLite store: VMs and images, WAL mode, versioned migrations.
+//! Every multi-row change runs in one transaction, so a killed daemon leaves
+//! either the old state or the new one.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use banger_proto::{Image, VmState};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("opening state database {0}")]
+    Open(PathBuf, #[source] rusqlite::Error),
+    #[error("migrating state database to schema version {0}")]
+    Migrate(usize, #[source] rusqlite::Error),
+    #[error(
+        "state database has schema version {found}, newer than this bangerd understands ({known}): upgrade banger"
+    )]
+    TooNew { found: usize, known: usize },
+    #[error("state database query failed")]
+    Query(#[from] rusqlite::Error),
+    #[error("stored VM {id} has unknown state {state:?}")]
+    BadState { id: String, state: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Schema versions in order; index + 1 is the `user_version` after applying.
+const MIGRATIONS: &[&str] = &[
+    // 1: VMs and images.
+    "CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        image TEXT NOT NULL,
+        vmm TEXT NOT NULL,
+        vcpu INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        disk_size_bytes INTEGER NOT NULL,
+        nat INTEGER NOT NULL DEFAULT 0,
+        guest_ip TEXT UNIQUE,
+        tap TEXT UNIQUE,
+        vsock_cid INTEGER UNIQUE,
+        vsock_path TEXT,
+        pid INTEGER,
+        pid_start_time INTEGER,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        stopped_at INTEGER,
+        exit_reason TEXT,
+        last_error TEXT
+    );
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,
+        rootfs TEXT NOT NULL,
+        kernel TEXT,
+        initrd TEXT,
+        modules_dir TEXT,
+        docker INTEGER NOT NULL DEFAULT 0,
+        managed INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );",
+];
+
+/// A VM row as stored. Paths derived from the VM's directory are not stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    pub image: String,
+    pub vmm: String,
+    pub vcpu: u32,
+    pub memory_mib: u64,
+    pub disk_size_bytes: u64,
+    pub nat: bool,
+    pub guest_ip: Option<String>,
+    pub tap: Option<String>,
+    pub vsock_cid: Option<u32>,
+    pub vsock_path: Option<PathBuf>,
+    pub pid: Option<u32>,
+    /// The VMM process's start time in clock ticks since boot (from
+    /// `/proc/<pid>/stat`), so a recycled PID is never mistaken for it.
+    pub pid_start_time: Option<u64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub stopped_at: Option<i64>,
+    pub exit_reason: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const VM_COLUMNS: &str = "id, name, state, image, vmm, vcpu, memory_mib, disk_size_bytes, nat,
+    guest_ip, tap, vsock_cid, vsock_path, pid, pid_start_time, created_at, started_at,
+    stopped_at, exit_reason, last_error";
+
+const IMAGE_COLUMNS: &str =
+    "name, rootfs, kernel, initrd, modules_dir, docker, managed, created_at";
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Open(path.into(), e))?;
+        Self::init(conn).map_err(|e| match e {
+            StoreError::Query(q) => StoreError::Open(path.into(), q),
+            other => other,
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // In-memory databases answer "memory"; files switch to WAL.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent
+        // (the transaction rolls back on drop), so the poison is ignored.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn schema_version(&self) -> Result<usize> {
+        Ok(user_version(&self.conn())?)
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VM_COLUMNS} FROM vms ORDER BY created_at, name"
+        ))?;
+        let rows = stmt.query_map([], vm_from_row)?;
+        rows.map(|r| r?.into_record()).collect()
+    }
+
+    pub fn vm_count(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM vms", [], |r| r.get(0))?)
+    }
+
+    pub fn get_vm(&self, id: &str) -> Result<Option<VmRecord>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"))?;
+        stmt.query_row([id], vm_from_row)
+            .optional()?
+            .map(RawVm::into_record)
+            .transpose()
+    }
+
+    pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            &format!(
+                "INSERT INTO vms ({VM_COLUMNS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            ),
+            rusqlite::params_from_iter(vm_params(vm)),
+        )?;
+        Ok(())
+    }
+
+    /// Writes every column of an existing VM row.
+    pub fn update_vm(&self, vm: &VmRecord) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE vms SET name = ?2, state = ?3, image = ?4, vmm = ?5, vcpu = ?6,
+                memory_mib = ?7, disk_size_bytes = ?8, nat = ?9, guest_ip = ?10, tap = ?11,
+                vsock_cid = ?12, vsock_path = ?13, pid = ?14, pid_start_time = ?15,
+                created_at = ?16, started_at = ?17, stopped_at = ?18, exit_reason = ?19,
+                last_error = ?20
+             WHERE id = ?1",
+            rusqlite::params_from_iter(vm_params(vm)),
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_vm(&self, id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn list_images(&self) -> Result<Vec<Image>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY name"))?;
+        let rows = stmt.query_map([], image_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn get_image(&self, name: &str) -> Result<Option<Image>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE name = ?1"
+        ))?;
+        Ok(stmt.query_row([name], image_from_row).optional()?)
+    }
+
+    /// Inserts or replaces an image by name.
+    pub fn put_image(&self, image: &Image) -> Result<()> {
+        self.conn().execute(
+            &format!("INSERT OR REPLACE INTO images ({IMAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![
+                image.name,
+                path_text(&image.rootfs),
+                image.kernel.as_deref().map(path_text),
+                image.initrd.as_deref().map(path_text),
+                image.modules_dir.as_deref().map(path_text),
+                image.docker,
+                image.managed,
+                image.created_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_image(&self, name: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM images WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    pub fn images_in_use(&self, name: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([name], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map(|v| usize::try_from(v).unwrap_or(0))
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let current = user_version(conn)?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = index + 1;
+        let apply = || -> rusqlite::Result<()> {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()
+        };
+        apply().map_err(|e| StoreError::Migrate(version, e))?;
+    }
+    Ok(())
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// A row before its state text is checked.
+struct RawVm {
+    record: VmRecord,
+    state: String,
+}
+
+impl RawVm {
+    fn into_record(self) -> Result<VmRecord> {
+        let mut record = self.record;
+        record.state = VmState::parse(&self.state).ok_or_else(|| StoreError::BadState {
+            id: record.id.clone(),
+            state: self.state,
+        })?;
+        Ok(record)
+    }
+}
+
+fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
+    Ok(RawVm {
+        state: row.get(2)?,
+        record: VmRecord {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            state: VmState::Failed,
+            image: row.get(3)?,
+            vmm: row.get(4)?,
+            vcpu: row.get(5)?,
+            memory_mib: row.get(6)?,
+            disk_size_bytes: row.get(7)?,
+            nat: row.get(8)?,
+            guest_ip: row.get(9)?,
+            tap: row.get(10)?,
+            vsock_cid: row.get(11)?,
+            vsock_path: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
+            pid: row.get(13)?,
+            pid_start_time: row.get(14)?,
+            created_at: row.get(15)?,
+            started_at: row.get(16)?,
+            stopped_at: row.get(17)?,
+            exit_reason: row.get(18)?,
+            last_error: row.get(19)?,
+        },
+    })
+}
+
+fn vm_params(vm: &VmRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
+    vec![
+        Box::new(&vm.id),
+        Box::new(&vm.name),
+        Box::new(vm.state.as_str()),
+        Box::new(&vm.image),
+        Box::new(&vm.vmm),
+        Box::new(vm.vcpu),
+        Box::new(vm.memory_mib),
+        Box::new(vm.disk_size_bytes),
+        Box::new(vm.nat),
+        Box::new(&vm.guest_ip),
+        Box::new(&vm.tap),
+        Box::new(vm.vsock_cid),
+        Box::new(vm.vsock_path.as_deref().map(path_text)),
+        Box::new(vm.pid),
+        Box::new(vm.pid_start_time),
+        Box::new(vm.created_at),
+        Box::new(vm.started_at),
+        Box::new(vm.stopped_at),
+        Box::new(&vm.exit_reason),
+        Box::new(&vm.last_error),
+    ]
+}
+
+fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
+    Ok(Image {
+        name: row.get(0)?,
+        rootfs: PathBuf::from(row.get::<_, String>(1)?),
+        kernel: row.get::<_, Option<String>>(2)?.map(PathBuf::from),
+        initrd: row.get::<_, Option<String>>(3)?.map(PathBuf::from),
+        modules_dir: row.get::<_, Option<String>>(4)?.map(PathBuf::from),
+        docker: row.get(5)?,
+        managed: row.get(6)?,
+        created_at: row.get(7)?,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_vm(id: &str, name: &str) -> VmRecord {
+        VmRecord {
+            id: id.into(),
+            name: name.into(),
+            state: VmState::Stopped,
+            image: "default".into(),
+            vmm: "firecracker".into(),
+            vcpu: 2,
+            memory_mib: 1024,
+            disk_size_bytes: 8 << 30,
+            nat: false,
+            guest_ip: None,
+            tap: None,
+            vsock_cid: Some(3),
+            vsock_path: Some(PathBuf::from("/s/vms/x/vsock.sock")),
+            pid: None,
+            pid_start_time: None,
+            created_at: 1_700_000_000,
+            started_at: None,
+            stopped_at: None,
+            exit_reason: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn migrates_from_empty_and_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("banger.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
+        let mode: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        store.insert_vm(&sample_vm("a1", "calm-otter")).unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.list_vms().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("banger.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let msg = Store::open(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("99") && msg.contains("upgrade banger"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn vm_round_trip_and_unique_names() {
+        let store = Store::open_in_memory().unwrap();
+        let mut vm = sample_vm("a1", "calm-otter");
+        store.insert_vm(&vm).unwrap();
+        assert_eq!(store.get_vm("a1").unwrap().unwrap(), vm);
+        vm.state = VmState::Running;
+        vm.pid = Some(42);
+        vm.exit_reason = Some("signal SIGKILL".into());
+        store.update_vm(&vm).unwrap();
+        assert_eq!(store.get_vm("a1").unwrap().unwrap(), vm);
+        assert!(
+            store.insert_vm(&sample_vm("b2", "calm-otter")).is_err(),
+            "duplicate name"
+        );
+        store.delete_vm("a1").unwrap();
+        assert!(store.get_vm("a1").unwrap().is_none());
+    }
+
+    #[test]
+    fn image_round_trip() {
+        let store = Store::open_in_memory().unwrap();
+        let image = Image {
+            name: "default".into(),
+            rootfs: "/r/rootfs.ext4".into(),
+            kernel: Some("/r/vmlinux".into()),
+            initrd: None,
+            modules_dir: None,
+            docker: true,
+            managed: false,
+            created_at: 5,
+        };
+        store.put_image(&image).unwrap();
+        assert_eq!(store.list_images().unwrap(), vec![image.clone()]);
+        assert_eq!(store.get_image("default").unwrap(), Some(image));
+        store.delete_image("default").unwrap();
+        assert!(store.list_images().unwrap().is_empty());
+    }
+
+    /// The child half of `killed_writer_leaves_database_consistent`: writes
+    /// pairs of rows in transactions until it is killed.
+    #[test]
+    #[ignore = "run only as the child process of killed_writer_leaves_database_consistent"]
+    fn writer_child() {
+        let Some(path) = std::env::var_os("BANGER_TEST_WRITER_DB") else {
+            return;
+        };
+        let store = Store::open(Path::new(&path)).unwrap();
+        for i in 0u64.. {
+            let conn = store.conn();
+            let tx = conn.unchecked_transaction().unwrap();
+            for half in ["a", "b"] {
+                let mut vm = sample_vm(&format!("{i}{half}"), &format!("vm-{i}-{half}"));
+                vm.vsock_cid = None;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO vms ({VM_COLUMNS}) VALUES
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                    ),
+                    rusqlite::params_from_iter(vm_params(&vm)),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+    }
+
+    #[test]
+    fn killed_writer_leaves_database_consistent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("banger.db");
+        Store::open(&path).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::writer_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("BANGER_TEST_WRITER_DB", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it commit some transactions, then kill it mid-write.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let count = Store::open(&path).unwrap().vm_count().unwrap();
+            if count >= 50 || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let store = Store::open(&path).unwrap();
+        let check: String = store
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let count = store.vm_count().unwrap();
+        assert!(count >= 50, "the writer committed only {count} rows");
+        assert_eq!(count % 2, 0, "a transaction was half applied: {count} rows");
+    }
+}
