@@ -1,8 +1,12 @@
 //! banger's host boundary: where files live, what the user configured, and
-//! (as later modules) every command and device banger touches on the host.
+//! every command, file and process banger touches on the host, each behind a
+//! trait with a real implementation and a fake for tests.
 
 pub mod config;
+pub mod disk;
 pub mod paths;
+pub mod process;
+pub mod procfs;
 pub mod runtime_dir;
 
 pub use config::{Config, ConfigError, LogLevel, VmmChoice};

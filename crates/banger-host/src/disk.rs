@@ -1,0 +1,588 @@
+//! VM disks as sparse ext4 image files, made and changed with e2fsprogs on
+//! unmounted files: no root, no loop devices, no device-mapper.
+//!
+//! Files put into an image are owned by root inside it even when banger runs
+//! as an ordinary user (`mkfs.ext4 -d` copies the caller's uid, and sshd's
+//! StrictModes would then reject root's files), so ownership is set
+//! explicitly with debugfs after every seeding.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+use crate::process::{Cmd, ProcessError, Runner};
+
+pub const OVERLAY_LABEL: &str = "banger-overlay";
+pub const WORK_LABEL: &str = "banger-work";
+
+#[derive(Debug, Error)]
+pub enum DiskError {
+    #[error("creating disk file {0}")]
+    Create(PathBuf, #[source] std::io::Error),
+    #[error("preparing scratch directory {0}")]
+    Scratch(PathBuf, #[source] std::io::Error),
+    #[error("formatting {0} as ext4")]
+    Format(PathBuf, #[source] ProcessError),
+    #[error("copying /root out of base image {0}")]
+    Extract(PathBuf, #[source] ProcessError),
+    #[error("setting root ownership inside {0}")]
+    Ownership(PathBuf, #[source] ProcessError),
+    #[error("checking filesystem {0} before resizing")]
+    Check(PathBuf, #[source] ProcessError),
+    #[error("resizing filesystem {0}")]
+    Resize(PathBuf, #[source] ProcessError),
+    #[error("changing the length of {0}")]
+    Length(PathBuf, #[source] std::io::Error),
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+pub type Result<T, E = DiskError> = std::result::Result<T, E>;
+
+pub trait Disks: Send + Sync + fmt::Debug {
+    /// A sparse ext4 file of `size` bytes holding empty `upper/` and `work/`
+    /// directories for the guest's overlayfs root.
+    fn create_overlay(&self, path: &Path, size: u64) -> Result<()>;
+    /// A sparse ext4 file of `size` bytes, seeded with `/root` of `seed_image`.
+    fn create_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()>;
+    /// Grows the file and its filesystem to `size` bytes.
+    fn grow(&self, path: &Path, size: u64) -> Result<()>;
+}
+
+/// The real thing: e2fsprogs through a [`Runner`].
+#[derive(Debug)]
+pub struct Ext4Disks {
+    runner: Arc<dyn Runner>,
+    scratch: PathBuf,
+}
+
+impl Ext4Disks {
+    /// `scratch` holds short-lived staging trees (under the cache directory).
+    pub fn new(runner: Arc<dyn Runner>, scratch: PathBuf) -> Self {
+        Self { runner, scratch }
+    }
+
+    fn staging(&self) -> Result<Staging> {
+        std::fs::create_dir_all(&self.scratch)
+            .map_err(|e| DiskError::Scratch(self.scratch.clone(), e))?;
+        let dir = self
+            .scratch
+            .join(format!("stage-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir(&dir).map_err(|e| DiskError::Scratch(dir.clone(), e))?;
+        Ok(Staging(dir))
+    }
+
+    fn format(&self, path: &Path, size: u64, label: &str, tree: &Path) -> Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| DiskError::Create(path.into(), e))?;
+        file.set_len(size)
+            .map_err(|e| DiskError::Create(path.into(), e))?;
+        drop(file);
+        let cmd = Cmd::new("mkfs.ext4")
+            .args([
+                "-F",
+                "-q",
+                "-L",
+                label,
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                "-d",
+            ])
+            .arg(tree.to_string_lossy())
+            .arg(path.to_string_lossy());
+        self.runner
+            .run(&cmd)
+            .map_err(|e| DiskError::Format(path.into(), e))?;
+        self.set_root_owner(path, tree)
+    }
+
+    /// Every inode copied from `tree` (and the filesystem root) becomes 0:0.
+    fn set_root_owner(&self, image: &Path, tree: &Path) -> Result<()> {
+        let mut script = String::from("set_inode_field / uid 0\nset_inode_field / gid 0\n");
+        for entry in walk(tree).map_err(|e| DiskError::Scratch(tree.into(), e))? {
+            let inside = Path::new("/").join(entry.strip_prefix(tree).unwrap_or(&entry));
+            let quoted = debugfs_quote(&inside);
+            script.push_str(&format!(
+                "set_inode_field {quoted} uid 0\nset_inode_field {quoted} gid 0\n"
+            ));
+        }
+        self.debugfs_write(image, &script)
+            .map_err(|e| DiskError::Ownership(image.into(), e))
+    }
+
+    fn debugfs_write(&self, image: &Path, script: &str) -> Result<(), ProcessError> {
+        let mut file =
+            tempfile_in(&self.scratch).map_err(|e| ProcessError::Spawn("debugfs".into(), e))?;
+        file.1
+            .write_all(script.as_bytes())
+            .map_err(|e| ProcessError::Spawn("debugfs".into(), e))?;
+        let cmd = Cmd::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(file.0.to_string_lossy())
+            .arg(image.to_string_lossy());
+        let result = self.runner.output(&cmd);
+        let _ = std::fs::remove_file(&file.0);
+        let out = result?;
+        // debugfs exits 0 even when a request fails; its complaints are on stderr.
+        let complaints: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+            .collect();
+        if out.code != Some(0) || !complaints.is_empty() {
+            return Err(ProcessError::Reported {
+                cmd: cmd.to_string(),
+                message: complaints.join("; "),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Disks for Ext4Disks {
+    fn create_overlay(&self, path: &Path, size: u64) -> Result<()> {
+        let stage = self.staging()?;
+        for dir in ["upper", "work"] {
+            std::fs::create_dir(stage.0.join(dir))
+                .map_err(|e| DiskError::Scratch(stage.0.clone(), e))?;
+        }
+        self.format(path, size, OVERLAY_LABEL, &stage.0)
+            .inspect_err(|_| remove_quietly(path))
+    }
+
+    fn create_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()> {
+        let stage = self.staging()?;
+        let tree = match seed_image {
+            Some(image) => {
+                let cmd = Cmd::new("debugfs")
+                    .arg("-R")
+                    .arg(format!("rdump /root {}", stage.0.display()))
+                    .arg(image.to_string_lossy());
+                let out = self
+                    .runner
+                    .output(&cmd)
+                    .map_err(|e| DiskError::Extract(image.into(), e))?;
+                if out.code != Some(0) {
+                    return Err(DiskError::Extract(
+                        image.into(),
+                        ProcessError::Reported {
+                            cmd: cmd.to_string(),
+                            message: out.stderr.trim().to_owned(),
+                        },
+                    ));
+                }
+                // An image without /root seeds an empty disk.
+                let root = stage.0.join("root");
+                if root.is_dir() { root } else { stage.0.clone() }
+            }
+            None => stage.0.clone(),
+        };
+        self.format(path, size, WORK_LABEL, &tree)
+            .inspect_err(|_| remove_quietly(path))
+    }
+
+    fn grow(&self, path: &Path, size: u64) -> Result<()> {
+        let check = Cmd::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(path.to_string_lossy());
+        let out = self
+            .runner
+            .output(&check)
+            .map_err(|e| DiskError::Check(path.into(), e))?;
+        // 0: clean, 1: errors fixed. Anything else means the disk needs a human.
+        if !matches!(out.code, Some(0 | 1)) {
+            return Err(DiskError::Check(
+                path.into(),
+                ProcessError::Failed {
+                    cmd: check.to_string(),
+                    status: format!("{:?}", out.code),
+                    stderr: format!("{}{}", out.stdout.trim(), out.stderr.trim()),
+                },
+            ));
+        }
+        let old = std::fs::metadata(path)
+            .map_err(|e| DiskError::Length(path.into(), e))?
+            .len();
+        set_len(path, size)?;
+        let resize = Cmd::new("resize2fs").arg(path.to_string_lossy());
+        if let Err(e) = self.runner.run(&resize) {
+            // The filesystem is still its old size: give the file its old length back.
+            let _ = set_len(path, old);
+            return Err(DiskError::Resize(path.into(), e));
+        }
+        Ok(())
+    }
+}
+
+fn set_len(path: &Path, size: u64) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| DiskError::Length(path.into(), e))
+}
+
+fn remove_quietly(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Removed with everything in it when dropped.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:x}{n}")
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!(
+        "debugfs-{}-{}.cmd",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((path, file))
+}
+
+/// Every path below `root`, parents before children; links are not followed.
+fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// debugfs takes one argument per word; a path with spaces goes in quotes.
+fn debugfs_quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if text.contains(|c: char| c.is_whitespace() || c == '"') {
+        format!("\"{}\"", text.replace('"', "\\\""))
+    } else {
+        text.into_owned()
+    }
+}
+
+/// Which operation a [`FakeDisks`] should fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiskOp {
+    CreateOverlay,
+    CreateWorkDisk,
+    Grow,
+}
+
+/// Writes small sparse files instead of filesystems, and fails on demand.
+#[derive(Debug, Default)]
+pub struct FakeDisks {
+    fail: Mutex<HashSet<DiskOp>>,
+}
+
+impl FakeDisks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn fail_on(&self, op: DiskOp) {
+        self.fail.lock().expect("fail lock").insert(op);
+    }
+
+    pub fn clear_failures(&self) {
+        self.fail.lock().expect("fail lock").clear();
+    }
+
+    fn check(&self, op: DiskOp) -> Result<()> {
+        if self.fail.lock().expect("fail lock").contains(&op) {
+            Err(DiskError::Injected(format!("{op:?}")))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sparse(path: &Path, size: u64) -> Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| DiskError::Create(path.into(), e))?;
+        file.set_len(size)
+            .map_err(|e| DiskError::Create(path.into(), e))
+    }
+}
+
+impl Disks for FakeDisks {
+    fn create_overlay(&self, path: &Path, size: u64) -> Result<()> {
+        self.check(DiskOp::CreateOverlay)?;
+        Self::sparse(path, size)
+    }
+
+    fn create_work_disk(&self, path: &Path, size: u64, _seed_image: Option<&Path>) -> Result<()> {
+        self.check(DiskOp::CreateWorkDisk)?;
+        Self::sparse(path, size)
+    }
+
+    fn grow(&self, path: &Path, size: u64) -> Result<()> {
+        self.check(DiskOp::Grow)?;
+        set_len(path, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+    use crate::process::HostRunner;
+
+    fn debugfs(image: &Path, request: &str) -> String {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", request])
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn have_e2fsprogs() -> bool {
+        let found = std::process::Command::new("mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_ok();
+        if !found {
+            eprintln!(
+                "SKIPPED: e2fsprogs is not installed (apt-get install e2fsprogs); .ci/run installs it"
+            );
+        }
+        found
+    }
+
+    /// A base image whose /root holds files owned by uid 1000, as `mkfs.ext4 -d`
+    /// run by an ordinary user would leave them.
+    fn base_image(dir: &Path, size: u64) -> PathBuf {
+        let tree = dir.join("base-tree");
+        std::fs::create_dir_all(tree.join("root/.ssh")).unwrap();
+        std::fs::write(tree.join("root/.bashrc"), "export BANGER=1\n").unwrap();
+        std::fs::write(
+            tree.join("root/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAA test\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            tree.join("root/.ssh"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        for path in [
+            "root",
+            "root/.bashrc",
+            "root/.ssh",
+            "root/.ssh/authorized_keys",
+        ] {
+            std::os::unix::fs::lchown(tree.join(path), Some(1000), Some(1000)).ok();
+        }
+        let image = dir.join(format!("base-{size}.ext4"));
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(size).unwrap();
+        let status = std::process::Command::new("mkfs.ext4")
+            .args([
+                "-F",
+                "-q",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                "-d",
+            ])
+            .arg(&tree)
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        image
+    }
+
+    fn disks(dir: &Path) -> Ext4Disks {
+        Ext4Disks::new(Arc::new(HostRunner), dir.join("scratch"))
+    }
+
+    #[test]
+    fn overlay_has_upper_and_work_and_is_sparse() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("overlay.ext4");
+        disks(tmp.path()).create_overlay(&path, 16 << 30).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 16 << 30);
+        assert!(
+            meta.blocks() * 512 < 64 << 20,
+            "allocated {} bytes",
+            meta.blocks() * 512
+        );
+        let listing = debugfs(&path, "ls -l /");
+        assert!(
+            listing.contains("upper") && listing.contains("work"),
+            "{listing}"
+        );
+        assert!(debugfs(&path, "stat /upper").contains("User:     0   Group:     0"));
+        let label = std::process::Command::new("e2label")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), OVERLAY_LABEL);
+        assert!(
+            !tmp.path().join("scratch").read_dir().unwrap().any(|_| true),
+            "staging cleaned up"
+        );
+    }
+
+    #[test]
+    fn work_disk_is_seeded_from_base_root_and_owned_by_root() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base_image(tmp.path(), 256 << 20);
+        let path = tmp.path().join("work.ext4");
+        disks(tmp.path())
+            .create_work_disk(&path, 1 << 30, Some(&base))
+            .unwrap();
+        assert_eq!(debugfs(&path, "cat /.bashrc"), "export BANGER=1\n");
+        assert!(debugfs(&path, "cat /.ssh/authorized_keys").contains("ssh-ed25519"));
+        for inside in ["/", "/.bashrc", "/.ssh", "/.ssh/authorized_keys"] {
+            let stat = debugfs(&path, &format!("stat {inside}"));
+            assert!(
+                stat.contains("User:     0   Group:     0"),
+                "{inside}: {stat}"
+            );
+        }
+        assert!(
+            debugfs(&path, "stat /.ssh").contains("Mode:  0700"),
+            "modes are kept"
+        );
+    }
+
+    #[test]
+    fn work_disk_without_seed_is_empty_ext4() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("work.ext4");
+        disks(tmp.path())
+            .create_work_disk(&path, 512 << 20, None)
+            .unwrap();
+        let check = std::process::Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+
+    #[test]
+    fn overlay_creation_never_copies_the_base() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut allocated = Vec::new();
+        for base_size in [1u64 << 30, 16 << 30] {
+            let base = base_image(tmp.path(), base_size);
+            let dir = tmp.path().join(format!("vm-{base_size}"));
+            std::fs::create_dir(&dir).unwrap();
+            let disks = disks(tmp.path());
+            disks
+                .create_overlay(&dir.join("overlay.ext4"), 16 << 30)
+                .unwrap();
+            disks
+                .create_work_disk(&dir.join("work.ext4"), 8 << 30, Some(&base))
+                .unwrap();
+            let total: u64 = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+                .sum();
+            allocated.push(total);
+        }
+        assert_eq!(
+            allocated[0], allocated[1],
+            "VM files allocate the same for a 1 GiB and a 16 GiB base"
+        );
+    }
+
+    #[test]
+    fn grow_extends_file_and_filesystem() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("work.ext4");
+        let disks = disks(tmp.path());
+        disks.create_work_disk(&path, 512 << 20, None).unwrap();
+        disks.grow(&path, 1 << 30).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 30);
+        let stats = debugfs(&path, "stats");
+        let blocks: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("Block count:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let block_size: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("Block size:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(blocks * block_size, 1 << 30);
+    }
+
+    #[test]
+    fn failed_format_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runner = crate::process::RecordingRunner::new();
+        runner.answer("mkfs.ext4", None, 1, "", "no space");
+        let disks = Ext4Disks::new(Arc::new(runner), tmp.path().join("scratch"));
+        let path = tmp.path().join("overlay.ext4");
+        let err = disks.create_overlay(&path, 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("formatting"), "{err}");
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,96 @@
+//! What `/proc` says about a process: whether it still runs, when it
+//! started (so a recycled PID is never mistaken for ours), CPU and memory.
+
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `Z`, ... from field 3.
+    pub state: char,
+    /// Clock ticks since boot at which the process started (field 22).
+    pub start_time: u64,
+    /// User and system CPU time in clock ticks (fields 14 and 15).
+    pub utime: u64,
+    pub stime: u64,
+}
+
+pub fn stat(pid: u32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses `/proc/<pid>/stat`; the command name may contain spaces and
+/// parentheses, so fields are counted after the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state).
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        utime: fields.get(11)?.parse().ok()?,
+        stime: fields.get(12)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// True while `pid` runs (not a zombie) and, if given, started at `start_time`.
+pub fn is_running(pid: u32, start_time: Option<u64>) -> bool {
+    match stat(pid) {
+        Some(s) => s.state != 'Z' && start_time.is_none_or(|t| t == s.start_time),
+        None => false,
+    }
+}
+
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// Allocated and apparent bytes of a file.
+pub fn disk_usage(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.blocks() * 512, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_spaces_and_parens() {
+        let text = "1234 (fire cracker) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 987654 1000 50";
+        let stat = parse_stat(text).unwrap();
+        assert_eq!(
+            stat,
+            ProcStat {
+                state: 'S',
+                start_time: 987654,
+                utime: 7,
+                stime: 3
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_is_running_and_a_wrong_start_time_is_not_us() {
+        let me = std::process::id();
+        let mine = stat(me).unwrap();
+        assert!(is_running(me, Some(mine.start_time)));
+        assert!(!is_running(me, Some(mine.start_time + 1)));
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(!is_running(u32::MAX - 1, None));
+    }
+}
