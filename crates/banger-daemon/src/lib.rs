@@ -1,7 +1,11 @@
 //! bangerd: owns banger's state and every host side effect, and answers the
 //! CLI over a Unix socket. The `bangerd` binary only calls [`main_entry`].
 
+pub mod exits;
+pub mod images;
 pub mod instance;
+pub mod lifecycle;
+pub mod locks;
 pub mod namegen;
 pub mod server;
 pub mod service;
@@ -9,14 +13,58 @@ pub mod store;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use banger_host::disk::{Disks, Ext4Disks};
+use banger_host::process::HostRunner;
 use banger_host::{Config, LogLevel, Paths};
+use banger_vmm::Vmm;
+use banger_vmm::firecracker::Firecracker;
 use tokio::net::UnixListener;
 
 pub use service::Daemon;
+
+/// The host-facing parts the daemon is built from; tests pass fakes.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// The first runs new VMs.
+    pub backends: Vec<Arc<dyn Vmm>>,
+    pub disks: Arc<dyn Disks>,
+    pub stop_timeouts: lifecycle::StopTimeouts,
+}
+
+impl Deps {
+    /// The real host: Firecracker and e2fsprogs.
+    pub fn host(paths: &Paths, config: &Config, runtime_dir: Option<&std::path::Path>) -> Self {
+        let firecracker = config
+            .firecracker_bin
+            .clone()
+            .or_else(|| {
+                runtime_dir
+                    .map(|d| d.join("firecracker"))
+                    .filter(|p| p.is_file())
+            })
+            .or_else(|| find_on_path("firecracker"))
+            .unwrap_or_else(|| PathBuf::from("firecracker"));
+        Self {
+            backends: vec![Arc::new(Firecracker::new(firecracker))],
+            disks: Arc::new(Ext4Disks::new(
+                Arc::new(HostRunner),
+                paths.cache_dir.join("scratch"),
+            )),
+            stop_timeouts: lifecycle::StopTimeouts::default(),
+        }
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
 
 /// Parses `bangerd`'s arguments, loads config, logs to `bangerd.log`, and
 /// serves until asked to stop. Errors go to stderr (the CLI points that at
@@ -70,7 +118,16 @@ fn start() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(paths, config))
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("bangerd"));
+    let runtime_dir = match banger_host::runtime_dir::resolve(config.runtime_dir.as_deref(), &exe) {
+        Ok(found) => Some(found.path),
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime bundle; VMs need images registered another way");
+            None
+        }
+    };
+    let deps = Deps::host(&paths, &config, runtime_dir.as_deref());
+    runtime.block_on(run(paths, config, runtime_dir, deps))
 }
 
 fn init_logging(paths: &Paths, level: LogLevel) -> anyhow::Result<()> {
@@ -94,20 +151,45 @@ fn init_logging(paths: &Paths, level: LogLevel) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
-/// Takes the instance lock, opens the store, binds the socket and serves
-/// until `daemon.stop` or SIGTERM/SIGINT.
-pub async fn run(paths: Paths, config: Config) -> anyhow::Result<()> {
+/// Takes the instance lock, opens the store, reconciles VMs with the host,
+/// binds the socket and serves until `daemon.stop` or SIGTERM/SIGINT.
+/// Running VMs are left running.
+pub async fn run(
+    paths: Paths,
+    config: Config,
+    runtime_dir: Option<PathBuf>,
+    deps: Deps,
+) -> anyhow::Result<()> {
     let _lock = instance::InstanceLock::acquire(&paths.pid_file, &paths.socket)?;
-    let store = store::Store::open(&paths.db_file)?;
+    let store = Arc::new(store::Store::open(&paths.db_file)?);
+    if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())? {
+        tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
+    }
+    let lifecycle = lifecycle::Lifecycle::new(
+        paths.clone(),
+        store,
+        deps.backends,
+        deps.disks,
+        config.namegen_path.clone(),
+    )
+    .with_stop_timeouts(deps.stop_timeouts);
+    let reconciled = {
+        let lifecycle = lifecycle.clone();
+        tokio::task::spawn_blocking(move || lifecycle.reconcile())
+            .await
+            .context("reconciling VMs")??
+    };
+    tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, removed = ?reconciled.removed, "reconciled VMs with the host");
     let listener = UnixListener::bind(&paths.socket)
         .with_context(|| format!("binding socket {}", paths.socket.display()))?;
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting socket {} to mode 0600", paths.socket.display()))?;
     let socket = paths.socket.clone();
-    let daemon = Daemon::new(paths, config, store);
+    let daemon = Daemon::new(paths, config, lifecycle.clone());
     spawn_signal_handler(daemon.clone())?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
     server::serve(listener, daemon).await;
+    lifecycle.retire();
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "removing socket at shutdown");
     }

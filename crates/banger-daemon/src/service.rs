@@ -5,14 +5,18 @@ use std::time::Instant;
 
 use banger_host::{Config, Paths};
 use banger_proto::api::method;
-use banger_proto::{DaemonStatus, ErrorKind, Image, ImageRef, RpcError, Vm, VmRef};
+use banger_proto::{
+    BatchItem, BatchResult, CreateVmParams, DaemonStatus, ErrorKind, Image, ImageRef, KillParams,
+    RpcError, SetVmParams, Vm, VmRef, VmRefs, validate,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::store::{Store, StoreError, VmRecord};
+use crate::lifecycle::{self, Lifecycle, LifecycleError};
+use crate::store::{StoreError, VmRecord};
 
 /// File names inside a VM's directory.
 pub mod vm_files {
@@ -20,11 +24,7 @@ pub mod vm_files {
     pub const WORK_DISK: &str = "work.ext4";
     pub const VMM_LOG: &str = "firecracker.log";
     pub const VSOCK: &str = "vsock.sock";
-    pub const API_SOCKET: &str = "firecracker.sock";
 }
-
-/// Shortest ID prefix shown to users; refs may use any unique prefix.
-pub const SHORT_ID_LEN: usize = 8;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -38,15 +38,12 @@ pub enum ApiError {
     },
     #[error("{0} is not implemented yet in this version of banger")]
     NotImplemented(&'static str),
-    #[error("no VM named {0:?} and no VM ID starts with it: see `banger vm list`")]
-    VmNotFound(String),
-    #[error("{vm_ref:?} matches several VMs ({}): use the name or more of the ID", .candidates.join(", "))]
-    AmbiguousRef {
-        vm_ref: String,
-        candidates: Vec<String>,
-    },
     #[error("no image named {0:?}: see `banger image list`")]
     ImageNotFound(String),
+    #[error("the daemon's worker for {0} stopped unexpectedly")]
+    Worker(&'static str),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,15 +54,21 @@ impl ApiError {
             Self::UnknownMethod(_) => ErrorKind::MethodNotFound,
             Self::Params { .. } => ErrorKind::InvalidParams,
             Self::NotImplemented(_) => ErrorKind::NotImplemented,
-            Self::VmNotFound(_) | Self::ImageNotFound(_) => ErrorKind::NotFound,
-            Self::AmbiguousRef { .. } => ErrorKind::InvalidInput,
-            Self::Store(_) => ErrorKind::Internal,
+            Self::ImageNotFound(_) => ErrorKind::NotFound,
+            Self::Worker(_) | Self::Store(_) => ErrorKind::Internal,
+            Self::Lifecycle(e) => e.kind(),
         }
     }
 }
 
 impl From<ApiError> for RpcError {
     fn from(err: ApiError) -> Self {
+        RpcError::from_chain(err.kind(), &err)
+    }
+}
+
+impl From<LifecycleError> for RpcError {
+    fn from(err: LifecycleError) -> Self {
         RpcError::from_chain(err.kind(), &err)
     }
 }
@@ -95,17 +98,17 @@ const KNOWN_METHODS: &[&str] = &[
 pub struct Daemon {
     pub paths: Paths,
     pub config: Config,
-    pub store: Store,
+    pub lifecycle: Arc<Lifecycle>,
     started: Instant,
     shutdown: watch::Sender<bool>,
 }
 
 impl Daemon {
-    pub fn new(paths: Paths, config: Config, store: Store) -> Arc<Self> {
+    pub fn new(paths: Paths, config: Config, lifecycle: Arc<Lifecycle>) -> Arc<Self> {
         Arc::new(Self {
             paths,
             config,
-            store,
+            lifecycle,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
         })
@@ -122,18 +125,16 @@ impl Daemon {
     pub async fn dispatch(self: &Arc<Self>, name: &str, params: Value) -> Result<Value, RpcError> {
         let started = Instant::now();
         let result = self.route(name, params).await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &result {
-            Ok(_) => tracing::debug!(
-                method = name,
-                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "request done"
-            ),
-            Err(e) => tracing::info!(method = name, error = %e, "request failed"),
+            Ok(_) => tracing::debug!(method = name, elapsed_ms, "request done"),
+            Err(e) => tracing::info!(method = name, elapsed_ms, error = %e, "request failed"),
         }
         result
     }
 
     async fn route(self: &Arc<Self>, name: &str, params: Value) -> Result<Value, RpcError> {
+        let store = self.lifecycle.store();
         match name {
             method::DAEMON_STATUS => reply(self.status()?),
             method::DAEMON_STOP => {
@@ -141,28 +142,69 @@ impl Daemon {
                 self.request_shutdown();
                 reply(serde_json::json!({ "stopping": true }))
             }
-            method::VM_LIST => reply(self.list_vms()?),
+            method::VM_LIST => {
+                let vms: Vec<Vm> = store
+                    .list_vms()
+                    .map_err(ApiError::from)?
+                    .iter()
+                    .map(|r| self.vm_view(r))
+                    .collect();
+                reply(vms)
+            }
             method::VM_SHOW => {
                 let VmRef { vm } = parse(name, params)?;
-                reply(self.vm_view(&self.resolve_vm(&vm)?))
+                reply(self.vm_view(&self.lifecycle.resolve(&vm)?))
             }
-            method::IMAGE_LIST => reply(self.store.list_images().map_err(ApiError::from)?),
+            method::VM_STATS => {
+                let VmRef { vm } = parse(name, params)?;
+                let stats = self
+                    .blocking("vm.stats", move |lc| {
+                        let record = lc.resolve(&vm)?;
+                        lc.stats(&record.id)
+                    })
+                    .await?;
+                reply(stats)
+            }
+            method::VM_CREATE => {
+                let params: CreateVmParams = parse(name, params)?;
+                let record = self
+                    .blocking("vm.create", move |lc| lc.create(&params))
+                    .await?;
+                reply(self.vm_view(&record))
+            }
+            method::VM_START => {
+                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.start(id))
+                    .await
+            }
+            method::VM_STOP => {
+                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.stop(id))
+                    .await
+            }
+            method::VM_RESTART => {
+                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.restart(id))
+                    .await
+            }
+            method::VM_DELETE => {
+                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.delete(id))
+                    .await
+            }
+            method::VM_KILL => {
+                let KillParams { vms, signal } = parse(name, params)?;
+                let signal = validate::signal(&signal).map_err(LifecycleError::from)?;
+                self.batch(vms, move |lc, id| lc.kill(id, signal)).await
+            }
+            method::VM_SET => {
+                let params: SetVmParams = parse(name, params)?;
+                let refs = params.vms.clone();
+                let params = Arc::new(params);
+                self.batch(refs, move |lc, id| lc.set(id, &params)).await
+            }
+            method::IMAGE_LIST => reply(store.list_images().map_err(ApiError::from)?),
             method::IMAGE_SHOW => {
                 let ImageRef { image } = parse(name, params)?;
                 reply(self.image(&image)?)
             }
-            method::VM_CREATE
-            | method::VM_STATS
-            | method::VM_START
-            | method::VM_STOP
-            | method::VM_RESTART
-            | method::VM_KILL
-            | method::VM_DELETE
-            | method::VM_SET
-            | method::VM_PING
-            | method::IMAGE_BUILD
-            | method::IMAGE_DELETE
-            | method::DOCTOR => {
+            method::VM_PING | method::IMAGE_BUILD | method::IMAGE_DELETE | method::DOCTOR => {
                 let known = KNOWN_METHODS
                     .iter()
                     .find(|m| **m == name)
@@ -171,6 +213,62 @@ impl Daemon {
             }
             other => Err(ApiError::UnknownMethod(other.to_owned()).into()),
         }
+    }
+
+    /// Runs a lifecycle action on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        what: &'static str,
+        f: impl FnOnce(&Arc<Lifecycle>) -> lifecycle::Result<T> + Send + 'static,
+    ) -> Result<T, RpcError> {
+        let lifecycle = self.lifecycle.clone();
+        match tokio::task::spawn_blocking(move || f(&lifecycle)).await {
+            Ok(result) => result.map_err(RpcError::from),
+            Err(_) => Err(ApiError::Worker(what).into()),
+        }
+    }
+
+    /// Runs `action` on every ref concurrently; one item per ref, in order.
+    async fn batch<F>(self: &Arc<Self>, refs: Vec<String>, action: F) -> Result<Value, RpcError>
+    where
+        F: Fn(&Arc<Lifecycle>, &str) -> lifecycle::Result<VmRecord> + Send + Sync + 'static,
+    {
+        let action = Arc::new(action);
+        let tasks: Vec<_> = refs
+            .into_iter()
+            .map(|vm_ref| {
+                let lifecycle = self.lifecycle.clone();
+                let action = action.clone();
+                let target = vm_ref.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    let record = lifecycle.resolve(&target)?;
+                    action(&lifecycle, &record.id)
+                });
+                (vm_ref, task)
+            })
+            .collect();
+        let mut items = Vec::with_capacity(tasks.len());
+        for (vm_ref, task) in tasks {
+            let item = match task.await {
+                Ok(Ok(record)) => BatchItem {
+                    vm_ref,
+                    vm: Some(self.vm_view(&record)),
+                    error: None,
+                },
+                Ok(Err(e)) => BatchItem {
+                    vm_ref,
+                    vm: None,
+                    error: Some(e.into()),
+                },
+                Err(_) => BatchItem {
+                    vm_ref,
+                    vm: None,
+                    error: Some(ApiError::Worker("a VM action").into()),
+                },
+            };
+            items.push(item);
+        }
+        reply(BatchResult { items })
     }
 
     fn status(&self) -> Result<DaemonStatus, ApiError> {
@@ -182,29 +280,15 @@ impl Daemon {
             dns_listen: self.config.dns_listen.to_string(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
-            vm_count: self.store.vm_count()?,
+            vm_count: self.lifecycle.store().vm_count()?,
         })
     }
 
-    fn list_vms(&self) -> Result<Vec<Vm>, ApiError> {
-        Ok(self
-            .store
-            .list_vms()?
-            .iter()
-            .map(|r| self.vm_view(r))
-            .collect())
-    }
-
     fn image(&self, name: &str) -> Result<Image, ApiError> {
-        self.store
+        self.lifecycle
+            .store()
             .get_image(name)?
             .ok_or_else(|| ApiError::ImageNotFound(name.to_owned()))
-    }
-
-    /// Finds a VM by exact name, else by unique ID prefix.
-    pub fn resolve_vm(&self, vm_ref: &str) -> Result<VmRecord, ApiError> {
-        let vms = self.store.list_vms()?;
-        resolve_ref(vms, vm_ref)
     }
 
     pub fn vm_view(&self, record: &VmRecord) -> Vm {
@@ -237,32 +321,6 @@ impl Daemon {
     }
 }
 
-pub fn resolve_ref(vms: Vec<VmRecord>, vm_ref: &str) -> Result<VmRecord, ApiError> {
-    if vm_ref.is_empty() {
-        return Err(ApiError::VmNotFound(String::new()));
-    }
-    let mut by_prefix = Vec::new();
-    for vm in vms {
-        if vm.name == vm_ref {
-            return Ok(vm);
-        }
-        if vm.id.starts_with(vm_ref) {
-            by_prefix.push(vm);
-        }
-    }
-    match by_prefix.len() {
-        0 => Err(ApiError::VmNotFound(vm_ref.to_owned())),
-        1 => Ok(by_prefix.remove(0)),
-        _ => Err(ApiError::AmbiguousRef {
-            vm_ref: vm_ref.to_owned(),
-            candidates: by_prefix
-                .iter()
-                .map(|vm| format!("{} ({})", vm.name, &vm.id[..SHORT_ID_LEN.min(vm.id.len())]))
-                .collect(),
-        }),
-    }
-}
-
 fn parse<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ApiError> {
     serde_json::from_value(params).map_err(|source| ApiError::Params {
         method: method.to_owned(),
@@ -273,38 +331,4 @@ fn parse<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ApiError
 fn reply<T: Serialize>(value: T) -> Result<Value, RpcError> {
     serde_json::to_value(value)
         .map_err(|e| RpcError::new(ErrorKind::Internal, format!("encoding the result: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::tests::sample_vm;
-
-    #[test]
-    fn refs_resolve_by_name_then_unique_prefix() {
-        let vms = vec![
-            sample_vm("aa12bb34cc", "calm-otter"),
-            sample_vm("aa12ff00dd", "buildbox"),
-            sample_vm("cc56dd78ee", "api-1"),
-        ];
-        assert_eq!(
-            resolve_ref(vms.clone(), "calm-otter").unwrap().id,
-            "aa12bb34cc"
-        );
-        assert_eq!(resolve_ref(vms.clone(), "cc5").unwrap().name, "api-1");
-        assert_eq!(
-            resolve_ref(vms.clone(), "aa12b").unwrap().name,
-            "calm-otter"
-        );
-        let msg = resolve_ref(vms.clone(), "aa12").unwrap_err().to_string();
-        assert!(
-            msg.contains("calm-otter (aa12bb34)") && msg.contains("buildbox (aa12ff00)"),
-            "{msg}"
-        );
-        let msg = resolve_ref(vms, "zz").unwrap_err().to_string();
-        assert!(
-            msg.contains("\"zz\"") && msg.contains("banger vm list"),
-            "{msg}"
-        );
-    }
 }

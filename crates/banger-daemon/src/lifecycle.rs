@@ -1,0 +1,896 @@
+//! The VM lifecycle: create, start, stop, restart, kill, delete, set, stats,
+//! and reconciling with the host when bangerd starts.
+//!
+//! Every action runs under its VM's lock and is blocking code (the daemon
+//! runs it on the blocking pool). Every step that changes the host has an
+//! undo; a failure runs the undos in reverse, so nothing is left behind.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use banger_host::disk::{DiskError, Disks};
+use banger_host::{Paths, procfs};
+use banger_proto::validate::{self, ValidationError, format_size};
+use banger_proto::{CreateVmParams, DiskUsage, Image, SetVmParams, VmState, VmStats};
+use banger_vmm::process::{ExitReason, send_signal, wait_child, wait_foreign};
+use banger_vmm::{Drive, LaunchSpec, Launched, Vmm, VmmError};
+use thiserror::Error;
+
+use crate::exits::ExitBoard;
+use crate::locks::VmLocks;
+use crate::namegen::{self, NamegenError};
+use crate::service::vm_files;
+use crate::store::{Store, StoreError, VmRecord};
+
+pub const DEFAULT_IMAGE: &str = "default";
+pub const DEFAULT_VCPU: u32 = 2;
+pub const DEFAULT_MEMORY_MIB: u64 = 2048;
+pub const DEFAULT_DISK_SIZE: u64 = 16 << 30;
+/// The overlay holds every change to `/` (and Docker's data); it is sparse,
+/// so its size costs nothing until the guest writes.
+pub const OVERLAY_SIZE: u64 = 64 << 30;
+/// The first guest CID; 0 to 2 are reserved (hypervisor, local, host).
+const FIRST_CID: u32 = 3;
+/// The initrd finds its disks by label; `net.ifnames=0` keeps the NIC `eth0`.
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 net.ifnames=0";
+
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("a VM named {0:?} already exists: pick another --name")]
+    NameTaken(String),
+    #[error("no VM named {0:?} and no VM ID starts with it: see `banger vm list`")]
+    NotFound(String),
+    #[error("{vm_ref:?} matches several VMs ({}): use the name or more of the ID", .candidates.join(", "))]
+    Ambiguous {
+        vm_ref: String,
+        candidates: Vec<String>,
+    },
+    #[error(
+        "no image named {0:?}: see `banger image list`, or run `make runtime` for the default image"
+    )]
+    NoImage(String),
+    #[error("image {image:?} is unusable: its {what} {path} is missing")]
+    ImageFileMissing {
+        image: String,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("{name} is running: stop it first with `banger vm stop {name}`")]
+    MustBeStopped { name: String },
+    #[error("{name} is not running: start it with `banger vm start {name}`")]
+    NotRunning { name: String },
+    #[error(
+        "refusing to shrink {name}'s work disk from {} to {}: work disks only grow",
+        format_size(*.current), format_size(*.requested)
+    )]
+    Shrink {
+        name: String,
+        current: u64,
+        requested: u64,
+    },
+    #[error("no free vsock CID is left")]
+    CidsExhausted,
+    #[error("{action} {name}: {step} failed")]
+    Step {
+        action: &'static str,
+        name: String,
+        step: &'static str,
+        #[source]
+        source: Box<StepError>,
+    },
+    #[error("sending {signal} to {name}'s VMM (pid {pid})")]
+    Signal {
+        name: String,
+        signal: String,
+        pid: u32,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Namegen(#[from] NamegenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LifecycleError {
+    pub fn kind(&self) -> banger_proto::ErrorKind {
+        use banger_proto::ErrorKind as K;
+        match self {
+            Self::Invalid(_) | Self::Ambiguous { .. } | Self::Shrink { .. } => K::InvalidInput,
+            Self::NameTaken(_) | Self::MustBeStopped { .. } | Self::NotRunning { .. } => {
+                K::Conflict
+            }
+            Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
+            Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
+            Self::CidsExhausted => K::Unavailable,
+            Self::Step { .. } | Self::Signal { .. } => K::HostFailure,
+            Self::Store(_) => K::Internal,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+/// How long each phase of a stop may take.
+#[derive(Debug, Clone, Copy)]
+pub struct StopTimeouts {
+    /// For the guest to power off after Ctrl-Alt-Del.
+    pub graceful: Duration,
+    /// For the VMM to exit after SIGTERM.
+    pub term: Duration,
+}
+
+impl Default for StopTimeouts {
+    fn default() -> Self {
+        Self {
+            graceful: Duration::from_secs(20),
+            term: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to undo, newest first, when a later step fails.
+#[derive(Default)]
+struct Undo {
+    steps: Vec<(&'static str, UndoFn)>,
+}
+
+type UndoFn = Box<dyn FnOnce() + Send>;
+
+impl Undo {
+    fn push(&mut self, what: &'static str, f: impl FnOnce() + Send + 'static) {
+        self.steps.push((what, Box::new(f)));
+    }
+
+    fn run(self) {
+        for (what, f) in self.steps.into_iter().rev() {
+            tracing::debug!(undo = what, "rolling back");
+            f();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Lifecycle {
+    paths: Paths,
+    store: Arc<Store>,
+    backends: Vec<Arc<dyn Vmm>>,
+    disks: Arc<dyn Disks>,
+    namegen_path: Option<PathBuf>,
+    locks: VmLocks,
+    exits: ExitBoard,
+    /// Serializes choosing a name and CID with inserting the row.
+    allocation: Mutex<()>,
+    /// Set when this daemon stops: its watchers then leave exits to the
+    /// next daemon, which adopts the VMs.
+    retired: std::sync::atomic::AtomicBool,
+    pub stop_timeouts: StopTimeouts,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Lifecycle {
+    /// `backends[0]` runs new VMs; the others can still stop and adopt VMs made with them.
+    pub fn new(
+        paths: Paths,
+        store: Arc<Store>,
+        backends: Vec<Arc<dyn Vmm>>,
+        disks: Arc<dyn Disks>,
+        namegen_path: Option<PathBuf>,
+    ) -> Arc<Self> {
+        assert!(!backends.is_empty(), "at least one VMM backend");
+        Arc::new(Self {
+            paths,
+            store,
+            backends,
+            disks,
+            namegen_path,
+            locks: VmLocks::default(),
+            exits: ExitBoard::default(),
+            allocation: Mutex::new(()),
+            retired: std::sync::atomic::AtomicBool::new(false),
+            stop_timeouts: StopTimeouts::default(),
+        })
+    }
+
+    pub fn with_stop_timeouts(mut self: Arc<Self>, timeouts: StopTimeouts) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before use")
+            .stop_timeouts = timeouts;
+        self
+    }
+
+    /// Stops recording VMM exits: another daemon owns the VMs from now on.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn backend(&self, name: &str) -> Option<&Arc<dyn Vmm>> {
+        self.backends.iter().find(|b| b.name() == name)
+    }
+
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        self.paths.vm_dir(id)
+    }
+
+    /// Finds a VM by exact name, else by unique ID prefix.
+    pub fn resolve(&self, vm_ref: &str) -> Result<VmRecord> {
+        let vms = self.store.list_vms()?;
+        if vm_ref.is_empty() {
+            return Err(LifecycleError::NotFound(String::new()));
+        }
+        let mut by_prefix = Vec::new();
+        for vm in vms {
+            if vm.name == vm_ref {
+                return Ok(vm);
+            }
+            if vm.id.starts_with(vm_ref) {
+                by_prefix.push(vm);
+            }
+        }
+        match by_prefix.len() {
+            0 => Err(LifecycleError::NotFound(vm_ref.to_owned())),
+            1 => Ok(by_prefix.remove(0)),
+            _ => Err(LifecycleError::Ambiguous {
+                vm_ref: vm_ref.to_owned(),
+                candidates: by_prefix
+                    .iter()
+                    .map(|vm| format!("{} ({})", vm.name, &vm.id[..8.min(vm.id.len())]))
+                    .collect(),
+            }),
+        }
+    }
+
+    fn record(&self, id: &str) -> Result<VmRecord> {
+        self.store
+            .get_vm(id)?
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    /// The image and a check that its files are still there.
+    pub fn usable_image(&self, name: &str) -> Result<Image> {
+        let image = self
+            .store
+            .get_image(name)?
+            .ok_or_else(|| LifecycleError::NoImage(name.to_owned()))?;
+        let mut files = vec![
+            ("rootfs", Some(image.rootfs.clone())),
+            ("kernel", image.kernel.clone()),
+        ];
+        files.push(("initrd", image.initrd.clone()));
+        for (what, path) in files {
+            match path {
+                Some(path) if !path.exists() => {
+                    return Err(LifecycleError::ImageFileMissing {
+                        image: name.to_owned(),
+                        what,
+                        path,
+                    });
+                }
+                None if what == "kernel" => {
+                    return Err(LifecycleError::ImageFileMissing {
+                        image: name.to_owned(),
+                        what,
+                        path: PathBuf::from("(none recorded)"),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(image)
+    }
+
+    #[tracing::instrument(skip_all, fields(name = params.name.as_deref().unwrap_or("(generated)")))]
+    pub fn create(self: &Arc<Self>, params: &CreateVmParams) -> Result<VmRecord> {
+        if let Some(name) = &params.name {
+            validate::vm_name(name)?;
+        }
+        let vcpu = params.vcpu.unwrap_or(DEFAULT_VCPU);
+        validate::vcpu(vcpu)?;
+        let memory_mib = params.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        validate::memory_mib(memory_mib)?;
+        let disk_size = match &params.disk_size {
+            Some(text) => validate::size_bytes(text)?,
+            None => DEFAULT_DISK_SIZE,
+        };
+        let image_name = params
+            .image
+            .clone()
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        let image = self.usable_image(&image_name)?;
+
+        let mut record = self.reserve(params.name.as_deref(), |id, name, cid| VmRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            state: VmState::Creating,
+            image: image_name.clone(),
+            vmm: self.backends[0].name().to_owned(),
+            vcpu,
+            memory_mib,
+            disk_size_bytes: disk_size,
+            nat: params.nat,
+            guest_ip: None,
+            tap: None,
+            vsock_cid: Some(cid),
+            vsock_path: Some(self.vm_dir(id).join(vm_files::VSOCK)),
+            pid: None,
+            pid_start_time: None,
+            created_at: now(),
+            started_at: None,
+            stopped_at: None,
+            exit_reason: None,
+            last_error: None,
+        })?;
+        let id = record.id.clone();
+        let name = record.name.clone();
+        self.locks.with(&id, || {
+            let mut undo = Undo::default();
+            let outcome = self.build_and_boot(&mut record, &image, &mut undo);
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(vm = %name, id = %id, pid = ?record.pid, "VM created");
+                    Ok(record)
+                }
+                Err((step, source)) => {
+                    undo.run();
+                    if let Err(e) = self.store.delete_vm(&id) {
+                        tracing::error!(vm = %name, error = %e, "removing the row of a failed create");
+                    }
+                    tracing::warn!(vm = %name, step, error = %source, "create failed and was rolled back");
+                    Err(LifecycleError::Step { action: "creating", name: name.clone(), step, source })
+                }
+            }
+        })
+    }
+
+    /// Picks a name (given or generated) and a CID and inserts the row, atomically.
+    fn reserve(
+        &self,
+        name: Option<&str>,
+        make: impl FnOnce(&str, &str, u32) -> VmRecord,
+    ) -> Result<VmRecord> {
+        let _allocation = self.allocation.lock().unwrap_or_else(|p| p.into_inner());
+        let existing = self.store.list_vms()?;
+        let taken = |n: &str| existing.iter().any(|vm| vm.name == n);
+        let name = match name {
+            Some(name) if taken(name) => return Err(LifecycleError::NameTaken(name.to_owned())),
+            Some(name) => name.to_owned(),
+            None => namegen::generate(self.namegen_path.as_deref(), &taken)?,
+        };
+        let used: std::collections::HashSet<u32> =
+            existing.iter().filter_map(|vm| vm.vsock_cid).collect();
+        let cid = (FIRST_CID..u32::MAX)
+            .find(|c| !used.contains(c))
+            .ok_or(LifecycleError::CidsExhausted)?;
+        let id = loop {
+            let id = new_id();
+            if !existing.iter().any(|vm| vm.id.starts_with(&id[..8])) {
+                break id;
+            }
+        };
+        let record = make(&id, &name, cid);
+        self.store.insert_vm(&record)?;
+        Ok(record)
+    }
+
+    fn build_and_boot(
+        self: &Arc<Self>,
+        record: &mut VmRecord,
+        image: &Image,
+        undo: &mut Undo,
+    ) -> Result<(), (&'static str, Box<StepError>)> {
+        let dir = self.vm_dir(&record.id);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            (
+                "creating the VM directory",
+                Box::new(StepError::Io(dir.display().to_string(), e)),
+            )
+        })?;
+        let removal = dir.clone();
+        undo.push("remove the VM directory", move || {
+            if let Err(e) = std::fs::remove_dir_all(&removal) {
+                tracing::error!(dir = %removal.display(), error = %e, "rollback could not remove the VM directory");
+            }
+        });
+        self.disks
+            .create_overlay(&dir.join(vm_files::OVERLAY), OVERLAY_SIZE)
+            .map_err(|e| ("creating the overlay disk", Box::new(e.into())))?;
+        self.disks
+            .create_work_disk(
+                &dir.join(vm_files::WORK_DISK),
+                record.disk_size_bytes,
+                Some(&image.rootfs),
+            )
+            .map_err(|e| ("creating the work disk", Box::new(e.into())))?;
+        let pid = self
+            .boot(record, image)
+            .map_err(|e| ("starting the VMM", Box::new(e)))?;
+        let this = self.clone();
+        undo.push("stop the VMM", move || this.force_stop(pid));
+        record.state = VmState::Running;
+        self.store
+            .update_vm(record)
+            .map_err(|e| ("recording the running VM", Box::new(e.into())))?;
+        Ok(())
+    }
+
+    fn launch_spec(&self, record: &VmRecord, image: &Image) -> LaunchSpec {
+        let dir = self.vm_dir(&record.id);
+        LaunchSpec {
+            vm_id: record.id.clone(),
+            vcpu: record.vcpu,
+            memory_mib: record.memory_mib,
+            kernel: image.kernel.clone().unwrap_or_default(),
+            initrd: image.initrd.clone(),
+            boot_args: BOOT_ARGS.to_owned(),
+            drives: vec![
+                Drive {
+                    id: "base".into(),
+                    path: image.rootfs.clone(),
+                    read_only: true,
+                },
+                Drive {
+                    id: "overlay".into(),
+                    path: dir.join(vm_files::OVERLAY),
+                    read_only: false,
+                },
+                Drive {
+                    id: "work".into(),
+                    path: dir.join(vm_files::WORK_DISK),
+                    read_only: false,
+                },
+            ],
+            net: None,
+            vsock_cid: record.vsock_cid.unwrap_or(FIRST_CID),
+            vsock_path: record
+                .vsock_path
+                .clone()
+                .unwrap_or_else(|| dir.join(vm_files::VSOCK)),
+            log_path: dir.join(vm_files::VMM_LOG),
+            vm_dir: dir,
+        }
+    }
+
+    /// Launches the VMM and starts watching it; the record gets its PID.
+    fn boot(self: &Arc<Self>, record: &mut VmRecord, image: &Image) -> Result<u32, StepError> {
+        let backend = self
+            .backend(&record.vmm)
+            .cloned()
+            .unwrap_or_else(|| self.backends[0].clone());
+        record.vmm = backend.name().to_owned();
+        let launched = backend.launch(&self.launch_spec(record, image))?;
+        let pid = launched.pid;
+        record.pid = Some(pid);
+        record.pid_start_time = Some(launched.start_time);
+        record.started_at = Some(now());
+        record.stopped_at = None;
+        record.exit_reason = None;
+        self.watch(record.id.clone(), launched);
+        Ok(pid)
+    }
+
+    /// A thread per running VMM that records its exit, whenever it happens.
+    fn watch(self: &Arc<Self>, id: String, launched: Launched) {
+        let Launched {
+            pid,
+            start_time,
+            child,
+        } = launched;
+        self.exits.register(pid);
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vm-exit-{pid}"))
+            .spawn(move || {
+                let reason = match child {
+                    Some(child) => wait_child(child),
+                    None => wait_foreign(pid, Some(start_time)),
+                };
+                this.exits.post(pid, reason.clone());
+                this.record_exit(&id, pid, &reason);
+                this.exits.mark_handled(pid);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(pid, error = %e, "could not start the exit watcher thread");
+        }
+    }
+
+    /// A VMM exited on its own (guest powered off, crash, signal from
+    /// outside): the VM becomes stopped with the reason. Exits that an
+    /// action already recorded are left alone.
+    fn record_exit(&self, id: &str, pid: u32, reason: &ExitReason) {
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.locks.with(id, || {
+            let Ok(Some(mut record)) = self.store.get_vm(id) else {
+                return;
+            };
+            if record.pid != Some(pid) {
+                return;
+            }
+            tracing::info!(vm = %record.name, pid, reason = %reason.describe(), "VMM exited");
+            mark_stopped(&mut record, reason.describe());
+            if let Err(e) = self.store.update_vm(&record) {
+                tracing::error!(vm = %record.name, error = %e, "recording the VMM's exit");
+            }
+        });
+    }
+
+    /// SIGKILL and wait: for rollbacks, where the guest's state is worthless.
+    fn force_stop(&self, pid: u32) {
+        let _ = send_signal(pid, libc::SIGKILL);
+        if self.exits.wait_exit(pid, Duration::from_secs(10)).is_none() {
+            tracing::error!(pid, "VMM did not exit 10s after SIGKILL");
+        }
+    }
+
+    /// Ctrl-Alt-Del, a bounded wait, then SIGTERM, then SIGKILL.
+    fn shut_down(&self, record: &VmRecord, pid: u32) -> ExitReason {
+        let dir = self.vm_dir(&record.id);
+        let backend = self
+            .backend(&record.vmm)
+            .cloned()
+            .unwrap_or_else(|| self.backends[0].clone());
+        match backend.request_shutdown(&dir, pid) {
+            Ok(()) => {
+                if let Some(reason) = self.exits.wait_exit(pid, self.stop_timeouts.graceful) {
+                    return reason;
+                }
+                tracing::warn!(vm = %record.name, timeout = ?self.stop_timeouts.graceful, "guest did not power off; sending SIGTERM");
+            }
+            Err(e) => {
+                tracing::warn!(vm = %record.name, error = %e, "graceful shutdown request failed; sending SIGTERM")
+            }
+        }
+        let _ = send_signal(pid, libc::SIGTERM);
+        if let Some(reason) = self.exits.wait_exit(pid, self.stop_timeouts.term) {
+            return reason;
+        }
+        tracing::warn!(vm = %record.name, "VMM ignored SIGTERM; sending SIGKILL");
+        let _ = send_signal(pid, libc::SIGKILL);
+        self.exits
+            .wait_exit(pid, Duration::from_secs(10))
+            .unwrap_or(ExitReason::Unknown)
+    }
+
+    fn running_pid(record: &VmRecord) -> Option<u32> {
+        match record.state {
+            VmState::Running | VmState::Starting | VmState::Stopping => record.pid,
+            _ => None,
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn start(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || self.start_locked(id))
+    }
+
+    fn start_locked(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        let mut record = self.record(id)?;
+        if let Some(pid) = Self::running_pid(&record)
+            && procfs::is_running(pid, record.pid_start_time)
+        {
+            return Ok(record);
+        }
+        let image = self.usable_image(&record.image)?;
+        record.state = VmState::Starting;
+        self.store.update_vm(&record)?;
+        match self.boot(&mut record, &image) {
+            Ok(_) => {
+                record.state = VmState::Running;
+                record.last_error = None;
+                self.store.update_vm(&record)?;
+                tracing::info!(vm = %record.name, pid = ?record.pid, "VM started");
+                Ok(record)
+            }
+            Err(source) => {
+                let err = LifecycleError::Step {
+                    action: "starting",
+                    name: record.name.clone(),
+                    step: "starting the VMM",
+                    source: Box::new(source),
+                };
+                mark_stopped(&mut record, "start failed".into());
+                record.last_error = Some(error_text(&err));
+                self.store.update_vm(&record)?;
+                Err(err)
+            }
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn stop(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || self.stop_locked(id))
+    }
+
+    fn stop_locked(&self, id: &str) -> Result<VmRecord> {
+        let mut record = self.record(id)?;
+        let Some(pid) = Self::running_pid(&record) else {
+            if record.state != VmState::Stopped {
+                record.state = VmState::Stopped;
+                self.store.update_vm(&record)?;
+            }
+            return Ok(record);
+        };
+        record.state = VmState::Stopping;
+        self.store.update_vm(&record)?;
+        let reason = self.shut_down(&record, pid);
+        mark_stopped(&mut record, reason.describe());
+        record.last_error = None;
+        self.store.update_vm(&record)?;
+        tracing::info!(vm = %record.name, reason = %reason.describe(), "VM stopped");
+        Ok(record)
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn restart(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || {
+            self.stop_locked(id)?;
+            self.start_locked(id)
+        })
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn kill(self: &Arc<Self>, id: &str, signal: i32) -> Result<VmRecord> {
+        let pid = self.locks.with(id, || -> Result<u32> {
+            let record = self.record(id)?;
+            let pid = Self::running_pid(&record)
+                .ok_or_else(|| LifecycleError::NotRunning { name: record.name.clone() })?;
+            send_signal(pid, signal).map_err(|source| LifecycleError::Signal {
+                name: record.name.clone(),
+                signal: validate::signal_name(signal),
+                pid,
+                source,
+            })?;
+            tracing::info!(vm = %record.name, pid, signal = %validate::signal_name(signal), "signal sent");
+            Ok(pid)
+        })?;
+        // A fatal signal is recorded by the watcher; give it a moment so the
+        // answer shows the VM stopped.
+        self.exits.wait_handled(pid, Duration::from_secs(3));
+        self.record(id)
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn delete(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        let record = self.locks.with(id, || {
+            let mut record = self.record(id)?;
+            if let Some(pid) = Self::running_pid(&record) {
+                let reason = self.shut_down(&record, pid);
+                mark_stopped(&mut record, reason.describe());
+                self.store.update_vm(&record)?;
+            }
+            let dir = self.vm_dir(id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(LifecycleError::Step {
+                        action: "deleting",
+                        name: record.name.clone(),
+                        step: "removing the VM directory",
+                        source: Box::new(StepError::Io(dir.display().to_string(), e)),
+                    });
+                }
+            }
+            self.store.delete_vm(id)?;
+            tracing::info!(vm = %record.name, "VM deleted");
+            Ok(record)
+        })?;
+        self.locks.forget(id);
+        Ok(record)
+    }
+
+    #[tracing::instrument(skip(self, params), fields(vm = %id))]
+    pub fn set(self: &Arc<Self>, id: &str, params: &SetVmParams) -> Result<VmRecord> {
+        if let Some(vcpu) = params.vcpu {
+            validate::vcpu(vcpu)?;
+        }
+        if let Some(memory) = params.memory_mib {
+            validate::memory_mib(memory)?;
+        }
+        let disk_size = params
+            .disk_size
+            .as_deref()
+            .map(validate::size_bytes)
+            .transpose()?;
+        self.locks.with(id, || {
+            let mut record = self.record(id)?;
+            let needs_stopped =
+                params.vcpu.is_some() || params.memory_mib.is_some() || disk_size.is_some();
+            if needs_stopped && Self::running_pid(&record).is_some() {
+                return Err(LifecycleError::MustBeStopped {
+                    name: record.name.clone(),
+                });
+            }
+            if let Some(size) = disk_size {
+                if size < record.disk_size_bytes {
+                    return Err(LifecycleError::Shrink {
+                        name: record.name.clone(),
+                        current: record.disk_size_bytes,
+                        requested: size,
+                    });
+                }
+                if size > record.disk_size_bytes {
+                    let path = self.vm_dir(id).join(vm_files::WORK_DISK);
+                    self.disks
+                        .grow(&path, size)
+                        .map_err(|e| LifecycleError::Step {
+                            action: "resizing",
+                            name: record.name.clone(),
+                            step: "growing the work disk",
+                            source: Box::new(e.into()),
+                        })?;
+                    record.disk_size_bytes = size;
+                }
+            }
+            if let Some(vcpu) = params.vcpu {
+                record.vcpu = vcpu;
+            }
+            if let Some(memory) = params.memory_mib {
+                record.memory_mib = memory;
+            }
+            if let Some(nat) = params.nat {
+                record.nat = nat;
+            }
+            self.store.update_vm(&record)?;
+            Ok(record)
+        })
+    }
+
+    pub fn stats(&self, id: &str) -> Result<VmStats> {
+        let record = self.record(id)?;
+        let dir = self.vm_dir(id);
+        let usage = |file: &str| {
+            let (allocated_bytes, apparent_bytes) =
+                procfs::disk_usage(&dir.join(file)).unwrap_or((0, 0));
+            DiskUsage {
+                allocated_bytes,
+                apparent_bytes,
+            }
+        };
+        let pid = Self::running_pid(&record)
+            .filter(|pid| procfs::is_running(*pid, record.pid_start_time));
+        let stat = pid.and_then(procfs::stat);
+        let ticks = procfs::clock_ticks_per_second() as f64;
+        Ok(VmStats {
+            vm: record.name.clone(),
+            id: record.id.clone(),
+            state: record.state,
+            pid,
+            cpu_seconds: stat.map(|s| (s.utime + s.stime) as f64 / ticks),
+            rss_bytes: pid.and_then(procfs::rss_bytes),
+            uptime_secs: pid
+                .and(record.started_at)
+                .map(|started| u64::try_from(now() - started).unwrap_or(0)),
+            overlay: usage(vm_files::OVERLAY),
+            work_disk: usage(vm_files::WORK_DISK),
+        })
+    }
+
+    /// At daemon start: adopt VMs whose VMM still runs (same PID and start
+    /// time, and it answers); mark the rest stopped with the reason; remove
+    /// VMs whose creation never finished.
+    pub fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        for mut record in self.store.list_vms()? {
+            let alive = record
+                .pid
+                .filter(|pid| procfs::is_running(*pid, record.pid_start_time));
+            match record.state {
+                VmState::Stopped | VmState::Failed => {}
+                VmState::Creating => {
+                    if let Some(pid) = alive {
+                        let _ = send_signal(pid, libc::SIGKILL);
+                    }
+                    let _ = std::fs::remove_dir_all(self.vm_dir(&record.id));
+                    self.store.delete_vm(&record.id)?;
+                    tracing::warn!(vm = %record.name, "removed a VM whose creation was interrupted");
+                    report.removed.push(record.name);
+                }
+                VmState::Running | VmState::Starting | VmState::Stopping => {
+                    let backend = self.backend(&record.vmm).cloned();
+                    match (alive, backend) {
+                        (Some(pid), Some(backend))
+                            if backend.responds(&self.vm_dir(&record.id), pid) =>
+                        {
+                            record.state = VmState::Running;
+                            self.store.update_vm(&record)?;
+                            let start_time = record.pid_start_time.unwrap_or(0);
+                            self.watch(
+                                record.id.clone(),
+                                Launched {
+                                    pid,
+                                    start_time,
+                                    child: None,
+                                },
+                            );
+                            tracing::info!(vm = %record.name, pid, "adopted running VM");
+                            report.adopted.push(record.name);
+                        }
+                        (Some(pid), _) => {
+                            let _ = send_signal(pid, libc::SIGKILL);
+                            mark_stopped(
+                                &mut record,
+                                "VMM did not answer when bangerd started; killed".into(),
+                            );
+                            self.store.update_vm(&record)?;
+                            report.stopped.push(record.name);
+                        }
+                        (None, _) => {
+                            mark_stopped(
+                                &mut record,
+                                "VMM exited while bangerd was not running".into(),
+                            );
+                            self.store.update_vm(&record)?;
+                            tracing::info!(vm = %record.name, "VM found stopped");
+                            report.stopped.push(record.name);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: Vec<String>,
+    pub stopped: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+fn mark_stopped(record: &mut VmRecord, reason: String) {
+    record.state = VmState::Stopped;
+    record.pid = None;
+    record.pid_start_time = None;
+    record.stopped_at = Some(now());
+    record.exit_reason = Some(reason);
+}
+
+/// The whole chain, for storing on the VM.
+pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+fn new_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

@@ -1,0 +1,127 @@
+//! A VMM for tests whose "VM" is a real, harmless process: a shell that
+//! sleeps until told to stop. Exit detection, signals, adoption after a
+//! daemon restart and leak checks all work on it exactly as on Firecracker.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::process::{detach, send_signal};
+use crate::{LaunchSpec, Launched, Result, Vmm, VmmError};
+
+/// On SIGTERM (our stand-in for Ctrl-Alt-Del) the "guest" powers off
+/// cleanly. It touches `$1` once the trap is set, as Firecracker opens its
+/// API socket once it can be configured.
+const GUEST_SCRIPT: &str = "trap 'kill $sleeper 2>/dev/null; exit 0' TERM; : > \"$1\"; \
+    sleep 1000000 & sleeper=$!; wait $sleeper";
+
+pub const READY_FILE: &str = "fake-vmm.ready";
+
+/// Marks a fake VMM's process so `responds` can tell it from a recycled PID.
+const MARKER: &str = "banger-fake-vmm";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FakeOp {
+    Launch,
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeVmm {
+    fail: Mutex<HashSet<FakeOp>>,
+    ignore_shutdown: AtomicBool,
+    launches: Mutex<Vec<LaunchSpec>>,
+}
+
+impl FakeVmm {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn fail_on(&self, op: FakeOp) {
+        self.fail.lock().expect("fail lock").insert(op);
+    }
+
+    pub fn clear_failures(&self) {
+        self.fail.lock().expect("fail lock").clear();
+    }
+
+    /// The guest ignores shutdown requests, as a hung guest would.
+    pub fn ignore_shutdown(&self, ignore: bool) {
+        self.ignore_shutdown.store(ignore, Ordering::SeqCst);
+    }
+
+    pub fn launches(&self) -> Vec<LaunchSpec> {
+        self.launches.lock().expect("launches lock").clone()
+    }
+
+    fn check(&self, op: FakeOp) -> Result<()> {
+        if self.fail.lock().expect("fail lock").contains(&op) {
+            Err(VmmError::Injected(format!("{op:?}")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Vmm for FakeVmm {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        self.check(FakeOp::Launch)?;
+        let ready = spec.vm_dir.join(READY_FILE);
+        let _ = std::fs::remove_file(&ready);
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", GUEST_SCRIPT, MARKER])
+            .arg(&ready)
+            .arg(&spec.vm_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        detach(&mut command);
+        let mut child = command
+            .spawn()
+            .map_err(|e| VmmError::Spawn("sh".into(), e))?;
+        let pid = child.id();
+        match crate::process::wait_for_path(&ready, &mut child, std::time::Duration::from_secs(5)) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                crate::process::kill_child(&mut child);
+                return Err(VmmError::Injected("fake VMM did not become ready".into()));
+            }
+        }
+        let start_time = banger_host::procfs::stat(pid)
+            .map(|s| s.start_time)
+            .unwrap_or(0);
+        self.launches
+            .lock()
+            .expect("launches lock")
+            .push(spec.clone());
+        Ok(Launched {
+            pid,
+            start_time,
+            child: Some(child),
+        })
+    }
+
+    fn request_shutdown(&self, _vm_dir: &Path, pid: u32) -> Result<()> {
+        self.check(FakeOp::Shutdown)?;
+        if !self.ignore_shutdown.load(Ordering::SeqCst) {
+            let _ = send_signal(pid, libc::SIGTERM);
+        }
+        Ok(())
+    }
+
+    fn responds(&self, _vm_dir: &Path, pid: u32) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == MARKER.as_bytes())
+        })
+    }
+}

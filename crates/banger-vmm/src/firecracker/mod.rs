@@ -1,0 +1,271 @@
+//! The Firecracker backend: `firecracker --api-sock <vm dir>/firecracker.sock`,
+//! configured over its API, then `InstanceStart`.
+
+pub mod api;
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::process::{self, detach};
+use crate::{LaunchSpec, Launched, Result, Vmm, VmmError};
+
+pub const API_SOCKET: &str = "firecracker.sock";
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Firecracker {
+    binary: PathBuf,
+}
+
+impl Firecracker {
+    pub fn new(binary: PathBuf) -> Self {
+        Self { binary }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// The requests that configure and boot a VM, in the order they are sent.
+    pub fn requests(spec: &LaunchSpec) -> Vec<(&'static str, String, Value)> {
+        let mut requests = vec![
+            (
+                "logger",
+                "/logger".to_owned(),
+                json!({ "level": "Info", "show_level": true }),
+            ),
+            (
+                "machine config",
+                "/machine-config".to_owned(),
+                json!({ "vcpu_count": spec.vcpu, "mem_size_mib": spec.memory_mib }),
+            ),
+        ];
+        let mut boot = json!({
+            "kernel_image_path": spec.kernel,
+            "boot_args": spec.boot_args,
+        });
+        if let Some(initrd) = &spec.initrd {
+            boot["initrd_path"] = json!(initrd);
+        }
+        requests.push(("boot source", "/boot-source".to_owned(), boot));
+        for drive in &spec.drives {
+            requests.push((
+                "drive",
+                format!("/drives/{}", drive.id),
+                json!({
+                    "drive_id": drive.id,
+                    "path_on_host": drive.path,
+                    "is_root_device": false,
+                    "is_read_only": drive.read_only,
+                }),
+            ));
+        }
+        if let Some(net) = &spec.net {
+            requests.push((
+                "network interface",
+                "/network-interfaces/eth0".to_owned(),
+                json!({ "iface_id": "eth0", "host_dev_name": net.tap, "guest_mac": net.mac }),
+            ));
+        }
+        requests.push((
+            "vsock device",
+            "/vsock".to_owned(),
+            json!({ "guest_cid": spec.vsock_cid, "uds_path": spec.vsock_path }),
+        ));
+        requests.push((
+            "instance start",
+            "/actions".to_owned(),
+            json!({ "action_type": "InstanceStart" }),
+        ));
+        requests
+    }
+}
+
+impl Vmm for Firecracker {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        if !self.binary.is_file() {
+            return Err(VmmError::BinaryMissing(self.binary.clone()));
+        }
+        let socket = spec.vm_dir.join(API_SOCKET);
+        // Firecracker refuses to start on an existing socket path; a leftover
+        // one can only be from a dead VMM of this VM.
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&spec.vsock_path);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log_path)
+            .map_err(|e| VmmError::Log(spec.log_path.clone(), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| VmmError::Log(spec.log_path.clone(), e))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--api-sock")
+            .arg(&socket)
+            .arg("--id")
+            .arg(&spec.vm_id)
+            .current_dir(&spec.vm_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        detach(&mut command);
+        let mut child = command
+            .spawn()
+            .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
+        let pid = child.id();
+        let fail = |child: &mut std::process::Child, err: VmmError| {
+            process::kill_child(child);
+            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(&spec.vsock_path);
+            Err(err)
+        };
+        match process::wait_for_path(&socket, &mut child, SOCKET_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => {
+                return fail(
+                    &mut child,
+                    VmmError::SocketTimeout {
+                        socket: socket.clone(),
+                        seconds: SOCKET_TIMEOUT.as_secs(),
+                        log: spec.log_path.clone(),
+                    },
+                );
+            }
+            Err(status) => {
+                return fail(
+                    &mut child,
+                    VmmError::EarlyExit {
+                        binary: self.binary.display().to_string(),
+                        status: status.to_string(),
+                        log: spec.log_path.clone(),
+                        tail: process::tail(&spec.log_path, 5),
+                    },
+                );
+            }
+        }
+        for (step, path, body) in Self::requests(spec) {
+            if let Err(source) = api::call(&socket, "PUT", &path, Some(&body), API_TIMEOUT) {
+                return fail(&mut child, VmmError::Configure { step, source });
+            }
+        }
+        let start_time = banger_host::procfs::stat(pid)
+            .map(|s| s.start_time)
+            .unwrap_or(0);
+        Ok(Launched {
+            pid,
+            start_time,
+            child: Some(child),
+        })
+    }
+
+    fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
+        let body = json!({ "action_type": "SendCtrlAltDel" });
+        api::call(
+            &vm_dir.join(API_SOCKET),
+            "PUT",
+            "/actions",
+            Some(&body),
+            API_TIMEOUT,
+        )
+        .map(|_| ())
+        .map_err(VmmError::Shutdown)
+    }
+
+    fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
+        api::send(
+            &vm_dir.join(API_SOCKET),
+            "GET",
+            "/",
+            None,
+            Duration::from_secs(2),
+        )
+        .is_ok_and(|r| r.status == 200)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Drive, NetSpec};
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            vm_id: "aa12bb34".into(),
+            vm_dir: "/s/vms/aa12bb34".into(),
+            vcpu: 2,
+            memory_mib: 1024,
+            kernel: "/r/vmlinux".into(),
+            initrd: Some("/r/initrd.img".into()),
+            boot_args: "console=ttyS0".into(),
+            drives: vec![
+                Drive {
+                    id: "base".into(),
+                    path: "/r/rootfs.ext4".into(),
+                    read_only: true,
+                },
+                Drive {
+                    id: "overlay".into(),
+                    path: "/s/vms/aa12bb34/overlay.ext4".into(),
+                    read_only: false,
+                },
+            ],
+            net: Some(NetSpec {
+                tap: "bg-aa12bb34".into(),
+                mac: "06:00:0a:00:00:02".into(),
+            }),
+            vsock_cid: 3,
+            vsock_path: "/s/vms/aa12bb34/vsock.sock".into(),
+            log_path: "/s/vms/aa12bb34/firecracker.log".into(),
+        }
+    }
+
+    #[test]
+    fn request_sequence_is_complete_and_ordered() {
+        let paths: Vec<String> = Firecracker::requests(&spec())
+            .into_iter()
+            .map(|(_, p, _)| p)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/logger",
+                "/machine-config",
+                "/boot-source",
+                "/drives/base",
+                "/drives/overlay",
+                "/network-interfaces/eth0",
+                "/vsock",
+                "/actions"
+            ]
+        );
+        let requests = Firecracker::requests(&spec());
+        assert_eq!(requests[2].2["initrd_path"], "/r/initrd.img");
+        assert_eq!(requests[3].2["is_read_only"], true);
+        assert_eq!(
+            requests[6].2,
+            json!({"guest_cid": 3, "uds_path": "/s/vms/aa12bb34/vsock.sock"})
+        );
+        assert_eq!(requests[7].2, json!({"action_type": "InstanceStart"}));
+    }
+
+    #[test]
+    fn missing_binary_is_named() {
+        let err = Firecracker::new("/nowhere/firecracker".into())
+            .launch(&spec())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nowhere/firecracker")
+                && err.to_string().contains("firecracker_bin")
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! VMM backends. A backend starts a VM's VMM process fully configured and
+//! asks it to shut down; waiting, signalling and exit detection work on the
+//! process and are the same for every backend (see [`process`]).
+
+pub mod fake;
+pub mod firecracker;
+pub mod process;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error(
+        "VMM binary {0} not found: set firecracker_bin in config.toml or put firecracker in the runtime bundle"
+    )]
+    BinaryMissing(PathBuf),
+    #[error("starting {0}")]
+    Spawn(PathBuf, #[source] std::io::Error),
+    #[error("opening VMM log {0}")]
+    Log(PathBuf, #[source] std::io::Error),
+    #[error("{binary} exited ({status}) before its API socket appeared; see {log}{tail}", tail = process::tail_suffix(.tail))]
+    EarlyExit {
+        binary: String,
+        status: String,
+        log: PathBuf,
+        tail: Vec<String>,
+    },
+    #[error("API socket {socket} did not appear within {seconds}s; see {log}")]
+    SocketTimeout {
+        socket: PathBuf,
+        seconds: u64,
+        log: PathBuf,
+    },
+    #[error("configuring the VMM: {step}")]
+    Configure {
+        step: &'static str,
+        #[source]
+        source: firecracker::api::ApiError,
+    },
+    #[error("asking the guest to shut down")]
+    Shutdown(#[source] firecracker::api::ApiError),
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+pub type Result<T, E = VmmError> = std::result::Result<T, E>;
+
+/// A block device as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub vm_id: String,
+    pub vm_dir: PathBuf,
+    pub vcpu: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub boot_args: String,
+    /// In the order the guest should see them (vda, vdb, ...).
+    pub drives: Vec<Drive>,
+    pub net: Option<NetSpec>,
+    pub vsock_cid: u32,
+    pub vsock_path: PathBuf,
+    /// The VMM's stdout and stderr are appended here.
+    pub log_path: PathBuf,
+}
+
+/// A started VMM process.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: u32,
+    /// Clock ticks since boot, from `/proc/<pid>/stat`.
+    pub start_time: u64,
+    /// Present when this process is the VMM's parent, so its exit status can be read.
+    pub child: Option<std::process::Child>,
+}
+
+pub trait Vmm: Send + Sync + fmt::Debug {
+    /// `firecracker`, `qemu`, ...: stored on each VM.
+    fn name(&self) -> &'static str;
+
+    /// Starts and configures the VMM and boots the guest. On error no
+    /// process of this VM remains.
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
+
+    /// Asks the guest to power off; returns without waiting.
+    fn request_shutdown(&self, vm_dir: &Path, pid: u32) -> Result<()>;
+
+    /// Whether a VMM found running at daemon start is really this VM's and
+    /// answers (used to adopt it).
+    fn responds(&self, vm_dir: &Path, pid: u32) -> bool;
+}

@@ -1,0 +1,205 @@
+//! What every backend shares: spawning a VMM detached from bangerd, and
+//! learning when and why it exits.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use banger_host::procfs;
+
+/// Why a VMM process ended, in words for `vm show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Exit status 0: the guest powered off or rebooted (Firecracker exits on reboot).
+    Clean,
+    Signal(i32),
+    Code(i32),
+    /// Not our child (adopted after a daemon restart): the status is not ours to read.
+    Unknown,
+}
+
+impl ExitReason {
+    pub fn from_status(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(0), _) => Self::Clean,
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => Self::Unknown,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Clean => "clean shutdown".into(),
+            Self::Signal(s) => format!("killed by {}", signal_name(*s)),
+            Self::Code(c) => format!("exited with status {c} (see the VMM log)"),
+            Self::Unknown => "exited while bangerd was not its parent (status unknown)".into(),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
+
+/// Makes the child the leader of a new session, so signals aimed at
+/// bangerd's process group or terminal never reach the VM.
+pub fn detach(command: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+pub fn send_signal(pid: u32, signal: i32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Blocks until `child` exits.
+pub fn wait_child(mut child: Child) -> ExitReason {
+    match child.wait() {
+        Ok(status) => ExitReason::from_status(status),
+        Err(_) => ExitReason::Unknown,
+    }
+}
+
+/// Blocks until a process that is not our child exits, using a pidfd so no
+/// polling is needed; falls back to polling `/proc` if pidfds are missing.
+pub fn wait_foreign(pid: u32, start_time: Option<u64>) -> ExitReason {
+    match pidfd_open(pid) {
+        Some(fd) => {
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: pfd points at one valid pollfd for the duration of the call.
+                let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+                if rc >= 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    break;
+                }
+            }
+        }
+        None => {
+            while procfs::is_running(pid, start_time) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    ExitReason::Unknown
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits up to `timeout` for `path` to exist while `child` still runs.
+/// Returns the child's exit status if it died first.
+pub fn wait_for_path(
+    path: &Path,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<bool, ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if path.exists() {
+            return Ok(true);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(status);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills and reaps a child we gave up on.
+pub fn kill_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn tail(path: &Path, lines: usize) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+pub fn tail_suffix(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(":\n    {}", lines.join("\n    "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_describe_themselves() {
+        assert_eq!(
+            ExitReason::from_status(ExitStatus::from_raw(0)),
+            ExitReason::Clean
+        );
+        assert_eq!(
+            ExitReason::from_status(ExitStatus::from_raw(3 << 8)),
+            ExitReason::Code(3)
+        );
+        assert_eq!(
+            ExitReason::from_status(ExitStatus::from_raw(9)),
+            ExitReason::Signal(9)
+        );
+        assert_eq!(ExitReason::Signal(9).describe(), "killed by SIGKILL");
+        assert_eq!(ExitReason::Clean.describe(), "clean shutdown");
+    }
+
+    #[test]
+    fn foreign_waits_end_when_the_process_does() {
+        let mut child = Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = child.id();
+        let waiter = std::thread::spawn(move || wait_foreign(pid, None));
+        child.wait().unwrap();
+        assert_eq!(waiter.join().unwrap(), ExitReason::Unknown);
+    }
+}
