@@ -189,8 +189,15 @@ pub fn batch_lines(result: &BatchResult, verb: &str) -> (String, bool) {
                 let message = error.to_string().replace('\n', "\n    ");
                 text.push_str(&format!("{}: error: {message}\n", item.vm_ref));
             }
+            (Some(vm), None) if verb == "deleted" => {
+                text.push_str(&format!("{}: deleted\n", vm.name))
+            }
             (Some(vm), None) => {
-                text.push_str(&format!("{}: {verb} ({})\n", vm.name, vm.state));
+                let reason = match (&vm.state, &vm.exit_reason) {
+                    (banger_proto::VmState::Stopped, Some(reason)) => format!(", {reason}"),
+                    _ => String::new(),
+                };
+                text.push_str(&format!("{}: {verb}, now {}{reason}\n", vm.name, vm.state));
             }
             (None, None) => text.push_str(&format!("{}: {verb}\n", item.vm_ref)),
         }

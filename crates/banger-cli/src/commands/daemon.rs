@@ -60,7 +60,7 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 Ok(mut client) => {
                     let status: DaemonStatus = client.call(method::DAEMON_STATUS, Value::Null)?;
                     let _: Value = client.call(method::DAEMON_STOP, Value::Null)?;
-                    wait_for_exit(status.pid)?;
+                    wait_for_exit(status.pid, &ctx.paths.pid_file)?;
                     println!(
                         "bangerd (pid {}) stopped; running VMs keep running.",
                         status.pid
@@ -74,12 +74,14 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Waits until the daemon's process is gone, so a following command never
-/// races the old daemon's socket.
-fn wait_for_exit(pid: u32) -> anyhow::Result<()> {
+/// Waits until the daemon has let go of its instance lock (it empties its
+/// PID file as it does) or its process is gone, so a following command
+/// never races the old daemon.
+fn wait_for_exit(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(35);
     let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
-    while proc_dir.exists() && !is_zombie(&proc_dir) {
+    let released = || std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim().is_empty());
+    while proc_dir.exists() && !is_zombie(&proc_dir) && !released() {
         if std::time::Instant::now() > deadline {
             anyhow::bail!(
                 "bangerd (pid {pid}) is still running 35s after it was asked to stop: check its log, or kill it"

@@ -103,10 +103,100 @@ impl Drop for World {
         if self.socket().exists() {
             let _ = self.banger(&["daemon", "stop"]);
         }
-        if let Some(pid) = self.daemon_pid() {
+        // An in-process daemon's PID is ours: never kill it.
+        if let Some(pid) = self.daemon_pid().filter(|pid| *pid != std::process::id()) {
             // SAFETY: kill with a PID read from our own test daemon's PID file.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
+        // No VM process outlives its test.
+        let db = self.state_dir().join("banger.db");
+        if let Ok(store) = banger_daemon::store::Store::open(&db) {
+            for vm in store.list_vms().unwrap_or_default() {
+                if let Some(pid) = vm.pid {
+                    // SAFETY: a PID this test's daemon recorded for its own fake VM.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+/// A daemon running inside the test process with a fake VMM and fake
+/// disks, serving the real socket the `banger` binary talks to.
+pub struct FakeDaemon {
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    pub vmm: std::sync::Arc<banger_vmm::fake::FakeVmm>,
+    pub disks: std::sync::Arc<banger_host::disk::FakeDisks>,
+}
+
+impl World {
+    /// Image files and a config naming them as the default image.
+    pub fn write_fake_image(&self) {
+        let bundle = self.home().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        for file in ["rootfs.ext4", "vmlinux", "initrd.img"] {
+            std::fs::write(bundle.join(file), "image").unwrap();
+        }
+        self.write_config(&format!(
+            "default_rootfs = \"{0}/rootfs.ext4\"\ndefault_kernel = \"{0}/vmlinux\"\ndefault_initrd = \"{0}/initrd.img\"\n",
+            bundle.display()
+        ));
+    }
+
+    pub fn start_fake_daemon(&self) -> FakeDaemon {
+        let home = self.home().to_path_buf();
+        let paths = banger_host::Paths::from_vars(
+            |name| match name {
+                "HOME" => Some(home.clone().into()),
+                "XDG_RUNTIME_DIR" => Some(home.join("run").into()),
+                _ => None,
+            },
+            0,
+        )
+        .unwrap();
+        paths.ensure_daemon_dirs().unwrap();
+        let config = banger_host::Config::load(&paths.config_file, &home, |_| None).unwrap();
+        let vmm = std::sync::Arc::new(banger_vmm::fake::FakeVmm::new());
+        let disks = std::sync::Arc::new(banger_host::disk::FakeDisks::new());
+        let deps = banger_daemon::Deps {
+            backends: vec![vmm.clone()],
+            disks: disks.clone(),
+            stop_timeouts: banger_daemon::lifecycle::StopTimeouts {
+                graceful: Duration::from_secs(2),
+                term: Duration::from_secs(2),
+            },
+        };
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(banger_daemon::run(paths, config, None, deps))
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                !thread.is_finished(),
+                "the in-process daemon failed to start"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the in-process daemon did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        FakeDaemon {
+            thread: Some(thread),
+            vmm,
+            disks,
+        }
+    }
+}
+
+impl FakeDaemon {
+    /// `banger daemon stop`, then waits for the daemon to finish.
+    pub fn stop(mut self, world: &World) {
+        world.ok(&["daemon", "stop"]);
+        self.thread.take().unwrap().join().unwrap().unwrap();
     }
 }
 
