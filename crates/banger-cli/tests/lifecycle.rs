@@ -9,6 +9,10 @@ mod support;
 use serde_json::Value;
 use support::{World, process_alive, stderr, stdout};
 
+fn pid(vm: &Value) -> u32 {
+    u32::try_from(vm["pid"].as_u64().expect("a running VM has a pid")).expect("PIDs fit in u32")
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -32,8 +36,8 @@ fn create_inspect_stop_start_set_and_delete() {
     assert_eq!(vm["state"], "running");
     assert_eq!(vm["disk_size_bytes"], 2u64 << 30);
     assert_eq!(vm["vsock_cid"], 3);
-    let pid = vm["pid"].as_u64().unwrap() as u32;
-    assert!(process_alive(pid));
+    let vm_pid = pid(&vm);
+    assert!(process_alive(vm_pid));
     let id = vm["id"].as_str().unwrap().to_owned();
 
     let text = world.ok(&[
@@ -78,11 +82,11 @@ fn create_inspect_stop_start_set_and_delete() {
         assert!(show.contains(field), "{field} missing from:\n{show}");
     }
     assert!(
-        show.contains("calm-otter") && show.contains(&pid.to_string()),
+        show.contains("calm-otter") && show.contains(&vm_pid.to_string()),
         "{show}"
     );
     let stats = json(&world.ok(&["vm", "stats", "calm-otter", "--json"]));
-    assert_eq!(stats["pid"], pid);
+    assert_eq!(stats["pid"], vm_pid);
     assert!(stats["rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(stats["work_disk"]["apparent_bytes"], 2u64 << 30);
     assert!(
@@ -103,7 +107,7 @@ fn create_inspect_stop_start_set_and_delete() {
 
     let text = world.ok(&["vm", "stop", "calm-otter"]);
     assert_eq!(text, "calm-otter: stopped, now stopped, clean shutdown\n");
-    assert!(!process_alive(pid));
+    assert!(!process_alive(vm_pid));
     let text = world.ok(&[
         "vm",
         "set",
@@ -247,7 +251,7 @@ fn twenty_vms_created_stopped_and_deleted_in_batches() {
     for child in creates {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        pids.push(json(&stdout(&out))["pid"].as_u64().unwrap() as u32);
+        pids.push(pid(&json(&stdout(&out))));
     }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let stop = world.ok(&[&["vm", "stop"][..], &refs].concat());
@@ -279,10 +283,7 @@ fn a_daemon_restart_never_stops_a_vm() {
     let daemon = world.start_fake_daemon();
     let a = json(&world.ok(&["vm", "create", "--name", "keeper", "--json"]));
     let b = json(&world.ok(&["vm", "create", "--name", "goner", "--json"]));
-    let (pid_a, pid_b) = (
-        a["pid"].as_u64().unwrap() as u32,
-        b["pid"].as_u64().unwrap() as u32,
-    );
+    let (pid_a, pid_b) = (pid(&a), pid(&b));
     daemon.stop(&world);
     assert!(
         process_alive(pid_a) && process_alive(pid_b),
