@@ -3,9 +3,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use banger_daemon::lifecycle::{Lifecycle, StopTimeouts};
+use banger_daemon::store::{Store, VmRecord};
+use banger_host::Paths;
+use banger_host::disk::{Disks, Ext4Disks};
+use banger_host::process::HostRunner;
+use banger_proto::{CreateVmParams, Image, VmState};
+use banger_vmm::firecracker::Firecracker;
 
 const RUNS: usize = 40;
 
@@ -15,6 +23,22 @@ struct Row {
     value: String,
     baseline: String,
     ratio: String,
+}
+
+impl Row {
+    fn timed(
+        what: impl Into<String>,
+        value: Duration,
+        baseline_name: &str,
+        baseline: Duration,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            value: ms(value),
+            baseline: format!("{} ({baseline_name})", ms(baseline)),
+            ratio: format!("{:.2}x", value.as_secs_f64() / baseline.as_secs_f64()),
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,34 +53,267 @@ fn main() -> anyhow::Result<()> {
             banger.display()
         );
     }
-    let world = World::new(banger)?;
     let mut rows = Vec::new();
+    daemon_rows(&banger, &mut rows)?;
+    storage_rows(&mut rows)?;
+    firecracker_rows(&mut rows)?;
+    print_table(&rows);
+    Ok(())
+}
 
-    // Process start to exit of `vm list --json`, against starting `true`.
-    world.run(&["vm", "list", "--json"])?; // starts the daemon
-    let baseline = median(RUNS, || time_command(Command::new("true")))?;
-    let list = median(RUNS, || {
-        time_command(world.command(&["vm", "list", "--json"]))
+/// `vm list --json` with 0 and 1,000 VMs, and the daemon's idle memory.
+fn daemon_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let empty = World::new(banger.to_path_buf())?;
+    empty.run(&["vm", "list", "--json"])?; // starts the daemon
+    let spawn_true = median(RUNS, || time_command(Command::new("true")))?;
+    let list_empty = median(RUNS, || {
+        time_command(empty.command(&["vm", "list", "--json"]))
     })?;
-    rows.push(Row {
-        what: "vm list --json, 0 VMs (median of 40)".into(),
-        value: ms(list),
-        baseline: format!("{} (spawn `true`)", ms(baseline)),
-        ratio: format!("{:.1}x", list.as_secs_f64() / baseline.as_secs_f64()),
-    });
+    rows.push(Row::timed(
+        "vm list --json, 0 VMs",
+        list_empty,
+        "spawn `true`",
+        spawn_true,
+    ));
 
-    // The daemon's resident memory after the requests above, idle.
+    let full = World::new(banger.to_path_buf())?;
+    full.seed_vms(1000)?;
+    let listed = full.run(&["vm", "list", "--json"])?;
+    let count = serde_json::from_str::<serde_json::Value>(&listed)?
+        .as_array()
+        .map_or(0, Vec::len);
+    if count != 1000 {
+        bail!("expected 1000 VMs in the list, got {count}");
+    }
+    let list_full = median(RUNS, || {
+        time_command(full.command(&["vm", "list", "--json"]))
+    })?;
+    rows.push(Row::timed(
+        "vm list --json, 1,000 VMs (target <= 1.5x)",
+        list_full,
+        "0 VMs",
+        list_empty,
+    ));
+
     std::thread::sleep(Duration::from_millis(300));
-    let rss = world.daemon_rss_kib()?;
+    let rss = empty.daemon_rss_kib()?;
     rows.push(Row {
         what: "bangerd idle RSS".into(),
         value: format!("{:.1} MiB", rss as f64 / 1024.0),
         baseline: "-".into(),
         ratio: "-".into(),
     });
-
-    print_table(&rows);
     Ok(())
+}
+
+/// A VM's overlay and seeded work disk, against copying the base sparsely.
+fn storage_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        rows.push(skipped(
+            "VM disk creation",
+            "mkfs.ext4 missing (apt-get install e2fsprogs)",
+        ));
+        return Ok(());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("banger-bench-disk-")
+        .tempdir()?;
+    let disks = Ext4Disks::new(Arc::new(HostRunner), tmp.path().join("scratch"));
+    for (label, size) in [("1 GiB", 1u64 << 30), ("16 GiB", 16 << 30)] {
+        let base = make_base_image(tmp.path(), size)?;
+        let mut n = 0;
+        let ours = median(9, || {
+            n += 1;
+            let dir = tmp.path().join(format!("vm-{size}-{n}"));
+            std::fs::create_dir(&dir)?;
+            let start = Instant::now();
+            disks.create_overlay(&dir.join("overlay.ext4"), 64 << 30)?;
+            disks.create_work_disk(&dir.join("work.ext4"), 16 << 30, Some(&base))?;
+            let elapsed = start.elapsed();
+            std::fs::remove_dir_all(&dir)?;
+            Ok(elapsed)
+        })?;
+        let copy = median(9, || {
+            let target = tmp.path().join("copy.ext4");
+            let mut cp = Command::new("cp");
+            cp.arg("--sparse=always").arg(&base).arg(&target);
+            let elapsed = time_command(cp)?;
+            std::fs::remove_file(&target)?;
+            Ok(elapsed)
+        })?;
+        rows.push(Row::timed(
+            format!("overlay + work disk, {label} base"),
+            ours,
+            "cp --sparse=always",
+            copy,
+        ));
+    }
+    Ok(())
+}
+
+/// A base image of `size` bytes with a small /root, as the bundle's are.
+fn make_base_image(dir: &Path, size: u64) -> anyhow::Result<PathBuf> {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("root/.ssh"))?;
+    std::fs::create_dir_all(tree.join("usr/bin"))?;
+    std::fs::write(tree.join("root/.bashrc"), "export PS1='$ '\n")?;
+    std::fs::write(tree.join("usr/bin/blob"), vec![7u8; 32 << 20])?;
+    let image = dir.join(format!("base-{size}.ext4"));
+    std::fs::File::create(&image)?.set_len(size)?;
+    let status = Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("mkfs.ext4 of the bench base image failed");
+    }
+    Ok(image)
+}
+
+/// Host-side `vm create` up to the VMM's start, against Firecracker started
+/// by hand with `--config-file` on the same VM, both with a guest that only spins.
+fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Some(binary) = std::env::var_os("BANGER_TEST_FIRECRACKER").map(PathBuf::from) else {
+        rows.push(skipped(
+            "vm create vs firecracker --config-file",
+            "BANGER_TEST_FIRECRACKER is not set",
+        ));
+        return Ok(());
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("banger-bench-fc-")
+        .tempdir()?;
+    let home = tmp.path().to_path_buf();
+    let paths = Paths::from_vars(
+        |name| match name {
+            "HOME" => Some(home.clone().into()),
+            "XDG_RUNTIME_DIR" => Some(home.join("run").into()),
+            _ => None,
+        },
+        0,
+    )?;
+    paths.ensure_daemon_dirs()?;
+    let kernel = tmp.path().join("vmlinux");
+    std::fs::write(&kernel, banger_vmm::testkit::spin_kernel())?;
+    let rootfs = make_base_image(tmp.path(), 256 << 20)?;
+    let store = Arc::new(Store::open(&paths.db_file)?);
+    store.put_image(&Image {
+        name: "default".into(),
+        rootfs: rootfs.clone(),
+        kernel: Some(kernel.clone()),
+        initrd: None,
+        modules_dir: None,
+        docker: false,
+        managed: false,
+        created_at: 0,
+    })?;
+    let disks: Arc<dyn Disks> = Arc::new(Ext4Disks::new(
+        Arc::new(HostRunner),
+        paths.cache_dir.join("scratch"),
+    ));
+    let lifecycle = Lifecycle::new(
+        paths.clone(),
+        store,
+        vec![Arc::new(Firecracker::new(binary.clone()))],
+        disks,
+        None,
+    )
+    .with_stop_timeouts(StopTimeouts {
+        graceful: Duration::from_millis(200),
+        term: Duration::from_secs(2),
+    });
+    let mut n = 0;
+    let ours = median(7, || {
+        n += 1;
+        let start = Instant::now();
+        let vm = lifecycle.create(&CreateVmParams {
+            name: Some(format!("bench-{n}")),
+            vcpu: Some(1),
+            memory_mib: Some(128),
+            disk_size: Some("1G".into()),
+            ..Default::default()
+        })?;
+        let elapsed = start.elapsed();
+        lifecycle.delete(&vm.id)?;
+        Ok(elapsed)
+    })?;
+    let by_hand = median(7, || {
+        firecracker_by_hand(&binary, tmp.path(), &kernel, &rootfs)
+    })?;
+    rows.push(Row::timed(
+        "vm create up to VMM start (target <= 1.2x)",
+        ours,
+        "firecracker --config-file",
+        by_hand,
+    ));
+    Ok(())
+}
+
+/// Starts Firecracker with an equivalent config file and waits until its
+/// API reports the instance running.
+fn firecracker_by_hand(
+    binary: &Path,
+    dir: &Path,
+    kernel: &Path,
+    rootfs: &Path,
+) -> anyhow::Result<Duration> {
+    let run_dir = dir.join("by-hand");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)?;
+    for disk in ["overlay.ext4", "work.ext4"] {
+        std::fs::File::create(run_dir.join(disk))?.set_len(1 << 30)?;
+    }
+    let config = serde_json::json!({
+        "boot-source": { "kernel_image_path": kernel, "boot_args": banger_daemon::lifecycle::BOOT_ARGS },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+        "drives": [
+            { "drive_id": "base", "path_on_host": rootfs, "is_root_device": false, "is_read_only": true },
+            { "drive_id": "overlay", "path_on_host": run_dir.join("overlay.ext4"), "is_root_device": false, "is_read_only": false },
+            { "drive_id": "work", "path_on_host": run_dir.join("work.ext4"), "is_root_device": false, "is_read_only": false },
+        ],
+        "vsock": { "guest_cid": 3, "uds_path": run_dir.join("vsock.sock") },
+    });
+    let config_path = run_dir.join("config.json");
+    std::fs::write(&config_path, config.to_string())?;
+    let socket = run_dir.join("api.sock");
+    let start = Instant::now();
+    let mut child = Command::new(binary)
+        .arg("--api-sock")
+        .arg(&socket)
+        .arg("--config-file")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = start + Duration::from_secs(10);
+    let elapsed = loop {
+        let running =
+            banger_vmm::firecracker::api::send(&socket, "GET", "/", None, Duration::from_secs(1))
+                .is_ok_and(|r| r.status == 200 && r.body.contains("Running"));
+        if running {
+            break start.elapsed();
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("firecracker --config-file did not report Running");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(elapsed)
+}
+
+fn skipped(what: &str, why: &str) -> Row {
+    Row {
+        what: what.into(),
+        value: "skipped".into(),
+        baseline: why.into(),
+        ratio: "-".into(),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -84,24 +341,23 @@ fn median(
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = ["measure", "banger", "baseline", "ratio"];
+    let headers = ["measure (median)", "banger", "baseline", "ratio"];
     let cells: Vec<[&str; 4]> = rows
         .iter()
         .map(|r| [r.what.as_str(), &r.value, &r.baseline, &r.ratio])
         .collect();
-    let widths: Vec<usize> = (0..4)
-        .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].len())
-                .chain([headers[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let width = |i: usize| {
+        cells
+            .iter()
+            .map(|c| c[i].len())
+            .chain([headers[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [width(0), width(1), width(2), width(3)];
     let line = |c: [&str; 4]| {
         println!(
-            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}",
+            "{:<w0$}  {:>w1$}  {:<w2$}  {:>w3$}",
             c[0],
             c[1],
             c[2],
@@ -152,6 +408,38 @@ impl World {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Stopped VM rows written straight into the store before the daemon starts.
+    fn seed_vms(&self, count: u32) -> anyhow::Result<()> {
+        let state = self.tmp.path().join(".local/state/banger");
+        std::fs::create_dir_all(&state)?;
+        let store = Store::open(&state.join("banger.db"))?;
+        for i in 0..count {
+            store.insert_vm(&VmRecord {
+                id: format!("{i:08x}{:024x}", u64::from(i) * 7919),
+                name: format!("bench-vm-{i}"),
+                state: VmState::Stopped,
+                image: "default".into(),
+                vmm: "firecracker".into(),
+                vcpu: 2,
+                memory_mib: 2048,
+                disk_size_bytes: 16 << 30,
+                nat: i % 2 == 0,
+                guest_ip: None,
+                tap: None,
+                vsock_cid: Some(3 + i),
+                vsock_path: Some(state.join(format!("vms/{i}/vsock.sock"))),
+                pid: None,
+                pid_start_time: None,
+                created_at: 1_700_000_000 + i64::from(i),
+                started_at: None,
+                stopped_at: None,
+                exit_reason: Some("clean shutdown".into()),
+                last_error: None,
+            })?;
+        }
+        Ok(())
     }
 
     fn daemon_rss_kib(&self) -> anyhow::Result<u64> {

@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod firecracker;
 pub mod process;
+pub mod testkit;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
