@@ -66,6 +66,33 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// `2026-11-28 10:25:31 UTC`, from Unix seconds.
+pub fn timestamp(unix_secs: i64) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// A timestamp with how long ago it was.
+pub fn when(unix_secs: i64, now: i64) -> String {
+    format!("{} ({} ago)", timestamp(unix_secs), age(unix_secs, now))
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -101,7 +128,7 @@ pub fn vm_table(vms: &[Vm], now: i64) -> String {
     )
 }
 
-pub fn vm_details(vm: &Vm) -> String {
+pub fn vm_details(vm: &Vm, now: i64) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let path = |p: &std::path::Path| p.display().to_string();
     let fields: Vec<(&str, String)> = vec![
@@ -119,9 +146,9 @@ pub fn vm_details(vm: &Vm) -> String {
         ("vsock cid", opt(vm.vsock_cid.map(|c| c.to_string()))),
         ("vsock path", opt(vm.vsock_path.as_deref().map(path))),
         ("pid", opt(vm.pid.map(|p| p.to_string()))),
-        ("created", vm.created_at.to_string()),
-        ("started", opt(vm.started_at.map(|t| t.to_string()))),
-        ("stopped", opt(vm.stopped_at.map(|t| t.to_string()))),
+        ("created", when(vm.created_at, now)),
+        ("started", opt(vm.started_at.map(|t| when(t, now)))),
+        ("stopped", opt(vm.stopped_at.map(|t| when(t, now)))),
         ("exit reason", opt(vm.exit_reason.clone())),
         ("last error", opt(vm.last_error.clone())),
         ("dir", path(&vm.dir)),
@@ -223,5 +250,13 @@ mod tests {
         assert_eq!(duration(59), "59s");
         assert_eq!(duration(125), "2m05s");
         assert_eq!(duration(3 * 3600 + 60), "3h01m");
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_times() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(timestamp(1_795_861_531), "2026-11-28 10:25:31 UTC");
+        assert_eq!(timestamp(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(when(100, 160), "1970-01-01 00:01:40 UTC (1m ago)");
     }
 }

@@ -533,6 +533,7 @@ impl Lifecycle {
                 return;
             }
             tracing::info!(vm = %record.name, pid, reason = %reason.describe(), "VMM exited");
+            self.remove_runtime_files(&record);
             mark_stopped(&mut record, reason.describe());
             if let Err(e) = self.store.update_vm(&record) {
                 tracing::error!(vm = %record.name, error = %e, "recording the VMM's exit");
@@ -548,33 +549,51 @@ impl Lifecycle {
         }
     }
 
-    /// Ctrl-Alt-Del, a bounded wait, then SIGTERM, then SIGKILL.
-    fn shut_down(&self, record: &VmRecord, pid: u32) -> ExitReason {
+    /// Ctrl-Alt-Del, a bounded wait, then SIGTERM, then SIGKILL. Returns
+    /// how the VMM ended, in words.
+    fn shut_down(&self, record: &VmRecord, pid: u32) -> String {
         let dir = self.vm_dir(&record.id);
         let backend = self
             .backend(&record.vmm)
             .cloned()
             .unwrap_or_else(|| self.backends[0].clone());
-        match backend.request_shutdown(&dir, pid) {
+        let graceful = self.stop_timeouts.graceful;
+        let why = match backend.request_shutdown(&dir, pid) {
             Ok(()) => {
-                if let Some(reason) = self.exits.wait_exit(pid, self.stop_timeouts.graceful) {
-                    return reason;
+                if let Some(reason) = self.exits.wait_exit(pid, graceful) {
+                    self.remove_runtime_files(record);
+                    return reason.describe();
                 }
-                tracing::warn!(vm = %record.name, timeout = ?self.stop_timeouts.graceful, "guest did not power off; sending SIGTERM");
+                tracing::warn!(vm = %record.name, timeout = ?graceful, "guest did not power off; sending SIGTERM");
+                format!("the guest did not power off within {}s", graceful.as_secs())
             }
             Err(e) => {
-                tracing::warn!(vm = %record.name, error = %e, "graceful shutdown request failed; sending SIGTERM")
+                tracing::warn!(vm = %record.name, error = %e, "graceful shutdown request failed; sending SIGTERM");
+                "the shutdown request failed".to_owned()
             }
-        }
+        };
         let _ = send_signal(pid, libc::SIGTERM);
-        if let Some(reason) = self.exits.wait_exit(pid, self.stop_timeouts.term) {
-            return reason;
+        let reason = match self.exits.wait_exit(pid, self.stop_timeouts.term) {
+            Some(_) => format!("{why}; stopped with SIGTERM"),
+            None => {
+                tracing::warn!(vm = %record.name, "VMM ignored SIGTERM; sending SIGKILL");
+                let _ = send_signal(pid, libc::SIGKILL);
+                let _ = self.exits.wait_exit(pid, Duration::from_secs(10));
+                format!("{why} and the VMM ignored SIGTERM; stopped with SIGKILL")
+            }
+        };
+        self.remove_runtime_files(record);
+        reason
+    }
+
+    /// Sockets a dead VMM leaves behind.
+    fn remove_runtime_files(&self, record: &VmRecord) {
+        let dir = self.vm_dir(&record.id);
+        let mut files = vec![dir.join(banger_vmm::firecracker::API_SOCKET)];
+        files.extend(record.vsock_path.clone());
+        for file in files {
+            let _ = std::fs::remove_file(file);
         }
-        tracing::warn!(vm = %record.name, "VMM ignored SIGTERM; sending SIGKILL");
-        let _ = send_signal(pid, libc::SIGKILL);
-        self.exits
-            .wait_exit(pid, Duration::from_secs(10))
-            .unwrap_or(ExitReason::Unknown)
     }
 
     fn running_pid(record: &VmRecord) -> Option<u32> {
@@ -639,10 +658,10 @@ impl Lifecycle {
         record.state = VmState::Stopping;
         self.store.update_vm(&record)?;
         let reason = self.shut_down(&record, pid);
-        mark_stopped(&mut record, reason.describe());
+        tracing::info!(vm = %record.name, reason = %reason, "VM stopped");
+        mark_stopped(&mut record, reason);
         record.last_error = None;
         self.store.update_vm(&record)?;
-        tracing::info!(vm = %record.name, reason = %reason.describe(), "VM stopped");
         Ok(record)
     }
 
@@ -681,7 +700,7 @@ impl Lifecycle {
             let mut record = self.record(id)?;
             if let Some(pid) = Self::running_pid(&record) {
                 let reason = self.shut_down(&record, pid);
-                mark_stopped(&mut record, reason.describe());
+                mark_stopped(&mut record, reason);
                 self.store.update_vm(&record)?;
             }
             let dir = self.vm_dir(id);

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod disk;
+pub mod net;
 pub mod paths;
 pub mod process;
 pub mod procfs;

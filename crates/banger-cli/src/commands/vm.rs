@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use banger_proto::api::method;
@@ -53,7 +54,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             if target.output.json {
                 output::print_json(&vm)?;
             } else {
-                print!("{}", output::vm_details(&vm));
+                print!("{}", output::vm_details(&vm, output::now()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -103,6 +104,14 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
 
 fn batch(ctx: &Context, method: &str, targets: VmTargets, verb: &str) -> anyhow::Result<ExitCode> {
     let mut client: Client = ctx.client()?;
+    if method != method::VM_START && std::io::stderr().is_terminal() {
+        // A guest gets time to power off; say so rather than sit silent.
+        eprintln!(
+            "{}: waiting for {} to power off...",
+            verb_ing(method),
+            targets.vms.join(", ")
+        );
+    }
     let result: BatchResult = client.call(method, VmRefs { vms: targets.vms })?;
     report(&result, verb, targets.output.json)
 }
@@ -128,4 +137,13 @@ fn report(result: &BatchResult, verb: &str, json: bool) -> anyhow::Result<ExitCo
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn verb_ing(method: &str) -> &'static str {
+    match method {
+        method::VM_STOP => "stopping",
+        method::VM_RESTART => "restarting",
+        method::VM_DELETE => "deleting",
+        _ => "working",
+    }
 }

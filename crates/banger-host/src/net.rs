@@ -1,0 +1,627 @@
+//! Host networking for VMs: one bridge holding the guests' gateway address,
+//! one TAP per VM attached to it, and NAT rules in banger's own iptables
+//! chains. Every command goes through a [`Runner`], as root directly and
+//! through `sudo -n` otherwise.
+//!
+//! Why a bridge rather than routed TAPs: guests then reach each other on one
+//! L2 segment without IP forwarding, proxy ARP or a route per VM, and the
+//! host needs one address. Forwarding is only enabled for NAT.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::process::{Cmd, ProcessError, Runner};
+
+pub const BRIDGE: &str = "banger0";
+/// Every TAP banger makes is named `bg-<first 10 hex digits of the VM ID>`.
+pub const TAP_PREFIX: &str = "bg-";
+pub const NAT_CHAIN: &str = "BANGER-POSTROUTING";
+pub const FORWARD_CHAIN: &str = "BANGER-FORWARD";
+/// Marks the rules of one VM: `banger:<vm id>`.
+pub const COMMENT_PREFIX: &str = "banger:";
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error("{0}")]
+    Command(#[from] ProcessError),
+    #[error(
+        "`sudo -n` needs a password to run {program}: allow it without one (a sudoers rule for ip, iptables and sysctl), or run bangerd as root"
+    )]
+    SudoPassword { program: String },
+    #[error("invalid guest_ip_pool {pool:?}: {reason} (use an IPv4 CIDR like 172.30.0.0/24)")]
+    Pool { pool: String, reason: String },
+    #[error(
+        "guest IP pool {pool} is exhausted ({used} addresses in use): use a larger guest_ip_pool or delete VMs"
+    )]
+    Exhausted { pool: String, used: usize },
+    #[error(
+        "guest IP pool {pool} overlaps the host route {route}: pick another guest_ip_pool in config.toml"
+    )]
+    Conflict { pool: String, route: String },
+}
+
+pub type Result<T, E = NetError> = std::result::Result<T, E>;
+
+/// An IPv4 network: the bridge takes the first host address, guests the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Pool {
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |reason: &str| NetError::Pool {
+            pool: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (addr, prefix) = text.split_once('/').ok_or_else(|| bad("no /prefix"))?;
+        let network: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad("prefix is not a number"))?;
+        if !(8..=29).contains(&prefix) {
+            return Err(bad("prefix must be 8 to 29"));
+        }
+        let pool = Self { network, prefix };
+        if u32::from(network) & !pool.mask() != 0 {
+            return Err(bad("host bits are set"));
+        }
+        Ok(pool)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix)
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network)
+    }
+
+    /// Guest addresses in order: after the gateway, before broadcast.
+    pub fn guests(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let first = u32::from(self.network) + 2;
+        let broadcast = u32::from(self.network) | !self.mask();
+        (first..broadcast).map(Ipv4Addr::from)
+    }
+
+    /// The lowest free guest address.
+    pub fn allocate(&self, used: &[Ipv4Addr]) -> Result<Ipv4Addr> {
+        self.guests()
+            .find(|ip| !used.contains(ip))
+            .ok_or(NetError::Exhausted {
+                pool: self.to_string(),
+                used: used.len(),
+            })
+    }
+
+    pub fn overlaps(&self, other: &Pool) -> bool {
+        let prefix = self.prefix.min(other.prefix);
+        let mask = u32::MAX << (32 - prefix);
+        u32::from(self.network) & mask == u32::from(other.network) & mask
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// A deterministic, locally administered MAC from the guest IP.
+pub fn guest_mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("06:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+pub fn tap_name(vm_id: &str) -> String {
+    format!("{TAP_PREFIX}{}", &vm_id[..vm_id.len().min(10)])
+}
+
+/// What NAT needs to know of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRule {
+    pub vm_id: String,
+    pub guest_ip: Ipv4Addr,
+}
+
+pub trait HostNetwork: Send + Sync + fmt::Debug {
+    /// The bridge exists, is up and holds the gateway address.
+    fn ensure_bridge(&self, pool: &Pool) -> Result<()>;
+    /// A TAP owned by `uid`, attached to the bridge and up. Idempotent.
+    fn create_tap(&self, name: &str, uid: u32) -> Result<()>;
+    /// Removes a TAP; a missing one is fine.
+    fn delete_tap(&self, name: &str) -> Result<()>;
+    /// Every TAP with banger's prefix.
+    fn list_taps(&self) -> Result<Vec<String>>;
+    /// banger's chains exist and are jumped to; forwarding is on.
+    fn ensure_nat_chains(&self) -> Result<()>;
+    fn add_nat(&self, rule: &NatRule) -> Result<()>;
+    fn remove_nat(&self, vm_id: &str) -> Result<()>;
+    /// The VM IDs that have rules in banger's chains.
+    fn nat_vms(&self) -> Result<Vec<String>>;
+    /// Routes on the host that are not banger's bridge (`ip route` lines).
+    fn host_routes(&self) -> Result<Vec<String>>;
+}
+
+/// The real host, through `ip`, `iptables` and `sysctl`.
+#[derive(Debug)]
+pub struct IpTablesNetwork {
+    runner: Arc<dyn Runner>,
+    sudo: bool,
+}
+
+impl IpTablesNetwork {
+    /// `sudo` prefixes every command with `sudo -n` (when not root).
+    pub fn new(runner: Arc<dyn Runner>, sudo: bool) -> Self {
+        Self { runner, sudo }
+    }
+
+    pub fn for_this_user(runner: Arc<dyn Runner>) -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        Self::new(runner, !root)
+    }
+
+    fn cmd(&self, program: &str, args: &[&str]) -> Cmd {
+        if self.sudo {
+            Cmd::new("sudo")
+                .arg("-n")
+                .arg(program)
+                .args(args.iter().copied())
+        } else {
+            Cmd::new(program).args(args.iter().copied())
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let cmd = self.cmd(program, args);
+        let out = self.runner.output(&cmd)?;
+        if out.code == Some(0) {
+            return Ok(out.stdout);
+        }
+        if self.sudo && out.stderr.contains("a password is required") {
+            return Err(NetError::SudoPassword {
+                program: program.to_owned(),
+            });
+        }
+        Err(ProcessError::Failed {
+            cmd: cmd.to_string(),
+            status: out
+                .code
+                .map(|c| format!("exit status {c}"))
+                .unwrap_or_else(|| "killed by a signal".into()),
+            stderr: out.stderr,
+        }
+        .into())
+    }
+
+    /// Runs a check-style command: exit 0 is yes, 1 is no, anything else an error.
+    fn check(&self, program: &str, args: &[&str]) -> Result<bool> {
+        let cmd = self.cmd(program, args);
+        let out = self.runner.output(&cmd)?;
+        match out.code {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ if self.sudo && out.stderr.contains("a password is required") => {
+                Err(NetError::SudoPassword {
+                    program: program.to_owned(),
+                })
+            }
+            _ => Err(ProcessError::Failed {
+                cmd: cmd.to_string(),
+                status: format!("{:?}", out.code),
+                stderr: out.stderr,
+            }
+            .into()),
+        }
+    }
+
+    fn link_exists(&self, name: &str) -> Result<bool> {
+        let out = self
+            .runner
+            .output(&Cmd::new("ip").args(["-o", "link", "show", "dev", name]))?;
+        Ok(out.code == Some(0))
+    }
+
+    fn nat_rule_args(rule: &NatRule) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let comment = format!("{COMMENT_PREFIX}{}", rule.vm_id);
+        let ip = format!("{}/32", rule.guest_ip);
+        let masquerade = vec![
+            "-s".into(),
+            ip.clone(),
+            "!".into(),
+            "-o".into(),
+            BRIDGE.into(),
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+            comment.clone(),
+            "-j".into(),
+            "MASQUERADE".into(),
+        ];
+        let outbound = vec![
+            "-i".into(),
+            BRIDGE.into(),
+            "-s".into(),
+            ip.clone(),
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+            comment.clone(),
+            "-j".into(),
+            "ACCEPT".into(),
+        ];
+        let inbound = vec![
+            "-o".into(),
+            BRIDGE.into(),
+            "-d".into(),
+            ip,
+            "-m".into(),
+            "conntrack".into(),
+            "--ctstate".into(),
+            "RELATED,ESTABLISHED".into(),
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+            comment,
+            "-j".into(),
+            "ACCEPT".into(),
+        ];
+        (masquerade, outbound, inbound)
+    }
+
+    fn ensure_rule(&self, table: &str, chain: &str, rule: &[String]) -> Result<()> {
+        let mut check = vec!["-w", "-t", table, "-C", chain];
+        check.extend(rule.iter().map(String::as_str));
+        if !self.check("iptables", &check)? {
+            let mut add = vec!["-w", "-t", table, "-A", chain];
+            add.extend(rule.iter().map(String::as_str));
+            self.run("iptables", &add)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_chain(&self, table: &str, chain: &str, parent: &str) -> Result<()> {
+        if !self.check("iptables", &["-w", "-t", table, "-n", "-L", chain])? {
+            self.run("iptables", &["-w", "-t", table, "-N", chain])?;
+        }
+        if !self.check("iptables", &["-w", "-t", table, "-C", parent, "-j", chain])? {
+            self.run(
+                "iptables",
+                &["-w", "-t", table, "-I", parent, "1", "-j", chain],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `iptables -S` lines of one of banger's chains.
+    fn chain_rules(&self, table: &str, chain: &str) -> Result<Vec<String>> {
+        if !self.check("iptables", &["-w", "-t", table, "-n", "-L", chain])? {
+            return Ok(Vec::new());
+        }
+        let text = self.run("iptables", &["-w", "-t", table, "-S", chain])?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+impl HostNetwork for IpTablesNetwork {
+    fn ensure_bridge(&self, pool: &Pool) -> Result<()> {
+        if !self.link_exists(BRIDGE)? {
+            self.run("ip", &["link", "add", "name", BRIDGE, "type", "bridge"])?;
+        }
+        let address = format!("{}/{}", pool.gateway(), pool.prefix);
+        let shown = self.run("ip", &["-o", "-4", "addr", "show", "dev", BRIDGE])?;
+        if !shown.split_whitespace().any(|w| w == address) {
+            self.run("ip", &["addr", "replace", &address, "dev", BRIDGE])?;
+        }
+        self.run("ip", &["link", "set", "dev", BRIDGE, "up"])?;
+        Ok(())
+    }
+
+    fn create_tap(&self, name: &str, uid: u32) -> Result<()> {
+        if !self.link_exists(name)? {
+            let uid = uid.to_string();
+            self.run(
+                "ip",
+                &["tuntap", "add", "dev", name, "mode", "tap", "user", &uid],
+            )?;
+        }
+        self.run("ip", &["link", "set", "dev", name, "master", BRIDGE])?;
+        self.run("ip", &["link", "set", "dev", name, "up"])?;
+        Ok(())
+    }
+
+    fn delete_tap(&self, name: &str) -> Result<()> {
+        if self.link_exists(name)? {
+            self.run("ip", &["link", "del", "dev", name])?;
+        }
+        Ok(())
+    }
+
+    fn list_taps(&self) -> Result<Vec<String>> {
+        let text = self.run("ip", &["-o", "link", "show"])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|name| name.trim().split('@').next().unwrap_or("").to_owned())
+            .filter(|name| name.starts_with(TAP_PREFIX))
+            .collect())
+    }
+
+    fn ensure_nat_chains(&self) -> Result<()> {
+        self.ensure_chain("nat", NAT_CHAIN, "POSTROUTING")?;
+        self.ensure_chain("filter", FORWARD_CHAIN, "FORWARD")?;
+        let forwarding =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+        if forwarding.trim() != "1" {
+            self.run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+        }
+        Ok(())
+    }
+
+    fn add_nat(&self, rule: &NatRule) -> Result<()> {
+        self.ensure_nat_chains()?;
+        let (masquerade, outbound, inbound) = Self::nat_rule_args(rule);
+        self.ensure_rule("nat", NAT_CHAIN, &masquerade)?;
+        self.ensure_rule("filter", FORWARD_CHAIN, &outbound)?;
+        self.ensure_rule("filter", FORWARD_CHAIN, &inbound)?;
+        Ok(())
+    }
+
+    fn remove_nat(&self, vm_id: &str) -> Result<()> {
+        let marker = format!("{COMMENT_PREFIX}{vm_id}");
+        for (table, chain) in [("nat", NAT_CHAIN), ("filter", FORWARD_CHAIN)] {
+            for line in self.chain_rules(table, chain)? {
+                if line.contains(&marker) {
+                    // `-A CHAIN args...` becomes `-D CHAIN args...`; the
+                    // comment is quoted by iptables -S only when it must be.
+                    let args: Vec<String> = shell_words(&line.replacen("-A ", "-D ", 1));
+                    let mut full = vec!["-w".to_owned(), "-t".to_owned(), table.to_owned()];
+                    full.extend(args);
+                    let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+                    self.run("iptables", &refs)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn nat_vms(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for (table, chain) in [("nat", NAT_CHAIN), ("filter", FORWARD_CHAIN)] {
+            for line in self.chain_rules(table, chain)? {
+                if let Some(id) = line
+                    .split_whitespace()
+                    .map(|w| w.trim_matches('"'))
+                    .find_map(|w| w.strip_prefix(COMMENT_PREFIX))
+                    && !ids.iter().any(|i| i == id)
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn host_routes(&self) -> Result<Vec<String>> {
+        let text = self.run("ip", &["-4", "route", "show"])?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.contains(&format!("dev {BRIDGE}")))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+/// Splits an `iptables -S` line into words, honouring double quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut current));
+                    started = false;
+                }
+            }
+            c => {
+                current.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(current);
+    }
+    words
+}
+
+/// Checks that `pool` overlaps none of the host's routes.
+pub fn check_pool_against_routes(pool: &Pool, routes: &[String]) -> Result<()> {
+    for route in routes {
+        let Some(destination) = route.split_whitespace().next() else {
+            continue;
+        };
+        if destination == "default" {
+            continue;
+        }
+        let cidr = if destination.contains('/') {
+            destination.to_owned()
+        } else {
+            format!("{destination}/32")
+        };
+        if let Ok(other) = Pool::parse_loose(&cidr)
+            && pool.overlaps(&other)
+        {
+            return Err(NetError::Conflict {
+                pool: pool.to_string(),
+                route: route.trim().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Like [`Pool::parse`], for routes: any prefix, host bits allowed.
+    fn parse_loose(text: &str) -> Result<Self> {
+        let (addr, prefix) = text.split_once('/').unwrap_or((text, "32"));
+        let network: Ipv4Addr = addr.parse().map_err(|_| NetError::Pool {
+            pool: text.into(),
+            reason: "route".into(),
+        })?;
+        let prefix: u8 = prefix.parse().map_err(|_| NetError::Pool {
+            pool: text.into(),
+            reason: "route".into(),
+        })?;
+        Ok(Self {
+            network,
+            prefix: prefix.clamp(1, 32),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::RecordingRunner;
+
+    #[test]
+    fn pools_parse_and_allocate_in_order() {
+        let pool = Pool::parse("172.30.0.0/24").unwrap();
+        assert_eq!(pool.gateway(), Ipv4Addr::new(172, 30, 0, 1));
+        assert_eq!(pool.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(pool.allocate(&[]).unwrap(), Ipv4Addr::new(172, 30, 0, 2));
+        let used = [Ipv4Addr::new(172, 30, 0, 2), Ipv4Addr::new(172, 30, 0, 4)];
+        assert_eq!(pool.allocate(&used).unwrap(), Ipv4Addr::new(172, 30, 0, 3));
+        assert_eq!(pool.guests().count(), 253);
+        let tiny = Pool::parse("10.9.9.0/29").unwrap();
+        let all: Vec<Ipv4Addr> = tiny.guests().collect();
+        let err = tiny.allocate(&all).unwrap_err().to_string();
+        assert!(
+            err.contains("10.9.9.0/29") && err.contains("exhausted"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_pools_are_named() {
+        for bad in [
+            "172.30.0.0",
+            "172.30.0.1/24",
+            "300.1.1.0/24",
+            "10.0.0.0/31",
+            "10.0.0.0/x",
+        ] {
+            let err = Pool::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains("CIDR"), "{err}");
+        }
+    }
+
+    #[test]
+    fn conflicting_host_routes_are_refused() {
+        let pool = Pool::parse("172.30.0.0/24").unwrap();
+        let routes = vec![
+            "default via 10.0.0.1 dev eth0".to_owned(),
+            "10.0.0.0/24 dev eth0 proto kernel scope link src 10.0.0.5".to_owned(),
+        ];
+        check_pool_against_routes(&pool, &routes).unwrap();
+        let routes = vec!["172.30.0.0/16 dev docker0 proto kernel".to_owned()];
+        let err = check_pool_against_routes(&pool, &routes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("172.30.0.0/24") && err.contains("docker0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn macs_and_taps_are_derived() {
+        assert_eq!(guest_mac(Ipv4Addr::new(172, 30, 0, 2)), "06:00:ac:1e:00:02");
+        assert_eq!(tap_name("aa12bb34cc56dd78"), "bg-aa12bb34cc");
+        assert!(tap_name("aa12bb34cc56dd78").len() <= 15, "fits IFNAMSIZ");
+    }
+
+    #[test]
+    fn commands_go_through_sudo_when_not_root() {
+        let runner = Arc::new(RecordingRunner::new());
+        runner.answer(
+            "sudo",
+            Some("link"),
+            1,
+            "",
+            "sudo: a password is required\n",
+        );
+        let net = IpTablesNetwork::new(runner.clone(), true);
+        let err = net.create_tap("bg-x", 1000).unwrap_err().to_string();
+        assert!(err.contains("sudo -n") && err.contains("sudoers"), "{err}");
+        assert!(
+            runner
+                .lines()
+                .iter()
+                .all(|l| l.starts_with("sudo -n ") || l.starts_with("ip -o link show")),
+            "{:?}",
+            runner.lines()
+        );
+    }
+
+    #[test]
+    fn nat_rules_are_added_only_when_missing() {
+        let runner = Arc::new(RecordingRunner::new());
+        // Chains exist; the rule checks (-C) say "missing" (exit 1).
+        runner.answer("iptables", Some("-C"), 1, "", "");
+        let net = IpTablesNetwork::new(runner.clone(), false);
+        net.add_nat(&NatRule {
+            vm_id: "abc".into(),
+            guest_ip: Ipv4Addr::new(172, 30, 0, 2),
+        })
+        .unwrap();
+        let lines = runner.lines();
+        assert!(lines.iter().any(|l| l == "iptables -w -t nat -A BANGER-POSTROUTING -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:abc -j MASQUERADE"), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("-A BANGER-FORWARD -i banger0 -s 172.30.0.2/32")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn words_split_like_a_shell() {
+        assert_eq!(
+            shell_words(r#"-D X -m comment --comment "banger:a b" -j ACCEPT"#),
+            [
+                "-D",
+                "X",
+                "-m",
+                "comment",
+                "--comment",
+                "banger:a b",
+                "-j",
+                "ACCEPT"
+            ]
+        );
+    }
+}
