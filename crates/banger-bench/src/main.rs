@@ -209,21 +209,33 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         managed: false,
         created_at: 0,
     })?;
-    let disks: Arc<dyn Disks> = Arc::new(Ext4Disks::new(
-        Arc::new(HostRunner),
-        paths.cache_dir.join("scratch"),
-    ));
+    // Networking is left out on both sides: the by-hand config has no NIC either.
+    let deps = banger_daemon::Deps {
+        backends: vec![Arc::new(Firecracker::new(binary.clone()))],
+        disks: Arc::new(Ext4Disks::new(
+            Arc::new(HostRunner),
+            paths.cache_dir.join("scratch"),
+        )),
+        network: Arc::new(banger_host::net::FakeNetwork::new()),
+        stop_timeouts: StopTimeouts {
+            graceful: Duration::from_millis(200),
+            term: Duration::from_secs(2),
+        },
+    };
+    let capabilities = banger_daemon::pipeline(
+        &paths,
+        &banger_host::Config::default(),
+        &deps,
+        Default::default(),
+    )?;
     let lifecycle = Lifecycle::new(
         paths.clone(),
         store,
-        vec![Arc::new(Firecracker::new(binary.clone()))],
-        disks,
+        deps.backends.clone(),
+        capabilities,
         None,
     )
-    .with_stop_timeouts(StopTimeouts {
-        graceful: Duration::from_millis(200),
-        term: Duration::from_secs(2),
-    });
+    .with_stop_timeouts(deps.stop_timeouts);
     let mut n = 0;
     let ours = median(7, || {
         n += 1;
@@ -243,7 +255,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         firecracker_by_hand(&binary, tmp.path(), &kernel, &rootfs)
     })?;
     rows.push(Row::timed(
-        "vm create up to VMM start (target <= 1.2x)",
+        "vm create up to VMM start, no NIC (target <= 1.2x)",
         ours,
         "firecracker --config-file",
         by_hand,

@@ -1,6 +1,8 @@
 //! bangerd: owns banger's state and every host side effect, and answers the
 //! CLI over a Unix socket. The `bangerd` binary only calls [`main_entry`].
 
+pub mod capabilities;
+pub mod capability;
 pub mod exits;
 pub mod images;
 pub mod instance;
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use banger_host::disk::{Disks, Ext4Disks};
+use banger_host::net::{HostNetwork, IpTablesNetwork};
 use banger_host::process::HostRunner;
 use banger_host::{Config, LogLevel, Paths};
 use banger_vmm::Vmm;
@@ -33,6 +36,7 @@ pub struct Deps {
     /// The first runs new VMs.
     pub backends: Vec<Arc<dyn Vmm>>,
     pub disks: Arc<dyn Disks>,
+    pub network: Arc<dyn HostNetwork>,
     pub stop_timeouts: lifecycle::StopTimeouts,
 }
 
@@ -55,6 +59,7 @@ impl Deps {
                 Arc::new(HostRunner),
                 paths.cache_dir.join("scratch"),
             )),
+            network: Arc::new(IpTablesNetwork::for_this_user(Arc::new(HostRunner))),
             stop_timeouts: lifecycle::StopTimeouts::default(),
         }
     }
@@ -165,11 +170,13 @@ pub async fn run(
     if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())? {
         tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
     }
+    let dns = capabilities::DnsTable::default();
+    let capabilities = pipeline(&paths, &config, &deps, dns.clone())?;
     let lifecycle = lifecycle::Lifecycle::new(
         paths.clone(),
         store,
         deps.backends,
-        deps.disks,
+        capabilities,
         config.namegen_path.clone(),
     )
     .with_stop_timeouts(deps.stop_timeouts);
@@ -195,6 +202,30 @@ pub async fn run(
     }
     tracing::info!("bangerd stopped");
     Ok(())
+}
+
+/// banger's capabilities in the order they prepare a VM.
+pub fn pipeline(
+    paths: &Paths,
+    config: &Config,
+    deps: &Deps,
+    dns: capabilities::DnsTable,
+) -> anyhow::Result<Vec<Arc<dyn capability::Capability>>> {
+    let pool =
+        banger_host::net::Pool::parse(&config.guest_ip_pool).context("reading guest_ip_pool")?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    Ok(vec![
+        Arc::new(capabilities::StorageCapability::new(deps.disks.clone())),
+        Arc::new(capabilities::VsockCapability::new(paths.vms_dir.clone())),
+        Arc::new(capabilities::NetworkCapability::new(
+            deps.network.clone(),
+            pool,
+            uid,
+        )),
+        Arc::new(capabilities::NatCapability::new(deps.network.clone())),
+        Arc::new(capabilities::DnsCapability::new(dns)),
+    ])
 }
 
 fn spawn_signal_handler(daemon: std::sync::Arc<Daemon>) -> anyhow::Result<()> {

@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use banger_host::disk::{DiskError, Disks};
 use banger_host::{Paths, procfs};
 use banger_proto::validate::{self, ValidationError, format_size};
 use banger_proto::{CreateVmParams, DiskUsage, Image, SetVmParams, VmState, VmStats};
 use banger_vmm::process::{ExitReason, send_signal, wait_child, wait_foreign};
-use banger_vmm::{Drive, LaunchSpec, Launched, Vmm, VmmError};
+use banger_vmm::{Drive, LaunchSpec, Launched, Vmm};
 use thiserror::Error;
 
+use crate::capability::{self, Capability, CapabilityError, VmContext};
 use crate::exits::ExitBoard;
 use crate::locks::VmLocks;
 use crate::namegen::{self, NamegenError};
@@ -27,11 +27,6 @@ pub const DEFAULT_IMAGE: &str = "default";
 pub const DEFAULT_VCPU: u32 = 2;
 pub const DEFAULT_MEMORY_MIB: u64 = 2048;
 pub const DEFAULT_DISK_SIZE: u64 = 16 << 30;
-/// The overlay holds every change to `/` (and Docker's data); it is sparse,
-/// so its size costs nothing until the guest writes.
-pub const OVERLAY_SIZE: u64 = 64 << 30;
-/// The first guest CID; 0 to 2 are reserved (hypervisor, local, host).
-const FIRST_CID: u32 = 3;
 /// The initrd finds its disks by label; `net.ifnames=0` keeps the NIC `eth0`.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 net.ifnames=0";
 
@@ -71,16 +66,19 @@ pub enum LifecycleError {
         current: u64,
         requested: u64,
     },
-    #[error("no free vsock CID is left")]
-    CidsExhausted,
     #[error("{action} {name}: {step} failed")]
     Step {
         action: &'static str,
         name: String,
-        step: &'static str,
+        step: String,
         #[source]
-        source: Box<StepError>,
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
+    #[error("{0}")]
+    Reserve(
+        String,
+        #[source] Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ),
     #[error("sending {signal} to {name}'s VMM (pid {pid})")]
     Signal {
         name: String,
@@ -104,23 +102,37 @@ impl LifecycleError {
             }
             Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
             Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
-            Self::CidsExhausted => K::Unavailable,
+            Self::Reserve(..) => K::Unavailable,
             Self::Step { .. } | Self::Signal { .. } => K::HostFailure,
             Self::Store(_) => K::Internal,
         }
     }
 }
 
-#[derive(Debug, Error)]
-pub enum StepError {
-    #[error(transparent)]
-    Disk(#[from] DiskError),
-    #[error(transparent)]
-    Vmm(#[from] VmmError),
-    #[error("{0}")]
-    Io(String, #[source] std::io::Error),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+impl LifecycleError {
+    /// A failed step whose cause is a capability's (its own message is the step).
+    fn capability(action: &'static str, name: &str, err: CapabilityError) -> Self {
+        Self::Step {
+            action,
+            name: name.to_owned(),
+            step: err.message,
+            source: err.source,
+        }
+    }
+
+    fn step(
+        action: &'static str,
+        name: &str,
+        step: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Step {
+            action,
+            name: name.to_owned(),
+            step: step.to_owned(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
@@ -169,11 +181,12 @@ pub struct Lifecycle {
     paths: Paths,
     store: Arc<Store>,
     backends: Vec<Arc<dyn Vmm>>,
-    disks: Arc<dyn Disks>,
+    /// In pipeline order; undone in reverse.
+    capabilities: Vec<Arc<dyn Capability>>,
     namegen_path: Option<PathBuf>,
     locks: VmLocks,
     exits: ExitBoard,
-    /// Serializes choosing a name and CID with inserting the row.
+    /// Serializes choosing names and identifiers with inserting the row.
     allocation: Mutex<()>,
     /// Set when this daemon stops: its watchers then leave exits to the
     /// next daemon, which adopts the VMs.
@@ -189,12 +202,13 @@ fn now() -> i64 {
 }
 
 impl Lifecycle {
-    /// `backends[0]` runs new VMs; the others can still stop and adopt VMs made with them.
+    /// `backends[0]` runs new VMs; the others can still stop and adopt VMs
+    /// made with them. `capabilities` run in order.
     pub fn new(
         paths: Paths,
         store: Arc<Store>,
         backends: Vec<Arc<dyn Vmm>>,
-        disks: Arc<dyn Disks>,
+        capabilities: Vec<Arc<dyn Capability>>,
         namegen_path: Option<PathBuf>,
     ) -> Arc<Self> {
         assert!(!backends.is_empty(), "at least one VMM backend");
@@ -202,7 +216,7 @@ impl Lifecycle {
             paths,
             store,
             backends,
-            disks,
+            capabilities,
             namegen_path,
             locks: VmLocks::default(),
             exits: ExitBoard::default(),
@@ -229,12 +243,30 @@ impl Lifecycle {
         &self.store
     }
 
-    fn backend(&self, name: &str) -> Option<&Arc<dyn Vmm>> {
-        self.backends.iter().find(|b| b.name() == name)
+    fn backend(&self, name: &str) -> Arc<dyn Vmm> {
+        self.backends
+            .iter()
+            .find(|b| b.name() == name)
+            .unwrap_or(&self.backends[0])
+            .clone()
     }
 
     fn vm_dir(&self, id: &str) -> PathBuf {
         self.paths.vm_dir(id)
+    }
+
+    fn context(&self, record: &VmRecord) -> VmContext {
+        let base_rootfs = self
+            .store
+            .get_image(&record.image)
+            .ok()
+            .flatten()
+            .map(|i| i.rootfs)
+            .unwrap_or_default();
+        VmContext {
+            dir: self.vm_dir(&record.id),
+            base_rootfs,
+        }
     }
 
     /// Finds a VM by exact name, else by unique ID prefix.
@@ -277,29 +309,21 @@ impl Lifecycle {
             .store
             .get_image(name)?
             .ok_or_else(|| LifecycleError::NoImage(name.to_owned()))?;
-        let mut files = vec![
-            ("rootfs", Some(image.rootfs.clone())),
-            ("kernel", image.kernel.clone()),
-        ];
-        files.push(("initrd", image.initrd.clone()));
-        for (what, path) in files {
-            match path {
-                Some(path) if !path.exists() => {
-                    return Err(LifecycleError::ImageFileMissing {
-                        image: name.to_owned(),
-                        what,
-                        path,
-                    });
-                }
-                None if what == "kernel" => {
-                    return Err(LifecycleError::ImageFileMissing {
-                        image: name.to_owned(),
-                        what,
-                        path: PathBuf::from("(none recorded)"),
-                    });
-                }
-                _ => {}
-            }
+        let missing = |what: &'static str, path: PathBuf| LifecycleError::ImageFileMissing {
+            image: name.to_owned(),
+            what,
+            path,
+        };
+        if !image.rootfs.exists() {
+            return Err(missing("rootfs", image.rootfs.clone()));
+        }
+        match &image.kernel {
+            Some(kernel) if !kernel.exists() => return Err(missing("kernel", kernel.clone())),
+            None => return Err(missing("kernel", PathBuf::from("(none recorded)"))),
+            _ => {}
+        }
+        if let Some(initrd) = image.initrd.as_ref().filter(|p| !p.exists()) {
+            return Err(missing("initrd", initrd.clone()));
         }
         Ok(image)
     }
@@ -323,7 +347,7 @@ impl Lifecycle {
             .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
         let image = self.usable_image(&image_name)?;
 
-        let mut record = self.reserve(params.name.as_deref(), |id, name, cid| VmRecord {
+        let mut record = self.reserve(params.name.as_deref(), |id, name| VmRecord {
             id: id.to_owned(),
             name: name.to_owned(),
             state: VmState::Creating,
@@ -335,8 +359,8 @@ impl Lifecycle {
             nat: params.nat,
             guest_ip: None,
             tap: None,
-            vsock_cid: Some(cid),
-            vsock_path: Some(self.vm_dir(id).join(vm_files::VSOCK)),
+            vsock_cid: None,
+            vsock_path: None,
             pid: None,
             pid_start_time: None,
             created_at: now(),
@@ -349,29 +373,29 @@ impl Lifecycle {
         let name = record.name.clone();
         self.locks.with(&id, || {
             let mut undo = Undo::default();
-            let outcome = self.build_and_boot(&mut record, &image, &mut undo);
-            match outcome {
+            match self.build_and_boot(&mut record, &image, &mut undo) {
                 Ok(()) => {
-                    tracing::info!(vm = %name, id = %id, pid = ?record.pid, "VM created");
+                    tracing::info!(vm = %name, id = %id, pid = ?record.pid, ip = ?record.guest_ip, "VM created");
                     Ok(record)
                 }
-                Err((step, source)) => {
+                Err(err) => {
                     undo.run();
                     if let Err(e) = self.store.delete_vm(&id) {
                         tracing::error!(vm = %name, error = %e, "removing the row of a failed create");
                     }
-                    tracing::warn!(vm = %name, step, error = %source, "create failed and was rolled back");
-                    Err(LifecycleError::Step { action: "creating", name: name.clone(), step, source })
+                    tracing::warn!(vm = %name, error = %error_text(&err), "create failed and was rolled back");
+                    Err(err)
                 }
             }
         })
     }
 
-    /// Picks a name (given or generated) and a CID and inserts the row, atomically.
+    /// Picks a name (given or generated) and every capability's identifiers,
+    /// and inserts the row, atomically.
     fn reserve(
         &self,
         name: Option<&str>,
-        make: impl FnOnce(&str, &str, u32) -> VmRecord,
+        make: impl FnOnce(&str, &str) -> VmRecord,
     ) -> Result<VmRecord> {
         let _allocation = self.allocation.lock().unwrap_or_else(|p| p.into_inner());
         let existing = self.store.list_vms()?;
@@ -381,18 +405,18 @@ impl Lifecycle {
             Some(name) => name.to_owned(),
             None => namegen::generate(self.namegen_path.as_deref(), &taken)?,
         };
-        let used: std::collections::HashSet<u32> =
-            existing.iter().filter_map(|vm| vm.vsock_cid).collect();
-        let cid = (FIRST_CID..u32::MAX)
-            .find(|c| !used.contains(c))
-            .ok_or(LifecycleError::CidsExhausted)?;
         let id = loop {
             let id = new_id();
             if !existing.iter().any(|vm| vm.id.starts_with(&id[..8])) {
                 break id;
             }
         };
-        let record = make(&id, &name, cid);
+        let mut record = make(&id, &name);
+        for capability in &self.capabilities {
+            capability
+                .reserve(&mut record, &existing)
+                .map_err(|e| LifecycleError::Reserve(e.message, e.source))?;
+        }
         self.store.insert_vm(&record)?;
         Ok(record)
     }
@@ -402,40 +426,53 @@ impl Lifecycle {
         record: &mut VmRecord,
         image: &Image,
         undo: &mut Undo,
-    ) -> Result<(), (&'static str, Box<StepError>)> {
+    ) -> Result<()> {
+        let name = record.name.clone();
         let dir = self.vm_dir(&record.id);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            (
-                "creating the VM directory",
-                Box::new(StepError::Io(dir.display().to_string(), e)),
-            )
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LifecycleError::step("creating", &name, "creating the VM directory", e))?;
         let removal = dir.clone();
         undo.push("remove the VM directory", move || {
             if let Err(e) = std::fs::remove_dir_all(&removal) {
                 tracing::error!(dir = %removal.display(), error = %e, "rollback could not remove the VM directory");
             }
         });
-        self.disks
-            .create_overlay(&dir.join(vm_files::OVERLAY), OVERLAY_SIZE)
-            .map_err(|e| ("creating the overlay disk", Box::new(e.into())))?;
-        self.disks
-            .create_work_disk(
-                &dir.join(vm_files::WORK_DISK),
-                record.disk_size_bytes,
-                Some(&image.rootfs),
-            )
-            .map_err(|e| ("creating the work disk", Box::new(e.into())))?;
-        let pid = self
-            .boot(record, image)
-            .map_err(|e| ("starting the VMM", Box::new(e)))?;
+        let ctx = VmContext {
+            dir,
+            base_rootfs: image.rootfs.clone(),
+        };
+        let provisioned = record.clone();
+        capability::forward(
+            self.capabilities.iter().map(AsRef::as_ref),
+            |c| c.provision(&provisioned, &ctx),
+            |c| self.undo_quietly(c.name(), c.deprovision(&provisioned, &ctx)),
+        )
+        .map_err(|e| LifecycleError::capability("creating", &name, e))?;
         let this = self.clone();
-        undo.push("stop the VMM", move || this.force_stop(pid));
+        let (deprovision, ctx_copy) = (record.clone(), ctx.clone());
+        undo.push("deprovision", move || {
+            for c in this.capabilities.iter().rev() {
+                this.undo_quietly(c.name(), c.deprovision(&deprovision, &ctx_copy));
+            }
+        });
+        let pid = self.boot(record, image, "creating")?;
+        let this = self.clone();
+        let booted = record.clone();
+        undo.push("stop the VMM", move || {
+            this.force_stop(pid);
+            this.detach_all(&booted);
+        });
         record.state = VmState::Running;
         self.store
             .update_vm(record)
-            .map_err(|e| ("recording the running VM", Box::new(e.into())))?;
+            .map_err(|e| LifecycleError::step("creating", &name, "recording the running VM", e))?;
         Ok(())
+    }
+
+    fn undo_quietly(&self, capability: &str, result: capability::Result<()>) {
+        if let Err(e) = result {
+            tracing::error!(capability, error = %error_text(&e), "undo failed");
+        }
     }
 
     fn launch_spec(&self, record: &VmRecord, image: &Image) -> LaunchSpec {
@@ -465,7 +502,7 @@ impl Lifecycle {
                 },
             ],
             net: None,
-            vsock_cid: record.vsock_cid.unwrap_or(FIRST_CID),
+            vsock_cid: record.vsock_cid.unwrap_or(0),
             vsock_path: record
                 .vsock_path
                 .clone()
@@ -475,14 +512,36 @@ impl Lifecycle {
         }
     }
 
-    /// Launches the VMM and starts watching it; the record gets its PID.
-    fn boot(self: &Arc<Self>, record: &mut VmRecord, image: &Image) -> Result<u32, StepError> {
-        let backend = self
-            .backend(&record.vmm)
-            .cloned()
-            .unwrap_or_else(|| self.backends[0].clone());
+    /// Attaches every capability, launches the VMM and starts watching it;
+    /// the record gets its PID. On failure nothing stays attached.
+    fn boot(
+        self: &Arc<Self>,
+        record: &mut VmRecord,
+        image: &Image,
+        action: &'static str,
+    ) -> Result<u32> {
+        let backend = self.backend(&record.vmm);
         record.vmm = backend.name().to_owned();
-        let launched = backend.launch(&self.launch_spec(record, image))?;
+        let mut spec = self.launch_spec(record, image);
+        let attached = record.clone();
+        capability::forward(
+            self.capabilities.iter().map(AsRef::as_ref),
+            |c| c.attach(&attached, &mut spec),
+            |c| self.undo_quietly(c.name(), c.detach(&attached)),
+        )
+        .map_err(|e| LifecycleError::capability(action, &record.name, e))?;
+        let launched = match backend.launch(&spec) {
+            Ok(launched) => launched,
+            Err(e) => {
+                self.detach_all(record);
+                return Err(LifecycleError::step(
+                    action,
+                    &record.name,
+                    "starting the VMM",
+                    e,
+                ));
+            }
+        };
         let pid = launched.pid;
         record.pid = Some(pid);
         record.pid_start_time = Some(launched.start_time);
@@ -491,6 +550,14 @@ impl Lifecycle {
         record.exit_reason = None;
         self.watch(record.id.clone(), launched);
         Ok(pid)
+    }
+
+    /// Releases what a running VM held, newest first; failures are logged,
+    /// never fatal (the next daemon start reconciles what is left).
+    fn detach_all(&self, record: &VmRecord) {
+        for c in self.capabilities.iter().rev() {
+            self.undo_quietly(c.name(), c.detach(record));
+        }
     }
 
     /// A thread per running VMM that records its exit, whenever it happens.
@@ -519,8 +586,8 @@ impl Lifecycle {
     }
 
     /// A VMM exited on its own (guest powered off, crash, signal from
-    /// outside): the VM becomes stopped with the reason. Exits that an
-    /// action already recorded are left alone.
+    /// outside): the VM becomes stopped with the reason and releases what
+    /// it held. Exits that an action already recorded are left alone.
     fn record_exit(&self, id: &str, pid: u32, reason: &ExitReason) {
         if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -534,6 +601,7 @@ impl Lifecycle {
             }
             tracing::info!(vm = %record.name, pid, reason = %reason.describe(), "VMM exited");
             self.remove_runtime_files(&record);
+            self.detach_all(&record);
             mark_stopped(&mut record, reason.describe());
             if let Err(e) = self.store.update_vm(&record) {
                 tracing::error!(vm = %record.name, error = %e, "recording the VMM's exit");
@@ -549,24 +617,23 @@ impl Lifecycle {
         }
     }
 
-    /// Ctrl-Alt-Del, a bounded wait, then SIGTERM, then SIGKILL. Returns
-    /// how the VMM ended, in words.
+    /// Ctrl-Alt-Del, a bounded wait, then SIGTERM, then SIGKILL; then the
+    /// VM's attachments are released. Returns how the VMM ended, in words.
     fn shut_down(&self, record: &VmRecord, pid: u32) -> String {
         let dir = self.vm_dir(&record.id);
-        let backend = self
-            .backend(&record.vmm)
-            .cloned()
-            .unwrap_or_else(|| self.backends[0].clone());
         let graceful = self.stop_timeouts.graceful;
-        let why = match backend.request_shutdown(&dir, pid) {
-            Ok(()) => {
-                if let Some(reason) = self.exits.wait_exit(pid, graceful) {
+        let why = match self.backend(&record.vmm).request_shutdown(&dir, pid) {
+            Ok(()) => match self.exits.wait_exit(pid, graceful) {
+                Some(reason) => {
                     self.remove_runtime_files(record);
+                    self.detach_all(record);
                     return reason.describe();
                 }
-                tracing::warn!(vm = %record.name, timeout = ?graceful, "guest did not power off; sending SIGTERM");
-                format!("the guest did not power off within {}s", graceful.as_secs())
-            }
+                None => {
+                    tracing::warn!(vm = %record.name, timeout = ?graceful, "guest did not power off; sending SIGTERM");
+                    format!("the guest did not power off within {}s", graceful.as_secs())
+                }
+            },
             Err(e) => {
                 tracing::warn!(vm = %record.name, error = %e, "graceful shutdown request failed; sending SIGTERM");
                 "the shutdown request failed".to_owned()
@@ -583,6 +650,7 @@ impl Lifecycle {
             }
         };
         self.remove_runtime_files(record);
+        self.detach_all(record);
         reason
     }
 
@@ -618,7 +686,7 @@ impl Lifecycle {
         let image = self.usable_image(&record.image)?;
         record.state = VmState::Starting;
         self.store.update_vm(&record)?;
-        match self.boot(&mut record, &image) {
+        match self.boot(&mut record, &image, "starting") {
             Ok(_) => {
                 record.state = VmState::Running;
                 record.last_error = None;
@@ -626,13 +694,7 @@ impl Lifecycle {
                 tracing::info!(vm = %record.name, pid = ?record.pid, "VM started");
                 Ok(record)
             }
-            Err(source) => {
-                let err = LifecycleError::Step {
-                    action: "starting",
-                    name: record.name.clone(),
-                    step: "starting the VMM",
-                    source: Box::new(source),
-                };
+            Err(err) => {
                 mark_stopped(&mut record, "start failed".into());
                 record.last_error = Some(error_text(&err));
                 self.store.update_vm(&record)?;
@@ -703,17 +765,21 @@ impl Lifecycle {
                 mark_stopped(&mut record, reason);
                 self.store.update_vm(&record)?;
             }
-            let dir = self.vm_dir(id);
-            match std::fs::remove_dir_all(&dir) {
+            let ctx = self.context(&record);
+            for c in self.capabilities.iter().rev() {
+                c.deprovision(&record, &ctx)
+                    .map_err(|e| LifecycleError::capability("deleting", &record.name, e))?;
+            }
+            match std::fs::remove_dir_all(&ctx.dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(LifecycleError::Step {
-                        action: "deleting",
-                        name: record.name.clone(),
-                        step: "removing the VM directory",
-                        source: Box::new(StepError::Io(dir.display().to_string(), e)),
-                    });
+                    return Err(LifecycleError::step(
+                        "deleting",
+                        &record.name,
+                        "removing the VM directory",
+                        e,
+                    ));
                 }
             }
             self.store.delete_vm(id)?;
@@ -738,46 +804,34 @@ impl Lifecycle {
             .map(validate::size_bytes)
             .transpose()?;
         self.locks.with(id, || {
-            let mut record = self.record(id)?;
+            let old = self.record(id)?;
+            let running = Self::running_pid(&old).is_some();
             let needs_stopped =
                 params.vcpu.is_some() || params.memory_mib.is_some() || disk_size.is_some();
-            if needs_stopped && Self::running_pid(&record).is_some() {
+            if needs_stopped && running {
                 return Err(LifecycleError::MustBeStopped {
-                    name: record.name.clone(),
+                    name: old.name.clone(),
                 });
             }
-            if let Some(size) = disk_size {
-                if size < record.disk_size_bytes {
-                    return Err(LifecycleError::Shrink {
-                        name: record.name.clone(),
-                        current: record.disk_size_bytes,
-                        requested: size,
-                    });
-                }
-                if size > record.disk_size_bytes {
-                    let path = self.vm_dir(id).join(vm_files::WORK_DISK);
-                    self.disks
-                        .grow(&path, size)
-                        .map_err(|e| LifecycleError::Step {
-                            action: "resizing",
-                            name: record.name.clone(),
-                            step: "growing the work disk",
-                            source: Box::new(e.into()),
-                        })?;
-                    record.disk_size_bytes = size;
-                }
+            if let Some(size) = disk_size.filter(|size| *size < old.disk_size_bytes) {
+                return Err(LifecycleError::Shrink {
+                    name: old.name.clone(),
+                    current: old.disk_size_bytes,
+                    requested: size,
+                });
             }
-            if let Some(vcpu) = params.vcpu {
-                record.vcpu = vcpu;
+            let mut new = old.clone();
+            new.vcpu = params.vcpu.unwrap_or(old.vcpu);
+            new.memory_mib = params.memory_mib.unwrap_or(old.memory_mib);
+            new.disk_size_bytes = disk_size.unwrap_or(old.disk_size_bytes);
+            new.nat = params.nat.unwrap_or(old.nat);
+            let ctx = self.context(&old);
+            for c in &self.capabilities {
+                c.update(&old, &new, &ctx, running)
+                    .map_err(|e| LifecycleError::capability("updating", &old.name, e))?;
             }
-            if let Some(memory) = params.memory_mib {
-                record.memory_mib = memory;
-            }
-            if let Some(nat) = params.nat {
-                record.nat = nat;
-            }
-            self.store.update_vm(&record)?;
-            Ok(record)
+            self.store.update_vm(&new)?;
+            Ok(new)
         })
     }
 
@@ -813,7 +867,8 @@ impl Lifecycle {
 
     /// At daemon start: adopt VMs whose VMM still runs (same PID and start
     /// time, and it answers); mark the rest stopped with the reason; remove
-    /// VMs whose creation never finished.
+    /// VMs whose creation never finished; then let every capability restore
+    /// what running VMs need and remove what no VM owns.
     pub fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         for mut record in self.store.list_vms()? {
@@ -826,17 +881,19 @@ impl Lifecycle {
                     if let Some(pid) = alive {
                         let _ = send_signal(pid, libc::SIGKILL);
                     }
-                    let _ = std::fs::remove_dir_all(self.vm_dir(&record.id));
+                    let ctx = self.context(&record);
+                    for c in self.capabilities.iter().rev() {
+                        self.undo_quietly(c.name(), c.deprovision(&record, &ctx));
+                    }
+                    let _ = std::fs::remove_dir_all(&ctx.dir);
                     self.store.delete_vm(&record.id)?;
                     tracing::warn!(vm = %record.name, "removed a VM whose creation was interrupted");
                     report.removed.push(record.name);
                 }
                 VmState::Running | VmState::Starting | VmState::Stopping => {
-                    let backend = self.backend(&record.vmm).cloned();
-                    match (alive, backend) {
-                        (Some(pid), Some(backend))
-                            if backend.responds(&self.vm_dir(&record.id), pid) =>
-                        {
+                    let backend = self.backend(&record.vmm);
+                    match alive {
+                        Some(pid) if backend.responds(&self.vm_dir(&record.id), pid) => {
                             record.state = VmState::Running;
                             self.store.update_vm(&record)?;
                             let start_time = record.pid_start_time.unwrap_or(0);
@@ -851,8 +908,9 @@ impl Lifecycle {
                             tracing::info!(vm = %record.name, pid, "adopted running VM");
                             report.adopted.push(record.name);
                         }
-                        (Some(pid), _) => {
+                        Some(pid) => {
                             let _ = send_signal(pid, libc::SIGKILL);
+                            self.remove_runtime_files(&record);
                             mark_stopped(
                                 &mut record,
                                 "VMM did not answer when bangerd started; killed".into(),
@@ -860,7 +918,8 @@ impl Lifecycle {
                             self.store.update_vm(&record)?;
                             report.stopped.push(record.name);
                         }
-                        (None, _) => {
+                        None => {
+                            self.remove_runtime_files(&record);
                             mark_stopped(
                                 &mut record,
                                 "VMM exited while bangerd was not running".into(),
@@ -873,6 +932,19 @@ impl Lifecycle {
                 }
             }
         }
+        let vms = self.store.list_vms()?;
+        let running: Vec<&VmRecord> = vms
+            .iter()
+            .filter(|vm| vm.state == VmState::Running)
+            .collect();
+        for c in &self.capabilities {
+            if let Err(e) = c.reconcile(&vms, &running) {
+                tracing::error!(capability = c.name(), error = %error_text(&e), "reconcile failed");
+                report
+                    .failed
+                    .push(format!("{}: {}", c.name(), error_text(&e)));
+            }
+        }
         Ok(report)
     }
 }
@@ -882,6 +954,8 @@ pub struct ReconcileReport {
     pub adopted: Vec<String>,
     pub stopped: Vec<String>,
     pub removed: Vec<String>,
+    /// Capabilities that could not reconcile, with why.
+    pub failed: Vec<String>,
 }
 
 fn mark_stopped(record: &mut VmRecord, reason: String) {
@@ -892,7 +966,7 @@ fn mark_stopped(record: &mut VmRecord, reason: String) {
     record.exit_reason = Some(reason);
 }
 
-/// The whole chain, for storing on the VM.
+/// The whole chain, for storing on the VM and for logs.
 pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut next = err.source();

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use banger_host::Paths;
 use banger_host::disk::{DiskOp, FakeDisks};
+use banger_host::net::{FakeNetwork, NetOp};
 use banger_host::procfs;
 use banger_proto::{CreateVmParams, Image, SetVmParams, VmState};
 use banger_vmm::fake::{FakeOp, FakeVmm};
@@ -17,6 +18,8 @@ struct Fixture {
     store: Arc<Store>,
     vmm: Arc<FakeVmm>,
     disks: Arc<FakeDisks>,
+    network: Arc<FakeNetwork>,
+    dns: crate::capabilities::DnsTable,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -58,34 +61,60 @@ fn fixture() -> Fixture {
         .unwrap();
     let vmm = Arc::new(FakeVmm::new());
     let disks = Arc::new(FakeDisks::new());
-    let lifecycle = new_lifecycle(&paths, &store, &vmm, &disks);
+    let network = Arc::new(FakeNetwork::new());
+    let dns = crate::capabilities::DnsTable::default();
+    let lifecycle = build(&paths, &store, &vmm, &disks, &network, &dns);
     Fixture {
         _tmp: tmp,
         paths,
         store,
         vmm,
         disks,
+        network,
+        dns,
         lifecycle,
     }
 }
 
-fn new_lifecycle(
+fn build(
     paths: &Paths,
     store: &Arc<Store>,
     vmm: &Arc<FakeVmm>,
     disks: &Arc<FakeDisks>,
+    network: &Arc<FakeNetwork>,
+    dns: &crate::capabilities::DnsTable,
 ) -> Arc<Lifecycle> {
+    let deps = crate::Deps {
+        backends: vec![vmm.clone()],
+        disks: disks.clone(),
+        network: network.clone(),
+        stop_timeouts: QUICK,
+    };
+    let capabilities =
+        crate::pipeline(paths, &banger_host::Config::default(), &deps, dns.clone()).unwrap();
     Lifecycle::new(
         paths.clone(),
         store.clone(),
-        vec![vmm.clone()],
-        disks.clone(),
+        deps.backends,
+        capabilities,
         None,
     )
     .with_stop_timeouts(QUICK)
 }
 
 impl Fixture {
+    /// A new daemon's lifecycle over the same store and host.
+    fn new_lifecycle(&self) -> Arc<Lifecycle> {
+        build(
+            &self.paths,
+            &self.store,
+            &self.vmm,
+            &self.disks,
+            &self.network,
+            &self.dns,
+        )
+    }
+
     fn create(&self, name: &str) -> VmRecord {
         self.lifecycle
             .create(&CreateVmParams {
@@ -233,6 +262,14 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
     type Inject = Box<dyn Fn(&Fixture)>;
     let injections: Vec<(&str, Inject)> = vec![
         (
+            "creating the TAP device",
+            Box::new(|fx| fx.network.fail_on(NetOp::CreateTap)),
+        ),
+        (
+            "adding NAT rules",
+            Box::new(|fx| fx.network.fail_on(NetOp::AddNat)),
+        ),
+        (
             "creating the overlay disk",
             Box::new(|fx| fx.disks.fail_on(DiskOp::CreateOverlay)),
         ),
@@ -251,6 +288,7 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
             .lifecycle
             .create(&CreateVmParams {
                 name: Some("doomed".into()),
+                nat: true,
                 ..Default::default()
             })
             .unwrap_err();
@@ -261,8 +299,23 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
         );
         assert!(text.contains("injected failure"), "{text}");
         assert_eq!(fx.snapshot(), before, "after a failure at {step:?}");
+        assert_eq!(
+            fx.network.state().nat.len(),
+            0,
+            "no NAT rule left after {step:?}"
+        );
+        assert_eq!(
+            fx.network.state().taps.len(),
+            1,
+            "only the existing VM's TAP after {step:?}"
+        );
+        assert!(
+            fx.dns.lookup("doomed").is_none(),
+            "no DNS record left after {step:?}"
+        );
         fx.disks.clear_failures();
         fx.vmm.clear_failures();
+        fx.network.clear_failures();
     }
     // With nothing injected, the same create works.
     fx.create("doomed");
@@ -450,11 +503,13 @@ fn reconcile_adopts_live_vms_and_stops_dead_ones() {
     half.state = VmState::Creating;
     half.pid = None;
     half.vsock_cid = Some(99);
+    half.tap = None;
+    half.guest_ip = None;
     fx.store.insert_vm(&half).unwrap();
     std::fs::create_dir_all(fx.paths.vm_dir(&half.id)).unwrap();
 
     // The new daemon's lifecycle, over the same store.
-    let fresh = new_lifecycle(&fx.paths, &fx.store, &fx.vmm, &fx.disks);
+    let fresh = fx.new_lifecycle();
     let report = fresh.reconcile().unwrap();
     assert_eq!(report.adopted, ["alive"]);
     assert_eq!(report.removed, ["half"]);
@@ -474,7 +529,7 @@ fn reconcile_adopts_live_vms_and_stops_dead_ones() {
     assert_eq!(stopped.state, VmState::Stopped);
     let again = fresh.start(&alive.id).unwrap();
     fresh.retire();
-    let fresh2 = new_lifecycle(&fx.paths, &fx.store, &fx.vmm, &fx.disks);
+    let fresh2 = fx.new_lifecycle();
     fresh2.reconcile().unwrap();
     banger_vmm::process::send_signal(again.pid.unwrap(), libc::SIGKILL).unwrap();
     wait_until("the adopted VM's exit to be recorded", || {
@@ -527,4 +582,160 @@ fn twenty_vms_in_parallel_without_error_or_leak() {
         );
     }
     assert_eq!(fx.snapshot(), (vec![], vec![]), "no record or file left");
+}
+
+#[test]
+fn network_nat_and_dns_follow_the_vm() {
+    let fx = fixture();
+    let vm = fx
+        .lifecycle
+        .create(&CreateVmParams {
+            name: Some("web".into()),
+            nat: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(vm.guest_ip.as_deref(), Some("10.219.0.2"));
+    let tap = vm.tap.clone().unwrap();
+    assert_eq!(tap, format!("bg-{}", &vm.id[..10]));
+    let state = fx.network.state();
+    assert_eq!(state.bridge.as_deref(), Some("10.219.0.1/24"));
+    assert!(state.taps.contains_key(&tap));
+    assert_eq!(
+        state.nat.get(&vm.id).map(ToString::to_string).as_deref(),
+        Some("10.219.0.2")
+    );
+    assert_eq!(
+        fx.dns.lookup("web").map(|ip| ip.to_string()).as_deref(),
+        Some("10.219.0.2")
+    );
+    let launch = fx.vmm.launches().pop().unwrap();
+    let net = launch.net.unwrap();
+    assert_eq!(
+        (net.tap.as_str(), net.mac.as_str()),
+        (tap.as_str(), "06:00:0a:db:00:02")
+    );
+
+    // NAT toggles live on a running VM.
+    fx.lifecycle
+        .set(
+            &vm.id,
+            &SetVmParams {
+                nat: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(fx.network.state().nat.is_empty());
+    fx.lifecycle
+        .set(
+            &vm.id,
+            &SetVmParams {
+                nat: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(fx.network.state().nat.len(), 1);
+
+    // Stopped: no TAP, no rule; the IP and the DNS record stay.
+    fx.lifecycle.stop(&vm.id).unwrap();
+    assert!(fx.network.state().taps.is_empty() && fx.network.state().nat.is_empty());
+    assert_eq!(
+        fx.store
+            .get_vm(&vm.id)
+            .unwrap()
+            .unwrap()
+            .guest_ip
+            .as_deref(),
+        Some("10.219.0.2")
+    );
+    assert!(fx.dns.lookup("web").is_some());
+    // A second VM gets the next address; the first keeps its own across restarts.
+    let other = fx.create("db");
+    assert_eq!(other.guest_ip.as_deref(), Some("10.219.0.3"));
+    let again = fx.lifecycle.start(&vm.id).unwrap();
+    assert_eq!(again.guest_ip.as_deref(), Some("10.219.0.2"));
+    assert_eq!(
+        fx.network.state().nat.len(),
+        1,
+        "NAT comes back with the VM"
+    );
+
+    // An exit from outside releases the TAP and the rules.
+    banger_vmm::process::send_signal(again.pid.unwrap(), libc::SIGKILL).unwrap();
+    wait_until("the exit to be recorded", || {
+        fx.store.get_vm(&vm.id).unwrap().unwrap().state == VmState::Stopped
+    });
+    assert!(!fx.network.state().taps.contains_key(&tap));
+    assert!(fx.network.state().nat.is_empty());
+
+    // Delete frees the address and the name.
+    fx.lifecycle.delete(&vm.id).unwrap();
+    assert!(fx.dns.lookup("web").is_none());
+    let reuse = fx.create("web2");
+    assert_eq!(reuse.guest_ip.as_deref(), Some("10.219.0.2"));
+}
+
+#[test]
+fn reconcile_repairs_rules_and_removes_orphans() {
+    let fx = fixture();
+    let vm = fx
+        .lifecycle
+        .create(&CreateVmParams {
+            name: Some("keep".into()),
+            nat: true,
+            ..Default::default()
+        })
+        .unwrap();
+    fx.lifecycle.retire();
+    fx.network.with_state(|state| {
+        state.nat.clear(); // a rule deleted by hand
+        state
+            .nat
+            .insert("ghost".into(), "10.219.0.99".parse().unwrap()); // an orphan rule
+        state.taps.insert("bg-0123456789".into(), 0); // an orphan TAP
+    });
+    let dns = crate::capabilities::DnsTable::default();
+    let fresh = build(&fx.paths, &fx.store, &fx.vmm, &fx.disks, &fx.network, &dns);
+    let report = fresh.reconcile().unwrap();
+    assert_eq!(report.adopted, ["keep"]);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let state = fx.network.state();
+    assert_eq!(
+        state.nat.keys().collect::<Vec<_>>(),
+        [&vm.id],
+        "missing rule back, orphan gone"
+    );
+    assert_eq!(
+        state.taps.keys().collect::<Vec<_>>(),
+        [vm.tap.as_ref().unwrap()],
+        "orphan TAP gone"
+    );
+    assert_eq!(
+        dns.lookup("keep").map(|ip| ip.to_string()).as_deref(),
+        Some("10.219.0.2"),
+        "DNS rebuilt"
+    );
+}
+
+#[test]
+fn refs_resolve_by_name_then_unique_prefix() {
+    let fx = fixture();
+    for (id, name) in [
+        ("aa12bb34cc", "calm-otter"),
+        ("aa12ff00dd", "buildbox"),
+        ("cc56dd78ee", "api-1"),
+    ] {
+        let mut vm = crate::store::tests::sample_vm(id, name);
+        vm.vsock_cid = None;
+        fx.store.insert_vm(&vm).unwrap();
+    }
+    assert_eq!(fx.lifecycle.resolve("calm-otter").unwrap().id, "aa12bb34cc");
+    assert_eq!(fx.lifecycle.resolve("cc5").unwrap().name, "api-1");
+    let msg = fx.lifecycle.resolve("aa12").unwrap_err().to_string();
+    assert!(
+        msg.contains("calm-otter (aa12bb34)") && msg.contains("buildbox (aa12ff00)"),
+        "{msg}"
+    );
 }

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:42069";
+/// Private, and clear of Docker's and libvirt's usual networks.
+pub const DEFAULT_GUEST_IP_POOL: &str = "10.219.0.0/24";
 pub const ENV_RUNTIME_DIR: &str = "BANGER_RUNTIME_DIR";
 pub const ENV_LOG_LEVEL: &str = "BANGER_LOG_LEVEL";
 
@@ -90,6 +92,7 @@ struct ConfigFile {
     default_packages_file: Option<PathBuf>,
     vmm: Option<VmmChoice>,
     dns_listen: Option<SocketAddr>,
+    guest_ip_pool: Option<String>,
 }
 
 /// Settings in force: file values, environment overrides applied, relative
@@ -112,6 +115,8 @@ pub struct Config {
     pub default_packages_file: Option<PathBuf>,
     pub vmm: VmmChoice,
     pub dns_listen: SocketAddr,
+    /// IPv4 CIDR: the bridge takes the first address, guests the rest.
+    pub guest_ip_pool: String,
 }
 
 impl Default for Config {
@@ -150,6 +155,20 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
+        if let Some(pool) = &file.guest_ip_pool
+            && let Err(e) = crate::net::Pool::parse(pool)
+        {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("guest_ip_pool"))
+                .map_or(1, |i| i + 1);
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                line,
+                key: Some("guest_ip_pool".into()),
+                message: e.to_string(),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("/"));
         Ok(Self::from_file(file, base, home))
     }
@@ -176,6 +195,9 @@ impl Config {
                     .parse()
                     .expect("the default DNS address parses")
             }),
+            guest_ip_pool: file
+                .guest_ip_pool
+                .unwrap_or_else(|| DEFAULT_GUEST_IP_POOL.to_owned()),
         }
     }
 
@@ -248,6 +270,7 @@ default_modules_dir = "/r/modules"
 default_packages_file = "/r/packages.apt"
 vmm = "qemu"
 dns_listen = "127.0.0.1:5353"
+guest_ip_pool = "10.50.0.0/24"
 "#,
         )
         .unwrap();
@@ -266,6 +289,7 @@ dns_listen = "127.0.0.1:5353"
         );
         assert_eq!(config.vmm, VmmChoice::Qemu);
         assert_eq!(config.dns_listen.to_string(), "127.0.0.1:5353");
+        assert_eq!(config.guest_ip_pool, "10.50.0.0/24");
     }
 
     #[test]
@@ -308,6 +332,13 @@ dns_listen = "127.0.0.1:5353"
         );
         let msg = parse("vmm = 3\n").unwrap_err().to_string();
         assert!(msg.contains("key `vmm`"), "{msg}");
+        let msg = parse("log_level = \"info\"\nguest_ip_pool = \"10.0.0.1/24\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 2") && msg.contains("guest_ip_pool") && msg.contains("CIDR"),
+            "{msg}"
+        );
     }
 
     #[test]

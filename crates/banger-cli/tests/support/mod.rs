@@ -127,6 +127,7 @@ pub struct FakeDaemon {
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     pub vmm: std::sync::Arc<banger_vmm::fake::FakeVmm>,
     pub disks: std::sync::Arc<banger_host::disk::FakeDisks>,
+    pub network: std::sync::Arc<banger_host::net::FakeNetwork>,
 }
 
 impl World {
@@ -158,9 +159,11 @@ impl World {
         let config = banger_host::Config::load(&paths.config_file, &home, |_| None).unwrap();
         let vmm = std::sync::Arc::new(banger_vmm::fake::FakeVmm::new());
         let disks = std::sync::Arc::new(banger_host::disk::FakeDisks::new());
+        let network = std::sync::Arc::new(banger_host::net::FakeNetwork::new());
         let deps = banger_daemon::Deps {
             backends: vec![vmm.clone()],
             disks: disks.clone(),
+            network: network.clone(),
             stop_timeouts: banger_daemon::lifecycle::StopTimeouts {
                 graceful: Duration::from_secs(2),
                 term: Duration::from_secs(2),
@@ -188,6 +191,7 @@ impl World {
             thread: Some(thread),
             vmm,
             disks,
+            network,
         }
     }
 }

@@ -1,0 +1,13 @@
+//! banger's capabilities, in pipeline order.
+
+pub mod dns;
+pub mod nat;
+pub mod network;
+pub mod storage;
+pub mod vsock;
+
+pub use dns::{DnsCapability, DnsTable};
+pub use nat::NatCapability;
+pub use network::NetworkCapability;
+pub use storage::StorageCapability;
+pub use vsock::VsockCapability;

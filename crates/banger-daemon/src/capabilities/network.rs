@@ -1,0 +1,105 @@
+//! A guest IPv4 address from the pool, kept for the VM's life, and a TAP on
+//! banger's bridge while it runs.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use banger_host::net::{HostNetwork, Pool, check_pool_against_routes, guest_mac, tap_name};
+use banger_vmm::{LaunchSpec, NetSpec};
+
+use crate::capability::{Capability, CapabilityError, Result};
+use crate::store::VmRecord;
+
+#[derive(Debug)]
+pub struct NetworkCapability {
+    net: Arc<dyn HostNetwork>,
+    pool: Pool,
+    /// Owner of the TAPs, so the VMM opens them without root.
+    uid: u32,
+}
+
+impl NetworkCapability {
+    pub fn new(net: Arc<dyn HostNetwork>, pool: Pool, uid: u32) -> Self {
+        Self { net, pool, uid }
+    }
+
+    fn fail(message: &str, e: impl std::error::Error + Send + Sync + 'static) -> CapabilityError {
+        CapabilityError::caused("network", message.to_owned(), e)
+    }
+}
+
+impl Capability for NetworkCapability {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+
+    fn reserve(&self, vm: &mut VmRecord, others: &[VmRecord]) -> Result<()> {
+        let used: Vec<Ipv4Addr> = others
+            .iter()
+            .filter_map(|o| o.guest_ip.as_deref()?.parse().ok())
+            .collect();
+        let ip = self
+            .pool
+            .allocate(&used)
+            .map_err(|e| Self::fail("leasing a guest IP", e))?;
+        vm.guest_ip = Some(ip.to_string());
+        vm.tap = Some(tap_name(&vm.id));
+        Ok(())
+    }
+
+    fn attach(&self, vm: &VmRecord, spec: &mut LaunchSpec) -> Result<()> {
+        let (Some(ip), Some(tap)) = (vm.guest_ip.as_deref(), vm.tap.as_deref()) else {
+            return Err(CapabilityError::new(
+                "network",
+                format!("{} has no guest IP or TAP recorded", vm.name),
+            ));
+        };
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|e| Self::fail("reading the recorded guest IP", e))?;
+        let routes = self
+            .net
+            .host_routes()
+            .map_err(|e| Self::fail("reading host routes", e))?;
+        check_pool_against_routes(&self.pool, &routes)
+            .map_err(|e| Self::fail("checking the guest IP pool", e))?;
+        self.net
+            .ensure_bridge(&self.pool)
+            .map_err(|e| Self::fail("setting up the bridge", e))?;
+        self.net
+            .create_tap(tap, self.uid)
+            .map_err(|e| Self::fail("creating the TAP device", e))?;
+        spec.net = Some(NetSpec {
+            tap: tap.to_owned(),
+            mac: guest_mac(ip),
+        });
+        Ok(())
+    }
+
+    fn detach(&self, vm: &VmRecord) -> Result<()> {
+        match vm.tap.as_deref() {
+            Some(tap) => self
+                .net
+                .delete_tap(tap)
+                .map_err(|e| Self::fail("removing the TAP device", e)),
+            None => Ok(()),
+        }
+    }
+
+    fn reconcile(&self, _vms: &[VmRecord], running: &[&VmRecord]) -> Result<()> {
+        let owned: Vec<&str> = running.iter().filter_map(|vm| vm.tap.as_deref()).collect();
+        for tap in self
+            .net
+            .list_taps()
+            .map_err(|e| Self::fail("listing TAP devices", e))?
+        {
+            if !owned.contains(&tap.as_str()) {
+                tracing::info!(tap = %tap, "removing a TAP no running VM owns");
+                self.net
+                    .delete_tap(&tap)
+                    .map_err(|e| Self::fail("removing an orphan TAP", e))?;
+            }
+        }
+        Ok(())
+    }
+}

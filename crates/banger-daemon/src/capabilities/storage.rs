@@ -1,0 +1,75 @@
+//! The VM's own disks: a sparse overlay for `/` and a work disk for `/root`.
+
+use std::sync::Arc;
+
+use banger_host::disk::Disks;
+
+use crate::capability::{Capability, CapabilityError, Result, VmContext};
+use crate::service::vm_files;
+use crate::store::VmRecord;
+
+/// The overlay holds every change to `/` (and Docker's data); it is sparse,
+/// so its size costs nothing until the guest writes.
+pub const OVERLAY_SIZE: u64 = 64 << 30;
+
+#[derive(Debug)]
+pub struct StorageCapability {
+    disks: Arc<dyn Disks>,
+}
+
+impl StorageCapability {
+    pub fn new(disks: Arc<dyn Disks>) -> Self {
+        Self { disks }
+    }
+}
+
+impl Capability for StorageCapability {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+
+    fn provision(&self, vm: &VmRecord, ctx: &VmContext) -> Result<()> {
+        self.disks
+            .create_overlay(&ctx.dir.join(vm_files::OVERLAY), OVERLAY_SIZE)
+            .map_err(|e| CapabilityError::caused("storage", "creating the overlay disk", e))?;
+        self.disks
+            .create_work_disk(
+                &ctx.dir.join(vm_files::WORK_DISK),
+                vm.disk_size_bytes,
+                Some(&ctx.base_rootfs),
+            )
+            .map_err(|e| CapabilityError::caused("storage", "creating the work disk", e))
+    }
+
+    fn deprovision(&self, _vm: &VmRecord, ctx: &VmContext) -> Result<()> {
+        for file in [vm_files::OVERLAY, vm_files::WORK_DISK] {
+            match std::fs::remove_file(ctx.dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(CapabilityError::caused(
+                        "storage",
+                        format!("removing {file}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn update(
+        &self,
+        old: &VmRecord,
+        new: &VmRecord,
+        ctx: &VmContext,
+        _running: bool,
+    ) -> Result<()> {
+        if new.disk_size_bytes > old.disk_size_bytes {
+            self.disks
+                .grow(&ctx.dir.join(vm_files::WORK_DISK), new.disk_size_bytes)
+                .map_err(|e| CapabilityError::caused("storage", "growing the work disk", e))?;
+        }
+        Ok(())
+    }
+}
