@@ -3,6 +3,7 @@
 
 pub mod capabilities;
 pub mod capability;
+pub mod dns;
 pub mod exits;
 pub mod images;
 pub mod instance;
@@ -192,7 +193,26 @@ pub async fn run(
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting socket {} to mode 0600", paths.socket.display()))?;
     let socket = paths.socket.clone();
-    let daemon = Daemon::new(paths, config, lifecycle.clone());
+    let dns_socket = dns::bind(config.dns_listen).await;
+    let dns_error = dns_socket
+        .as_ref()
+        .err()
+        .map(|e| format!("cannot listen on {}: {e}", config.dns_listen));
+    let mut config = config;
+    if let Some(bound) = dns_socket.as_ref().ok().and_then(|s| s.local_addr().ok()) {
+        // Port 0 in config means any free port: report the one we got.
+        config.dns_listen = bound;
+    }
+    let daemon = Daemon::new(paths, config, lifecycle.clone(), dns_error);
+    match dns_socket {
+        Ok(socket) => {
+            tracing::info!(listen = %daemon.config.dns_listen, "DNS server listening");
+            tokio::spawn(dns::serve(socket, dns, daemon.shutdown_receiver()));
+        }
+        Err(e) => {
+            tracing::warn!(listen = %daemon.config.dns_listen, error = %e, "DNS server not started")
+        }
+    }
     spawn_signal_handler(daemon.clone())?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
     server::serve(listener, daemon).await;

@@ -99,16 +99,24 @@ pub struct Daemon {
     pub paths: Paths,
     pub config: Config,
     pub lifecycle: Arc<Lifecycle>,
+    /// Why the DNS listener could not be opened, if it could not.
+    pub dns_error: Option<String>,
     started: Instant,
     shutdown: watch::Sender<bool>,
 }
 
 impl Daemon {
-    pub fn new(paths: Paths, config: Config, lifecycle: Arc<Lifecycle>) -> Arc<Self> {
+    pub fn new(
+        paths: Paths,
+        config: Config,
+        lifecycle: Arc<Lifecycle>,
+        dns_error: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             paths,
             config,
             lifecycle,
+            dns_error,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
         })
@@ -278,6 +286,7 @@ impl Daemon {
             socket: self.paths.socket.clone(),
             log_path: self.paths.log_file.clone(),
             dns_listen: self.config.dns_listen.to_string(),
+            dns_error: self.dns_error.clone(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             vm_count: self.lifecycle.store().vm_count()?,

@@ -35,6 +35,9 @@ pub struct DaemonStatus {
     pub socket: PathBuf,
     pub log_path: PathBuf,
     pub dns_listen: String,
+    /// Why the DNS server is not serving, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_error: Option<String>,
     pub state_dir: PathBuf,
     pub uptime_secs: u64,
     pub vm_count: u64,

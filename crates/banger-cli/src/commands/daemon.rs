@@ -48,7 +48,10 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 println!("version:    {}", status.version);
                 println!("socket:     {}", status.socket.display());
                 println!("log:        {}", status.log_path.display());
-                println!("dns:        {}", status.dns_listen);
+                match &status.dns_error {
+                    None => println!("dns:        {}", status.dns_listen),
+                    Some(why) => println!("dns:        {} (not serving: {why})", status.dns_listen),
+                }
                 println!("state dir:  {}", status.state_dir.display());
                 println!("uptime:     {}", output::duration(status.uptime_secs));
                 println!("vms:        {}", status.vm_count);

@@ -19,13 +19,18 @@ pub struct World {
 }
 
 impl World {
+    /// Tests run in parallel, so each daemon's DNS takes any free port.
+    pub const BASE_CONFIG: &str = "dns_listen = \"127.0.0.1:0\"\n";
+
     pub fn new() -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("banger-test-")
             .tempdir()
             .unwrap();
         std::fs::create_dir_all(tmp.path().join("run")).unwrap();
-        Self { tmp }
+        let world = Self { tmp };
+        world.write_config("");
+        world
     }
 
     pub fn home(&self) -> &Path {
@@ -52,9 +57,10 @@ impl World {
         self.home().join(".config/banger/config.toml")
     }
 
+    /// Writes config.toml: [`World::BASE_CONFIG`] plus `text`.
     pub fn write_config(&self, text: &str) {
         std::fs::create_dir_all(self.config_file().parent().unwrap()).unwrap();
-        std::fs::write(self.config_file(), text).unwrap();
+        std::fs::write(self.config_file(), format!("{}{text}", Self::BASE_CONFIG)).unwrap();
     }
 
     /// A command with this world's environment and nothing of the caller's.
