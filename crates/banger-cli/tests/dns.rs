@@ -83,7 +83,9 @@ fn vm_names_resolve_over_udp_and_garbage_harms_nothing() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let len = usize::try_from(seed % 512).unwrap();
-        let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (seed >> (i % 56)).to_le_bytes()[0])
+            .collect();
         client.send_to(&bytes, server).unwrap();
     }
     client
