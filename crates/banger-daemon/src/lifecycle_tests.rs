@@ -81,7 +81,7 @@ fn build(
     store: &Arc<Store>,
     vmm: &Arc<FakeVmm>,
     disks: &Arc<FakeDisks>,
-    network: &Arc<FakeNetwork>,
+    network: &Arc<impl banger_host::net::HostNetwork + 'static>,
     dns: &crate::capabilities::DnsTable,
 ) -> Arc<Lifecycle> {
     let deps = crate::Deps {
@@ -737,5 +737,116 @@ fn refs_resolve_by_name_then_unique_prefix() {
     assert!(
         msg.contains("calm-otter (aa12bb34)") && msg.contains("buildbox (aa12ff00)"),
         "{msg}"
+    );
+}
+
+/// The lifecycle with the real `ip`/`iptables` in a throwaway network
+/// namespace (root only): devices and rules exist exactly while they should.
+#[test]
+fn real_network_follows_the_vm_lifecycle() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0
+        || std::process::Command::new("iptables")
+            .arg("-V")
+            .output()
+            .is_err()
+    {
+        eprintln!(
+            "SKIPPED: real_network_follows_the_vm_lifecycle needs root and iptables (CI has both)"
+        );
+        return;
+    }
+    use banger_host::net::HostNetwork;
+    use banger_host::process::{Cmd, NetnsRunner, Runner};
+    let namespace = format!("banger-lc-{}", std::process::id());
+    let runner = Arc::new(NetnsRunner::create(&namespace).unwrap());
+    let real = Arc::new(banger_host::net::IpTablesNetwork::new(
+        runner.clone(),
+        false,
+    ));
+    let fx = fixture();
+    let lifecycle = build(&fx.paths, &fx.store, &fx.vmm, &fx.disks, &real, &fx.dns);
+    let taps = || real.list_taps().unwrap();
+    let banger_rules = || -> Vec<String> {
+        let text = runner.run(&Cmd::new("iptables-save")).unwrap();
+        text.lines()
+            .filter(|l| l.contains("banger:"))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let vm = lifecycle
+        .create(&CreateVmParams {
+            name: Some("web".into()),
+            nat: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let tap = vm.tap.clone().unwrap();
+    assert_eq!(taps(), std::slice::from_ref(&tap));
+    assert_eq!(banger_rules().len(), 3, "{:?}", banger_rules());
+    lifecycle
+        .set(
+            &vm.id,
+            &SetVmParams {
+                nat: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(banger_rules().is_empty(), "--no-nat leaves no rule");
+    lifecycle
+        .set(
+            &vm.id,
+            &SetVmParams {
+                nat: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    lifecycle.stop(&vm.id).unwrap();
+    assert!(
+        taps().is_empty() && banger_rules().is_empty(),
+        "stop leaves no TAP and no rule"
+    );
+    lifecycle.start(&vm.id).unwrap();
+    assert_eq!((taps().len(), banger_rules().len()), (1, 3));
+
+    // A rule deleted by hand comes back, and an orphan goes, on daemon restart.
+    lifecycle.retire();
+    runner
+        .run(&Cmd::new("iptables").args(["-t", "nat", "-F", "BANGER-POSTROUTING"]))
+        .unwrap();
+    runner
+        .run(&Cmd::new("iptables").args([
+            "-t",
+            "nat",
+            "-A",
+            "BANGER-POSTROUTING",
+            "-s",
+            "10.219.0.99/32",
+            "-m",
+            "comment",
+            "--comment",
+            "banger:ghost",
+            "-j",
+            "MASQUERADE",
+        ]))
+        .unwrap();
+    assert_eq!(banger_rules().len(), 3);
+    let restarted = build(&fx.paths, &fx.store, &fx.vmm, &fx.disks, &real, &fx.dns);
+    let report = restarted.reconcile().unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let rules = banger_rules();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(
+        rules.iter().all(|r| r.contains(&vm.id)) && rules.iter().any(|r| r.contains("MASQUERADE")),
+        "{rules:?}"
+    );
+
+    restarted.delete(&vm.id).unwrap();
+    assert!(
+        taps().is_empty() && banger_rules().is_empty(),
+        "delete leaves nothing with banger's prefix"
     );
 }

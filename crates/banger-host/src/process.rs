@@ -149,6 +149,45 @@ impl Runner for HostRunner {
     }
 }
 
+/// Runs every command inside a network namespace (`ip netns exec NAME ...`):
+/// real devices and rules, isolated from the host's. For root tests.
+#[derive(Debug)]
+pub struct NetnsRunner {
+    namespace: String,
+}
+
+impl NetnsRunner {
+    /// Creates the namespace; it is deleted when the runner is dropped.
+    pub fn create(namespace: &str) -> Result<Self, ProcessError> {
+        HostRunner.run(&Cmd::new("ip").args(["netns", "add", namespace]))?;
+        let runner = Self {
+            namespace: namespace.to_owned(),
+        };
+        runner.run(&Cmd::new("ip").args(["link", "set", "lo", "up"]))?;
+        Ok(runner)
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+impl Runner for NetnsRunner {
+    fn output(&self, cmd: &Cmd) -> Result<CmdOutput, ProcessError> {
+        let wrapped = Cmd::new("ip")
+            .args(["netns", "exec", self.namespace.as_str()])
+            .arg(cmd.program.clone())
+            .args(cmd.args.iter().cloned());
+        HostRunner.output(&wrapped)
+    }
+}
+
+impl Drop for NetnsRunner {
+    fn drop(&mut self) {
+        let _ = HostRunner.run(&Cmd::new("ip").args(["netns", "del", self.namespace.as_str()]));
+    }
+}
+
 /// Records every command and answers from a script: the first rule whose
 /// program and argument fragment match decides the outcome.
 #[derive(Debug, Default)]

@@ -1,0 +1,104 @@
+//! `IpTablesNetwork` against the real kernel, as root, inside a throwaway
+//! network namespace: real bridge, TAPs and iptables rules, none of them
+//! visible to the host. Skips, saying why, when not root or without the tools.
+
+// An integration test crate is compiled only for tests; there is no module to wrap.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use banger_host::net::{HostNetwork, IpTablesNetwork, NatRule, Pool};
+use banger_host::process::{Cmd, NetnsRunner, Runner};
+
+pub fn namespace(tag: &str) -> Option<Arc<NetnsRunner>> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: real-host network test {tag}: needs root (CI runs as root)");
+        return None;
+    }
+    for tool in ["ip", "iptables", "iptables-save", "sysctl"] {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!(
+                "SKIPPED: real-host network test {tag}: {tool} is missing (apt-get install iproute2 iptables procps)"
+            );
+            return None;
+        }
+    }
+    let name = format!("banger-test-{}-{tag}", std::process::id());
+    Some(Arc::new(
+        NetnsRunner::create(&name).expect("creating a test network namespace"),
+    ))
+}
+
+fn rules(runner: &NetnsRunner) -> Vec<String> {
+    let text = runner.run(&Cmd::new("iptables-save")).unwrap();
+    text.lines()
+        .filter(|l| l.contains("BANGER"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bridge_taps_and_nat_rules_on_a_real_kernel() {
+    let Some(runner) = namespace("net") else {
+        return;
+    };
+    let net = IpTablesNetwork::new(runner.clone(), false);
+    let pool = Pool::parse("10.219.0.0/24").unwrap();
+
+    net.ensure_bridge(&pool).unwrap();
+    net.ensure_bridge(&pool).unwrap();
+    let addr = runner
+        .run(&Cmd::new("ip").args(["-o", "-4", "addr", "show", "dev", "banger0"]))
+        .unwrap();
+    assert!(addr.contains("10.219.0.1/24"), "{addr}");
+
+    net.create_tap("bg-0011223344", 0).unwrap();
+    net.create_tap("bg-0011223344", 0).unwrap();
+    let link = runner
+        .run(&Cmd::new("ip").args(["-o", "link", "show", "dev", "bg-0011223344"]))
+        .unwrap();
+    assert!(link.contains("master banger0"), "{link}");
+    assert_eq!(net.list_taps().unwrap(), ["bg-0011223344"]);
+
+    let rule = NatRule {
+        vm_id: "aa12bb34".into(),
+        guest_ip: Ipv4Addr::new(10, 219, 0, 2),
+    };
+    net.add_nat(&rule).unwrap();
+    net.add_nat(&rule).unwrap();
+    assert_eq!(
+        rules(&runner),
+        [
+            ":BANGER-FORWARD - [0:0]",
+            "-A FORWARD -j BANGER-FORWARD",
+            "-A BANGER-FORWARD -s 10.219.0.2/32 -i banger0 -m comment --comment \"banger:aa12bb34\" -j ACCEPT",
+            "-A BANGER-FORWARD -d 10.219.0.2/32 -o banger0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"banger:aa12bb34\" -j ACCEPT",
+            ":BANGER-POSTROUTING - [0:0]",
+            "-A POSTROUTING -j BANGER-POSTROUTING",
+            "-A BANGER-POSTROUTING -s 10.219.0.2/32 ! -o banger0 -m comment --comment \"banger:aa12bb34\" -j MASQUERADE",
+        ],
+        "exactly the expected rules, added once"
+    );
+    let forward = runner
+        .run(&Cmd::new("sysctl").args(["-n", "net.ipv4.ip_forward"]))
+        .unwrap();
+    assert_eq!(forward.trim(), "1");
+    assert_eq!(net.nat_vms().unwrap(), ["aa12bb34"]);
+
+    net.remove_nat("aa12bb34").unwrap();
+    net.remove_nat("aa12bb34").unwrap();
+    assert!(
+        rules(&runner).iter().all(|r| !r.contains("banger:")),
+        "{:?}",
+        rules(&runner)
+    );
+    net.delete_tap("bg-0011223344").unwrap();
+    net.delete_tap("bg-0011223344").unwrap();
+    assert!(net.list_taps().unwrap().is_empty());
+}
