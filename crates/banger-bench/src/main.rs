@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     daemon_rows(&banger, &mut rows)?;
+    dns_rows(&banger, &mut rows)?;
     storage_rows(&mut rows)?;
     firecracker_rows(&mut rows)?;
     print_table(&rows);
@@ -319,6 +320,134 @@ fn firecracker_by_hand(
     Ok(elapsed)
 }
 
+/// Queries per second for known `.vm` names: banger's DNS server against
+/// dnsmasq answering the same records from a hosts file.
+fn dns_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const VMS: u32 = 200;
+    let world = World::new(banger.to_path_buf())?;
+    world.write_config("dns_listen = \"127.0.0.1:0\"\n")?;
+    world.seed_vms(VMS)?;
+    world.run(&["vm", "list", "--json"])?; // starts the daemon
+    let status: serde_json::Value =
+        serde_json::from_str(&world.run(&["daemon", "status", "--json"])?)?;
+    let ours: std::net::SocketAddr = status["dns_listen"]
+        .as_str()
+        .context("no DNS address")?
+        .parse()?;
+    let names: Vec<String> = (0..VMS).map(|i| format!("bench-vm-{i}.vm.")).collect();
+    let banger_qps = queries_per_second(ours, &names)?;
+
+    let Ok(dnsmasq) = which("dnsmasq") else {
+        rows.push(skipped(
+            "DNS queries/s, known names",
+            "dnsmasq missing (apt-get install dnsmasq-base)",
+        ));
+        return Ok(());
+    };
+    let hosts = world.tmp.path().join("bench.hosts");
+    let text: String = (0..VMS)
+        .map(|i| format!("{} bench-vm-{i}.vm\n", World::seed_ip(i)))
+        .collect();
+    std::fs::write(&hosts, text)?;
+    let port = free_udp_port()?;
+    let mut child = Command::new(dnsmasq)
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .args([
+            "--listen-address=127.0.0.1",
+            "--user=root",
+            "--cache-size=1000",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", hosts.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let theirs = queries_per_second(format!("127.0.0.1:{port}").parse()?, &names);
+    let _ = child.kill();
+    let _ = child.wait();
+    let theirs = theirs?;
+    rows.push(Row {
+        what: format!("DNS queries/s, {VMS} known names"),
+        value: format!("{banger_qps:.0}/s"),
+        baseline: format!("{theirs:.0}/s (dnsmasq)"),
+        ratio: format!("{:.2}x", banger_qps / theirs),
+    });
+    Ok(())
+}
+
+/// Keeps 32 queries in flight on one socket for two seconds.
+fn queries_per_second(server: std::net::SocketAddr, names: &[String]) -> anyhow::Result<f64> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+    let packets: Vec<Vec<u8>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut m = Message::new();
+            m.set_id(u16::try_from(i % 65_536).unwrap_or(0))
+                .set_recursion_desired(true);
+            m.add_query(Query::query(
+                Name::from_str(name).expect("a valid name"),
+                RecordType::A,
+            ));
+            m.to_vec().expect("a query encodes")
+        })
+        .collect();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(server)?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = [0u8; 1500];
+    // Warm up and check the server answers at all.
+    socket.send(&packets[0])?;
+    socket
+        .recv(&mut buf)
+        .context("the DNS server did not answer")?;
+    let mut sent = 0usize;
+    for _ in 0..32 {
+        socket.send(&packets[sent % packets.len()])?;
+        sent += 1;
+    }
+    let start = Instant::now();
+    let mut answered = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        match socket.recv(&mut buf) {
+            Ok(_) => {
+                answered += 1;
+                socket.send(&packets[sent % packets.len()])?;
+                sent += 1;
+            }
+            Err(_) => {
+                // A lost datagram: put another in flight.
+                socket.send(&packets[sent % packets.len()])?;
+                sent += 1;
+            }
+        }
+    }
+    Ok(answered as f64 / start.elapsed().as_secs_f64())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn which(program: &str) -> anyhow::Result<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{program} not found"))
+}
+
 fn skipped(what: &str, why: &str) -> Row {
     Row {
         what: what.into(),
@@ -411,6 +540,13 @@ impl World {
         command
     }
 
+    fn write_config(&self, text: &str) -> anyhow::Result<()> {
+        let dir = self.tmp.path().join(".config/banger");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("config.toml"), text)?;
+        Ok(())
+    }
+
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.command(args).output()?;
         if !out.status.success() {
@@ -438,7 +574,7 @@ impl World {
                 memory_mib: 2048,
                 disk_size_bytes: 16 << 30,
                 nat: i % 2 == 0,
-                guest_ip: None,
+                guest_ip: Some(Self::seed_ip(i).to_string()),
                 tap: None,
                 vsock_cid: Some(3 + i),
                 vsock_path: Some(state.join(format!("vms/{i}/vsock.sock"))),
@@ -452,6 +588,10 @@ impl World {
             })?;
         }
         Ok(())
+    }
+
+    fn seed_ip(i: u32) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(0x0a00_0000 + 2 + i)
     }
 
     fn daemon_rss_kib(&self) -> anyhow::Result<u64> {
