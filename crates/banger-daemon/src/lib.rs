@@ -10,6 +10,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod locks;
 pub mod namegen;
+pub mod ping;
 pub mod server;
 pub mod service;
 pub mod store;

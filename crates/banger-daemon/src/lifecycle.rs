@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use banger_host::{Paths, procfs};
 use banger_proto::validate::{self, ValidationError, format_size};
-use banger_proto::{CreateVmParams, DiskUsage, Image, SetVmParams, VmState, VmStats};
+use banger_proto::{CreateVmParams, DiskUsage, Image, PingResult, SetVmParams, VmState, VmStats};
 use banger_vmm::process::{ExitReason, send_signal, wait_child, wait_foreign};
 use banger_vmm::{Drive, LaunchSpec, Launched, Vmm};
 use thiserror::Error;
@@ -833,6 +833,40 @@ impl Lifecycle {
             self.store.update_vm(&new)?;
             Ok(new)
         })
+    }
+
+    /// Asks the guest's ping responder whether it is alive.
+    pub fn ping(&self, id: &str) -> Result<PingResult> {
+        let record = self.record(id)?;
+        let running = Self::running_pid(&record)
+            .is_some_and(|pid| procfs::is_running(pid, record.pid_start_time));
+        let mut result = PingResult {
+            vm: record.name.clone(),
+            state: record.state,
+            reachable: false,
+            rtt_ms: None,
+            guest_uptime_secs: None,
+            guest_hostname: None,
+            detail: None,
+        };
+        if !running {
+            result.detail = record.exit_reason.clone();
+            return Ok(result);
+        }
+        let Some(path) = record.vsock_path.as_deref() else {
+            result.detail = Some("no vsock device recorded for this VM".into());
+            return Ok(result);
+        };
+        match crate::ping::ping(path) {
+            Ok((pong, rtt)) => {
+                result.reachable = true;
+                result.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                result.guest_uptime_secs = Some(pong.uptime_secs);
+                result.guest_hostname = Some(pong.hostname);
+            }
+            Err(e) => result.detail = Some(error_text(&e)),
+        }
+        Ok(result)
     }
 
     pub fn stats(&self, id: &str) -> Result<VmStats> {

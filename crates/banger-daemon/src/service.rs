@@ -212,7 +212,17 @@ impl Daemon {
                 let ImageRef { image } = parse(name, params)?;
                 reply(self.image(&image)?)
             }
-            method::VM_PING | method::IMAGE_BUILD | method::IMAGE_DELETE | method::DOCTOR => {
+            method::VM_PING => {
+                let VmRef { vm } = parse(name, params)?;
+                let result = self
+                    .blocking("vm.ping", move |lc| {
+                        let record = lc.resolve(&vm)?;
+                        lc.ping(&record.id)
+                    })
+                    .await?;
+                reply(result)
+            }
+            method::IMAGE_BUILD | method::IMAGE_DELETE | method::DOCTOR => {
                 let known = KNOWN_METHODS
                     .iter()
                     .find(|m| **m == name)

@@ -197,6 +197,8 @@ pub struct DiskUsage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PingResult {
     pub vm: String,
+    /// The VM's state as the daemon sees it.
+    pub state: VmState,
     pub reachable: bool,
     pub rtt_ms: Option<f64>,
     pub guest_uptime_secs: Option<u64>,

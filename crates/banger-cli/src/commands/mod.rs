@@ -2,6 +2,7 @@
 
 mod daemon;
 mod image;
+pub mod ssh;
 mod vm;
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@ use banger_proto::{
 };
 use serde_json::Value;
 
-use super::{Context, not_implemented};
+use super::Context;
 use crate::args::{VmCommand, VmTargets};
 use crate::client::Client;
 use crate::output;
@@ -69,7 +69,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        VmCommand::Ssh(_) => not_implemented("banger vm ssh"),
+        VmCommand::Ssh(args) => super::ssh::run(args, ctx),
         VmCommand::Stop(targets) => batch(ctx, method::VM_STOP, targets, "stopped"),
         VmCommand::Start(targets) => batch(ctx, method::VM_START, targets, "started"),
         VmCommand::Restart(targets) => batch(ctx, method::VM_RESTART, targets, "restarted"),

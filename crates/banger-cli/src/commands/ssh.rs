@@ -1,0 +1,163 @@
+//! `banger vm ssh`: the system `ssh` as root to the guest, then a reminder
+//! if the VM is still running.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context as _;
+use banger_host::Config;
+use banger_proto::api::method;
+use banger_proto::{PingResult, Vm, VmRef, VmState};
+
+use super::Context;
+use crate::args::SshArgs;
+use crate::output;
+
+/// The key banger logs in with: `ssh_key_path`, else the runtime bundle's.
+pub fn ssh_key(ctx: &Context) -> anyhow::Result<PathBuf> {
+    let config = Config::load(&ctx.paths.config_file, &ctx.paths.home, |v| {
+        std::env::var_os(v)
+    })
+    .context("loading configuration")?;
+    if let Some(key) = config.ssh_key_path {
+        anyhow::ensure!(
+            key.is_file(),
+            "ssh_key_path {} does not exist: fix it in {}",
+            key.display(),
+            ctx.paths.config_file.display()
+        );
+        return Ok(key);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let runtime = banger_host::runtime_dir::resolve(config.runtime_dir.as_deref(), &exe)
+        .context("finding the runtime bundle's SSH key (or set ssh_key_path)")?;
+    let key = runtime.path.join("id_ed25519");
+    anyhow::ensure!(
+        key.is_file(),
+        "the runtime bundle at {} has no id_ed25519: run `make runtime`, or set ssh_key_path",
+        runtime.path.display()
+    );
+    Ok(key)
+}
+
+pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let vm: Vm = ctx.client()?.call(
+        method::VM_SHOW,
+        VmRef {
+            vm: args.vm.clone(),
+        },
+    )?;
+    anyhow::ensure!(
+        vm.state == VmState::Running,
+        "{} is {}: start it with `banger vm start {}`",
+        vm.name,
+        vm.state,
+        vm.name
+    );
+    let ip = vm
+        .guest_ip
+        .clone()
+        .with_context(|| format!("{} has no guest IP", vm.name))?;
+    let key = ssh_key(ctx)?;
+    let known_hosts = vm.dir.join("known_hosts");
+    let mut ssh = Command::new("ssh");
+    ssh.arg("-i")
+        .arg(&key)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg(format!("root@{ip}"));
+    if !args.command.is_empty() {
+        ssh.arg("--").args(&args.command);
+    }
+    let status = ssh.status().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("ssh is not installed: install openssh-client")
+        } else {
+            anyhow::Error::new(e).context("running ssh")
+        }
+    })?;
+    remind(ctx, &vm.name);
+    let code = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(0)
+    });
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Never stays silent about a running VM.
+fn remind(ctx: &Context, name: &str) {
+    let answer = ctx.client().and_then(|mut c| {
+        Ok(c.call::<PingResult>(
+            method::VM_PING,
+            VmRef {
+                vm: name.to_owned(),
+            },
+        )?)
+    });
+    eprintln!(
+        "{}",
+        reminder(name, answer.as_ref().map_err(|e| format!("{e:#}")))
+    );
+}
+
+/// The line printed after SSH returns.
+pub fn reminder(name: &str, answer: Result<&PingResult, String>) -> String {
+    match answer {
+        Ok(ping) if ping.state == VmState::Running && ping.reachable => format!(
+            "{name} is still running (up {}). Stop it with: banger vm stop {name}",
+            output::duration(ping.guest_uptime_secs.unwrap_or(0))
+        ),
+        Ok(ping) if ping.state == VmState::Running => format!(
+            "{name} is still running, but its guest did not answer the ping ({}). Stop it with: banger vm stop {name}",
+            ping.detail.as_deref().unwrap_or("no answer")
+        ),
+        Ok(ping) => match &ping.detail {
+            Some(reason) => format!("{name} has stopped ({reason})."),
+            None => format!("{name} has stopped."),
+        },
+        Err(e) => format!(
+            "could not check {name} after SSH ({e}); it may still be running: see `banger vm show {name}`"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(state: VmState, reachable: bool, detail: Option<&str>) -> PingResult {
+        PingResult {
+            vm: "calm-otter".into(),
+            state,
+            reachable,
+            rtt_ms: None,
+            guest_uptime_secs: Some(65),
+            guest_hostname: None,
+            detail: detail.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn every_outcome_says_something() {
+        assert_eq!(
+            reminder("calm-otter", Ok(&ping(VmState::Running, true, None))),
+            "calm-otter is still running (up 1m05s). Stop it with: banger vm stop calm-otter"
+        );
+        assert_eq!(
+            reminder(
+                "calm-otter",
+                Ok(&ping(VmState::Stopped, false, Some("clean shutdown")))
+            ),
+            "calm-otter has stopped (clean shutdown)."
+        );
+        assert!(reminder("calm-otter", Err("daemon gone".into())).contains("may still be running"));
+    }
+}
