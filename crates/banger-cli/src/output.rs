@@ -205,6 +205,36 @@ pub fn vm_stats(stats: &VmStats) -> String {
         .collect()
 }
 
+/// `pass  name  detail`, with the fix under each warn and fail, then a count.
+pub fn checks(checks: &[banger_proto::check::Check]) -> String {
+    use banger_proto::check::CheckStatus;
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut text = String::new();
+    for check in checks {
+        text.push_str(&format!(
+            "{}  {:<width$}  {}\n",
+            check.status.as_str(),
+            check.name,
+            check.detail
+        ));
+        if let Some(fix) = check
+            .fix
+            .as_ref()
+            .filter(|_| check.status != CheckStatus::Pass)
+        {
+            text.push_str(&format!("      {:<width$}  fix: {fix}\n", ""));
+        }
+    }
+    let count = |s: CheckStatus| checks.iter().filter(|c| c.status == s).count();
+    text.push_str(&format!(
+        "{} passed, {} warnings, {} failed\n",
+        count(CheckStatus::Pass),
+        count(CheckStatus::Warn),
+        count(CheckStatus::Fail)
+    ));
+    text
+}
+
 /// One line per VM; returns whether every item succeeded.
 pub fn batch_lines(result: &BatchResult, verb: &str) -> (String, bool) {
     let mut text = String::new();

@@ -321,3 +321,27 @@ fn cli_refuses_bad_input_before_contacting_the_daemon() {
     assert!(stderr(&out).contains("\"0G\""), "{}", stderr(&out));
     assert!(!world.socket().exists(), "nothing was started");
 }
+
+#[test]
+fn doctor_reports_json_and_fails_without_a_bundle() {
+    let world = World::new();
+    let out = world.banger(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "a missing bundle is a failure");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let bundle = checks
+        .iter()
+        .find(|c| c["name"] == "runtime bundle")
+        .unwrap();
+    assert_eq!(bundle["status"], "fail");
+    assert!(
+        bundle["fix"].as_str().unwrap().contains("make runtime"),
+        "{bundle}"
+    );
+    let text = stdout(&world.banger(&["doctor"]));
+    assert!(
+        text.lines().any(|l| l.starts_with("fail  runtime bundle")),
+        "{text}"
+    );
+    assert!(text.lines().last().unwrap().ends_with("failed"), "{text}");
+    assert!(!world.socket().exists(), "doctor does not need the daemon");
+}

@@ -95,6 +95,11 @@ pub trait Capability: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// What the host needs for this capability on `vm` (preflight).
+    fn checks(&self, _vm: &VmRecord) -> Vec<banger_proto::check::Check> {
+        Vec::new()
+    }
+
     /// At daemon start, given every VM and which run: restore what running
     /// VMs need and remove host resources that no VM owns.
     fn reconcile(&self, _vms: &[VmRecord], _running: &[&VmRecord]) -> Result<()> {

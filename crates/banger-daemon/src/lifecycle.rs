@@ -53,6 +53,12 @@ pub enum LifecycleError {
         what: &'static str,
         path: PathBuf,
     },
+    #[error("cannot {action} {name}: the host is not ready:\n  {}", .failures.join("\n  "))]
+    NotReady {
+        action: &'static str,
+        name: String,
+        failures: Vec<String>,
+    },
     #[error("{name} is running: stop it first with `banger vm stop {name}`")]
     MustBeStopped { name: String },
     #[error("{name} is not running: start it with `banger vm start {name}`")]
@@ -102,7 +108,7 @@ impl LifecycleError {
             }
             Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
             Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
-            Self::Reserve(..) => K::Unavailable,
+            Self::Reserve(..) | Self::NotReady { .. } => K::Unavailable,
             Self::Step { .. } | Self::Signal { .. } => K::HostFailure,
             Self::Store(_) => K::Internal,
         }
@@ -347,9 +353,9 @@ impl Lifecycle {
             .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
         let image = self.usable_image(&image_name)?;
 
-        let mut record = self.reserve(params.name.as_deref(), |id, name| VmRecord {
-            id: id.to_owned(),
-            name: name.to_owned(),
+        let template = VmRecord {
+            id: String::new(),
+            name: params.name.clone().unwrap_or_else(|| "the new VM".into()),
             state: VmState::Creating,
             image: image_name.clone(),
             vmm: self.backends[0].name().to_owned(),
@@ -368,7 +374,9 @@ impl Lifecycle {
             stopped_at: None,
             exit_reason: None,
             last_error: None,
-        })?;
+        };
+        self.preflight("create", &template)?;
+        let mut record = self.reserve(params.name.as_deref(), template)?;
         let id = record.id.clone();
         let name = record.name.clone();
         self.locks.with(&id, || {
@@ -392,11 +400,7 @@ impl Lifecycle {
 
     /// Picks a name (given or generated) and every capability's identifiers,
     /// and inserts the row, atomically.
-    fn reserve(
-        &self,
-        name: Option<&str>,
-        make: impl FnOnce(&str, &str) -> VmRecord,
-    ) -> Result<VmRecord> {
+    fn reserve(&self, name: Option<&str>, template: VmRecord) -> Result<VmRecord> {
         let _allocation = self.allocation.lock().unwrap_or_else(|p| p.into_inner());
         let existing = self.store.list_vms()?;
         let taken = |n: &str| existing.iter().any(|vm| vm.name == n);
@@ -411,7 +415,11 @@ impl Lifecycle {
                 break id;
             }
         };
-        let mut record = make(&id, &name);
+        let mut record = VmRecord {
+            id,
+            name,
+            ..template
+        };
         for capability in &self.capabilities {
             capability
                 .reserve(&mut record, &existing)
@@ -467,6 +475,29 @@ impl Lifecycle {
             .update_vm(record)
             .map_err(|e| LifecycleError::step("creating", &name, "recording the running VM", e))?;
         Ok(())
+    }
+
+    /// The backend's and every capability's checks; any failure stops the
+    /// action before it changes anything, with doctor's messages.
+    fn preflight(&self, action: &'static str, record: &VmRecord) -> Result<()> {
+        let mut checks = self.backend(&record.vmm).checks();
+        for c in &self.capabilities {
+            checks.extend(c.checks(record));
+        }
+        let failures: Vec<String> = checks
+            .iter()
+            .filter(|c| c.status == banger_proto::check::CheckStatus::Fail)
+            .map(banger_proto::check::Check::message)
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(LifecycleError::NotReady {
+                action,
+                name: record.name.clone(),
+                failures,
+            })
+        }
     }
 
     fn undo_quietly(&self, capability: &str, result: capability::Result<()>) {
@@ -684,6 +715,7 @@ impl Lifecycle {
             return Ok(record);
         }
         let image = self.usable_image(&record.image)?;
+        self.preflight("start", &record)?;
         record.state = VmState::Starting;
         self.store.update_vm(&record)?;
         match self.boot(&mut record, &image, "starting") {

@@ -850,3 +850,36 @@ fn real_network_follows_the_vm_lifecycle() {
         "delete leaves nothing with banger's prefix"
     );
 }
+
+#[test]
+fn preflight_refuses_create_and_start_before_any_change() {
+    use banger_proto::check::Check;
+    let fx = fixture();
+    let vm = fx.create("ready");
+    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.vmm.set_checks(vec![Check::fail(
+        "/dev/kvm",
+        "does not exist",
+        "load kvm_intel or kvm_amd",
+    )]);
+    let before = fx.snapshot();
+    let err = fx
+        .lifecycle
+        .create(&CreateVmParams {
+            name: Some("blocked".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot create blocked: the host is not ready:\n  /dev/kvm: does not exist: load kvm_intel or kvm_amd"
+    );
+    let err = fx.lifecycle.start(&vm.id).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot start ready: the host is not ready"),
+        "{err}"
+    );
+    assert_eq!(fx.snapshot(), before, "nothing changed");
+    assert!(fx.network.state().taps.is_empty());
+}

@@ -222,7 +222,23 @@ impl Daemon {
                     .await?;
                 reply(result)
             }
-            method::IMAGE_BUILD | method::IMAGE_DELETE | method::DOCTOR => {
+            method::DOCTOR => {
+                let config = self.config.clone();
+                let checks = tokio::task::spawn_blocking(move || {
+                    let probe = banger_host::probe::Probe::host();
+                    let exe = std::env::current_exe().unwrap_or_default();
+                    banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
+                        probe: &probe,
+                        config: &config,
+                        exe: &exe,
+                        daemon_running: true,
+                    })
+                })
+                .await
+                .map_err(|_| ApiError::Worker("doctor"))?;
+                reply(checks)
+            }
+            method::IMAGE_BUILD | method::IMAGE_DELETE => {
                 let known = KNOWN_METHODS
                     .iter()
                     .find(|m| **m == name)

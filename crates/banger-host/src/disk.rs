@@ -51,6 +51,11 @@ pub trait Disks: Send + Sync + fmt::Debug {
     fn create_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()>;
     /// Grows the file and its filesystem to `size` bytes.
     fn grow(&self, path: &Path, size: u64) -> Result<()>;
+
+    /// What the host needs for these operations (preflight and doctor).
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        Vec::new()
+    }
 }
 
 /// The real thing: e2fsprogs through a [`Runner`].
@@ -148,6 +153,10 @@ impl Ext4Disks {
 }
 
 impl Disks for Ext4Disks {
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        crate::doctor::storage_checks(&crate::probe::Probe::host())
+    }
+
     fn create_overlay(&self, path: &Path, size: u64) -> Result<()> {
         let stage = self.staging()?;
         for dir in ["upper", "work"] {

@@ -4,8 +4,10 @@
 
 pub mod config;
 pub mod disk;
+pub mod doctor;
 pub mod net;
 pub mod paths;
+pub mod probe;
 pub mod process;
 pub mod procfs;
 pub mod runtime_dir;

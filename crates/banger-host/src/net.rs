@@ -151,6 +151,16 @@ pub trait HostNetwork: Send + Sync + fmt::Debug {
     fn nat_vms(&self) -> Result<Vec<String>>;
     /// Routes on the host that are not banger's bridge (`ip route` lines).
     fn host_routes(&self) -> Result<Vec<String>>;
+
+    /// What the host needs for TAPs (preflight and doctor).
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        Vec::new()
+    }
+
+    /// What the host needs for NAT.
+    fn nat_checks(&self) -> Vec<banger_proto::check::Check> {
+        Vec::new()
+    }
 }
 
 /// The real host, through `ip`, `iptables` and `sysctl`.
@@ -319,6 +329,14 @@ impl IpTablesNetwork {
 }
 
 impl HostNetwork for IpTablesNetwork {
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        crate::doctor::network_checks(&crate::probe::Probe::host())
+    }
+
+    fn nat_checks(&self) -> Vec<banger_proto::check::Check> {
+        crate::doctor::nat_checks(&crate::probe::Probe::host())
+    }
+
     fn ensure_bridge(&self, pool: &Pool) -> Result<()> {
         if !self.link_exists(BRIDGE)? {
             self.run("ip", &["link", "add", "name", BRIDGE, "type", "bridge"])?;

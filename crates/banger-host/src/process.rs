@@ -44,6 +44,9 @@ pub fn package_of(program: &str) -> &'static str {
         "ssh" | "ssh-keygen" => "openssh-client",
         "qemu-system-x86_64" => "qemu-system-x86",
         "sudo" => "sudo",
+        "mmdebstrap" => "mmdebstrap",
+        "busybox" => "busybox-static",
+        "firecracker" => "Firecracker (not packaged in Debian)",
         _ => "the package that provides it",
     }
 }

@@ -1,6 +1,7 @@
 //! banger's RPC vocabulary, shared by the CLI and the daemon. No I/O lives here.
 
 pub mod api;
+pub mod check;
 pub mod ping;
 pub mod rpc;
 pub mod validate;

@@ -33,6 +33,7 @@ pub struct FakeVmm {
     fail: Mutex<HashSet<FakeOp>>,
     ignore_shutdown: AtomicBool,
     launches: Mutex<Vec<LaunchSpec>>,
+    checks: Mutex<Vec<banger_proto::check::Check>>,
 }
 
 impl FakeVmm {
@@ -51,6 +52,11 @@ impl FakeVmm {
     /// The guest ignores shutdown requests, as a hung guest would.
     pub fn ignore_shutdown(&self, ignore: bool) {
         self.ignore_shutdown.store(ignore, Ordering::SeqCst);
+    }
+
+    /// What `checks` reports, for preflight tests.
+    pub fn set_checks(&self, checks: Vec<banger_proto::check::Check>) {
+        *self.checks.lock().expect("checks lock") = checks;
     }
 
     pub fn launches(&self) -> Vec<LaunchSpec> {
@@ -107,6 +113,10 @@ impl Vmm for FakeVmm {
             start_time,
             child: Some(child),
         })
+    }
+
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        self.checks.lock().expect("checks lock").clone()
     }
 
     fn request_shutdown(&self, _vm_dir: &Path, pid: u32) -> Result<()> {

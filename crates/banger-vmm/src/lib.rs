@@ -106,4 +106,9 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// Whether a VMM found running at daemon start is really this VM's and
     /// answers (used to adopt it).
     fn responds(&self, vm_dir: &Path, pid: u32) -> bool;
+
+    /// What the host needs to run this backend (preflight and doctor).
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        Vec::new()
+    }
 }

@@ -42,9 +42,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vm(command) => vm::run(command, &Context::from_env()?),
         Command::Image(command) => image::run(command, &Context::from_env()?),
         Command::Daemon(command) => daemon::run(command, &Context::from_env()?),
-        Command::Doctor(_) => not_implemented("banger doctor"),
+        Command::Doctor(flags) => doctor(flags.json, &Context::from_env()?),
         Command::Tui => not_implemented("banger tui"),
     }
+}
+
+/// Runs every readiness check here, in the CLI's own environment (the one
+/// the daemon it starts inherits), so it works when the daemon cannot start.
+fn doctor(json: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
+    use banger_proto::check::CheckStatus;
+    let config = banger_host::Config::load(&ctx.paths.config_file, &ctx.paths.home, |v| {
+        std::env::var_os(v)
+    })
+    .context("loading configuration")?;
+    let probe = banger_host::probe::Probe::host();
+    let exe = std::env::current_exe().unwrap_or_default();
+    let daemon_running = std::os::unix::net::UnixStream::connect(&ctx.paths.socket).is_ok();
+    let checks = banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
+        probe: &probe,
+        config: &config,
+        exe: &exe,
+        daemon_running,
+    });
+    if json {
+        crate::output::print_json(&checks)?;
+    } else {
+        print!("{}", crate::output::checks(&checks));
+    }
+    let failed = checks.iter().any(|c| c.status == CheckStatus::Fail);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Commands whose behaviour has not landed yet say so and fail.

@@ -48,6 +48,14 @@ impl Capability for NatCapability {
         "nat"
     }
 
+    fn checks(&self, vm: &VmRecord) -> Vec<banger_proto::check::Check> {
+        if vm.nat {
+            self.net.nat_checks()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn attach(&self, vm: &VmRecord, _spec: &mut LaunchSpec) -> Result<()> {
         if vm.nat { self.add(vm) } else { Ok(()) }
     }

@@ -33,6 +33,10 @@ impl Capability for NetworkCapability {
         "network"
     }
 
+    fn checks(&self, _vm: &VmRecord) -> Vec<banger_proto::check::Check> {
+        self.net.checks()
+    }
+
     fn reserve(&self, vm: &mut VmRecord, others: &[VmRecord]) -> Result<()> {
         let used: Vec<Ipv4Addr> = others
             .iter()

@@ -28,6 +28,10 @@ impl Capability for StorageCapability {
         "storage"
     }
 
+    fn checks(&self, _vm: &VmRecord) -> Vec<banger_proto::check::Check> {
+        self.disks.checks()
+    }
+
     fn provision(&self, vm: &VmRecord, ctx: &VmContext) -> Result<()> {
         self.disks
             .create_overlay(&ctx.dir.join(vm_files::OVERLAY), OVERLAY_SIZE)

@@ -91,6 +91,23 @@ impl Vmm for Firecracker {
         "firecracker"
     }
 
+    fn checks(&self) -> Vec<banger_proto::check::Check> {
+        use banger_proto::check::Check;
+        let binary = if self.binary.is_file() {
+            Check::pass("firecracker", self.binary.display().to_string())
+        } else {
+            Check::fail(
+                "firecracker",
+                format!("{} not found", self.binary.display()),
+                "put firecracker in the runtime bundle or on PATH, set firecracker_bin, or set vmm = \"qemu\"",
+            )
+        };
+        vec![
+            binary,
+            banger_host::doctor::kvm_check(&banger_host::probe::Probe::host()),
+        ]
+    }
+
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
         if !self.binary.is_file() {
             return Err(VmmError::BinaryMissing(self.binary.clone()));

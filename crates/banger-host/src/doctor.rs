@@ -1,0 +1,520 @@
+//! `banger doctor`: every readiness check, each with a fix. The same check
+//! functions back the preflight that create and start run (see the
+//! `checks` methods of the host implementations).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use banger_proto::check::Check;
+
+use crate::config::{Config, VmmChoice};
+use crate::probe::Probe;
+use crate::runtime_dir;
+
+pub const KVM_MISSING_FIX: &str = "load kvm_intel or kvm_amd, or set vmm = \"qemu\" in config.toml";
+pub const KVM_ACCESS_FIX: &str =
+    "add your user to group kvm (sudo usermod -aG kvm $USER) and log in again";
+pub const TUN_FIX: &str = "load the tun module (sudo modprobe tun)";
+
+/// The storage tools every VM needs.
+pub fn storage_checks(probe: &Probe) -> Vec<Check> {
+    ["mkfs.ext4", "e2fsck", "resize2fs", "debugfs"]
+        .iter()
+        .map(|t| probe.tool(t, "VM disks"))
+        .collect()
+}
+
+/// What a VM's network needs: `ip`, `/dev/net/tun`, and root or sudo.
+pub fn network_checks(probe: &Probe) -> Vec<Check> {
+    vec![
+        probe.tool("ip", "TAP devices"),
+        probe.device("net/tun", TUN_FIX, TUN_FIX),
+        privilege(probe),
+    ]
+}
+
+pub fn nat_checks(probe: &Probe) -> Vec<Check> {
+    vec![probe.tool("iptables", "NAT"), probe.tool("sysctl", "NAT")]
+}
+
+pub fn kvm_check(probe: &Probe) -> Check {
+    probe.device("kvm", KVM_MISSING_FIX, KVM_ACCESS_FIX)
+}
+
+/// Root, or sudo without a password.
+pub fn privilege(probe: &Probe) -> Check {
+    if probe.euid == 0 {
+        return Check::pass("privileges", "running as root");
+    }
+    let Some(sudo) = probe.find("sudo") else {
+        return Check::fail(
+            "privileges",
+            "not root and sudo is missing",
+            "install sudo, or run bangerd as root",
+        );
+    };
+    let ok = Command::new(sudo)
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Check::pass("privileges", "sudo works without a password")
+    } else {
+        Check::fail(
+            "privileges",
+            "sudo asks for a password",
+            "allow ip, iptables and sysctl without a password in sudoers, or run bangerd as root",
+        )
+    }
+}
+
+/// The Firecracker binary banger would use: config, bundle, then PATH.
+pub fn firecracker_binary(
+    probe: &Probe,
+    config: &Config,
+    bundle: Option<&Path>,
+) -> Option<PathBuf> {
+    config
+        .firecracker_bin
+        .clone()
+        .or_else(|| {
+            bundle
+                .map(|b| b.join("firecracker"))
+                .filter(|p| p.is_file())
+        })
+        .or_else(|| probe.find("firecracker"))
+}
+
+fn version_of(binary: &Path) -> Option<String> {
+    let child = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&child.stdout);
+    text.lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+}
+
+#[derive(Debug)]
+pub struct DoctorInput<'a> {
+    pub probe: &'a Probe,
+    pub config: &'a Config,
+    /// The running binary, for locating the runtime bundle.
+    pub exe: &'a Path,
+    /// Whether a bangerd of ours is running (it holds the DNS port).
+    pub daemon_running: bool,
+}
+
+pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
+    let DoctorInput {
+        probe,
+        config,
+        exe,
+        daemon_running,
+    } = *input;
+    let mut checks = Vec::new();
+
+    // The runtime bundle.
+    let bundle = match runtime_dir::resolve(config.runtime_dir.as_deref(), exe) {
+        Ok(found) => {
+            checks.push(Check::pass(
+                "runtime bundle",
+                format!("{} ({:?})", found.path.display(), found.source),
+            ));
+            Some(found.path)
+        }
+        Err(e) => {
+            checks.push(Check::fail("runtime bundle", "not found", e.to_string()));
+            None
+        }
+    };
+    if let Some(bundle) = &bundle {
+        let file = |name: &str, configured: &Option<PathBuf>| {
+            configured.clone().unwrap_or_else(|| bundle.join(name))
+        };
+        for (what, path) in [
+            ("kernel", file("vmlinux", &config.default_kernel)),
+            ("initrd", file("initrd.img", &config.default_initrd)),
+        ] {
+            checks.push(if path.is_file() {
+                Check::pass(what, path.display().to_string())
+            } else {
+                Check::fail(
+                    what,
+                    format!("{} is missing", path.display()),
+                    "run `make runtime` (or set default_kernel/default_initrd)",
+                )
+            });
+        }
+        let rootfs = config.default_rootfs.clone().or_else(|| {
+            ["rootfs-docker.ext4", "rootfs.ext4"]
+                .iter()
+                .map(|n| bundle.join(n))
+                .find(|p| p.is_file())
+        });
+        checks.push(match rootfs {
+            Some(path) if path.is_file() => Check::pass("rootfs", path.display().to_string()),
+            _ => Check::fail(
+                "rootfs",
+                "no rootfs-docker.ext4 or rootfs.ext4 in the bundle",
+                "run `make runtime` (or set default_rootfs)",
+            ),
+        });
+        let key = file("id_ed25519", &config.ssh_key_path);
+        checks.push(if key.is_file() {
+            Check::pass("ssh key", key.display().to_string())
+        } else {
+            Check::fail(
+                "ssh key",
+                format!("{} is missing", key.display()),
+                "run `make runtime` (or set ssh_key_path)",
+            )
+        });
+        let helper = file("banger-vsock-pingd", &config.vsock_ping_helper_path);
+        checks.push(if helper.is_file() {
+            Check::pass("guest helper", helper.display().to_string())
+        } else {
+            Check::warn(
+                "guest helper",
+                format!("{} is missing", helper.display()),
+                "run `make build` to put banger-vsock-pingd in the bundle; without it the post-SSH reminder cannot reach guests",
+            )
+        });
+    }
+
+    // VMM backends.
+    let kvm = kvm_check(probe);
+    let kvm_usable = kvm.status == banger_proto::check::CheckStatus::Pass && !probe.kvm_is_pvm();
+    match firecracker_binary(probe, config, bundle.as_deref()) {
+        Some(path) if path.is_file() => {
+            let version = version_of(&path).unwrap_or_else(|| "version unknown".into());
+            checks.push(Check::pass(
+                "firecracker",
+                format!("{version} at {}", path.display()),
+            ));
+        }
+        other => {
+            let detail = match other {
+                Some(path) => format!("{} does not exist", path.display()),
+                None => "not found in the bundle or on PATH".to_owned(),
+            };
+            let fix =
+                "put a firecracker binary in the runtime bundle or on PATH, or set firecracker_bin";
+            checks.push(if config.vmm == VmmChoice::Firecracker {
+                Check::fail("firecracker", detail, fix)
+            } else {
+                Check::warn(
+                    "firecracker",
+                    detail,
+                    format!("{fix}; until then VMs use the qemu backend"),
+                )
+            });
+        }
+    }
+    checks.push(kvm);
+    checks.push(if probe.kvm_is_pvm() {
+        Check::warn(
+            "hardware virtualization",
+            "/dev/kvm is PVM (paravirtualized nested KVM): Firecracker starts but guests do not boot",
+            "use the qemu backend (vmm = \"qemu\" or \"auto\")",
+        )
+    } else if probe.hardware_virtualization() {
+        Check::pass("hardware virtualization", "CPU has vmx/svm")
+    } else {
+        Check::warn("hardware virtualization", "CPU shows no vmx/svm flags", "enable virtualization in firmware, or use the qemu backend")
+    });
+    checks.push(match probe.find("qemu-system-x86_64") {
+        Some(path) => Check::pass("qemu", path.display().to_string()),
+        None if kvm_usable => Check::warn(
+            "qemu",
+            "qemu-system-x86_64 not found",
+            "install qemu-system-x86 for the emulated backend",
+        ),
+        None => Check::fail(
+            "qemu",
+            "qemu-system-x86_64 not found and KVM cannot boot guests here",
+            "install qemu-system-x86",
+        ),
+    });
+    let vhost = probe.dev.join("vhost-vsock");
+    checks.push(if vhost.exists() {
+        Check::pass("/dev/vhost-vsock", "present")
+    } else {
+        Check::warn(
+            "/dev/vhost-vsock",
+            "missing (Firecracker's vsock is userspace, so the reminder still works under Firecracker)",
+            "sudo modprobe vhost_vsock",
+        )
+    });
+
+    // Host tools and privileges for storage, network, NAT, SSH and image builds.
+    checks.extend(storage_checks(probe));
+    checks.extend(network_checks(probe));
+    checks.extend(nat_checks(probe));
+    checks.push(probe.tool("ssh", "banger vm ssh"));
+    let forwarding =
+        std::fs::read_to_string(probe.proc_dir.join("sys/net/ipv4/ip_forward")).unwrap_or_default();
+    checks.push(if forwarding.trim() == "1" {
+        Check::pass("ip forwarding", "enabled")
+    } else {
+        Check::warn(
+            "ip forwarding",
+            "disabled",
+            "banger enables it when a VM uses --nat (needs root or sudo)",
+        )
+    });
+    checks.push(dns_port(config.dns_listen, daemon_running));
+    for (tool, purpose) in [
+        ("mmdebstrap", "image builds"),
+        ("busybox", "the initrd build"),
+    ] {
+        let mut check = probe.tool(tool, purpose);
+        if check.status == banger_proto::check::CheckStatus::Fail {
+            check.status = banger_proto::check::CheckStatus::Warn;
+        }
+        checks.push(check);
+    }
+    checks
+}
+
+fn dns_port(addr: SocketAddr, daemon_running: bool) -> Check {
+    let name = format!("DNS {addr}");
+    match UdpSocket::bind(addr) {
+        Ok(_) => Check::pass(name, "free"),
+        Err(_) if daemon_running => Check::pass(name, "served by bangerd"),
+        Err(e) => Check::warn(
+            name,
+            format!("cannot listen: {e}"),
+            "free the port or set dns_listen in config.toml",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_proto::check::CheckStatus;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Machine {
+        tmp: tempfile::TempDir,
+    }
+
+    impl Machine {
+        /// A machine with every tool and device, and a complete bundle.
+        fn complete() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            for dir in [
+                "bin",
+                "dev/net",
+                "sys/module",
+                "proc/sys/net/ipv4",
+                "runtime",
+            ] {
+                std::fs::create_dir_all(root.join(dir)).unwrap();
+            }
+            for tool in [
+                "mkfs.ext4",
+                "e2fsck",
+                "resize2fs",
+                "debugfs",
+                "ip",
+                "iptables",
+                "sysctl",
+                "ssh",
+                "mmdebstrap",
+                "busybox",
+                "qemu-system-x86_64",
+                "firecracker",
+            ] {
+                let path = root.join("bin").join(tool);
+                std::fs::write(&path, "#!/bin/sh\necho 'Firecracker v1.16.1'\n").unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            for dev in ["dev/kvm", "dev/net/tun", "dev/vhost-vsock"] {
+                std::fs::write(root.join(dev), "").unwrap();
+                std::fs::set_permissions(root.join(dev), std::fs::Permissions::from_mode(0o666))
+                    .unwrap();
+            }
+            std::fs::write(root.join("proc/cpuinfo"), "flags\t: fpu vmx\n").unwrap();
+            std::fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").unwrap();
+            for file in [
+                "vmlinux",
+                "initrd.img",
+                "rootfs.ext4",
+                "id_ed25519",
+                "banger-vsock-pingd",
+            ] {
+                std::fs::write(root.join("runtime").join(file), "x").unwrap();
+            }
+            Self { tmp }
+        }
+
+        fn root(&self) -> &Path {
+            self.tmp.path()
+        }
+
+        fn run(&self) -> Vec<Check> {
+            let probe = Probe {
+                path: vec![self.root().join("bin")],
+                dev: self.root().join("dev"),
+                sys: self.root().join("sys"),
+                proc_dir: self.root().join("proc"),
+                euid: 0,
+            };
+            let config = Config {
+                runtime_dir: Some(self.root().join("runtime")),
+                dns_listen: "127.0.0.1:0".parse().unwrap(),
+                ..Config::default()
+            };
+            doctor(&DoctorInput {
+                probe: &probe,
+                config: &config,
+                exe: &self.root().join("bin/banger"),
+                daemon_running: false,
+            })
+        }
+
+        fn status(&self, name: &str) -> (CheckStatus, String) {
+            let checks = self.run();
+            let check = checks
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no check {name}: {checks:#?}"));
+            (check.status, check.message())
+        }
+    }
+
+    #[test]
+    fn a_complete_machine_passes_everything() {
+        let machine = Machine::complete();
+        let checks = machine.run();
+        let bad: Vec<_> = checks
+            .iter()
+            .filter(|c| c.status != CheckStatus::Pass)
+            .collect();
+        assert!(bad.is_empty(), "{bad:#?}");
+        let firecracker = checks.iter().find(|c| c.name == "firecracker").unwrap();
+        assert!(
+            firecracker.detail.starts_with("Firecracker v1.16.1 at "),
+            "{firecracker:?}"
+        );
+    }
+
+    #[test]
+    fn each_missing_prerequisite_is_named_with_its_fix() {
+        let cases: &[(&str, &str, CheckStatus, &str)] = &[
+            (
+                "bin/mkfs.ext4",
+                "mkfs.ext4",
+                CheckStatus::Fail,
+                "install e2fsprogs",
+            ),
+            (
+                "bin/debugfs",
+                "debugfs",
+                CheckStatus::Fail,
+                "install e2fsprogs",
+            ),
+            ("bin/ip", "ip", CheckStatus::Fail, "install iproute2"),
+            (
+                "bin/iptables",
+                "iptables",
+                CheckStatus::Fail,
+                "install iptables",
+            ),
+            (
+                "bin/ssh",
+                "ssh",
+                CheckStatus::Fail,
+                "install openssh-client",
+            ),
+            ("bin/mmdebstrap", "mmdebstrap", CheckStatus::Warn, "install"),
+            (
+                "bin/firecracker",
+                "firecracker",
+                CheckStatus::Warn,
+                "qemu backend",
+            ),
+            (
+                "bin/qemu-system-x86_64",
+                "qemu",
+                CheckStatus::Warn,
+                "install qemu-system-x86",
+            ),
+            ("dev/kvm", "/dev/kvm", CheckStatus::Fail, "vmm = \"qemu\""),
+            (
+                "dev/net/tun",
+                "/dev/net/tun",
+                CheckStatus::Fail,
+                "modprobe tun",
+            ),
+            (
+                "dev/vhost-vsock",
+                "/dev/vhost-vsock",
+                CheckStatus::Warn,
+                "modprobe vhost_vsock",
+            ),
+            (
+                "runtime/vmlinux",
+                "kernel",
+                CheckStatus::Fail,
+                "make runtime",
+            ),
+            (
+                "runtime/id_ed25519",
+                "ssh key",
+                CheckStatus::Fail,
+                "make runtime",
+            ),
+            (
+                "runtime/banger-vsock-pingd",
+                "guest helper",
+                CheckStatus::Warn,
+                "make build",
+            ),
+        ];
+        for (remove, name, status, fix) in cases {
+            let machine = Machine::complete();
+            std::fs::remove_file(machine.root().join(remove)).unwrap();
+            let (found, message) = machine.status(name);
+            assert_eq!(found, *status, "{remove}: {message}");
+            assert!(message.contains(fix), "{remove}: {message}");
+        }
+    }
+
+    #[test]
+    fn unusable_kvm_and_pvm_are_explained() {
+        let machine = Machine::complete();
+        std::fs::set_permissions(
+            machine.root().join("dev/kvm"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        // Root can open anything; the access check is for ordinary users.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert_eq!(machine.status("/dev/kvm").0, CheckStatus::Fail);
+        }
+        std::fs::create_dir_all(machine.root().join("sys/module/kvm_pvm")).unwrap();
+        let (status, message) = machine.status("hardware virtualization");
+        assert_eq!(status, CheckStatus::Warn);
+        assert!(
+            message.contains("PVM") && message.contains("qemu"),
+            "{message}"
+        );
+        // Without qemu on a PVM host, nothing can boot: that is a fail.
+        std::fs::remove_file(machine.root().join("bin/qemu-system-x86_64")).unwrap();
+        assert_eq!(machine.status("qemu").0, CheckStatus::Fail);
+    }
+
+    #[test]
+    fn no_bundle_fails_with_where_it_looked() {
+        let machine = Machine::complete();
+        std::fs::remove_dir_all(machine.root().join("runtime")).unwrap();
+        let (status, message) = machine.status("runtime bundle");
+        assert_eq!(status, CheckStatus::Fail);
+        assert!(message.contains("runtime"), "{message}");
+    }
+}
