@@ -218,6 +218,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             paths.cache_dir.join("scratch"),
         )),
         network: Arc::new(banger_host::net::FakeNetwork::new()),
+        public_keys: Vec::new(),
         stop_timeouts: StopTimeouts {
             graceful: Duration::from_millis(200),
             term: Duration::from_secs(2),

@@ -6,7 +6,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use banger_host::disk::GuestFile;
 use banger_vmm::LaunchSpec;
+
+use crate::guest::GuestConfig;
 use thiserror::Error;
 
 use crate::store::VmRecord;
@@ -92,6 +95,15 @@ pub trait Capability: Send + Sync + fmt::Debug {
         _ctx: &VmContext,
         _running: bool,
     ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Adds what the guest needs from this capability to its boot config.
+    fn guest_config(&self, _vm: &VmRecord, _config: &mut GuestConfig) {}
+
+    /// Puts the rendered guest files where the guest will find them (the
+    /// capability that owns the overlay does this, before each boot).
+    fn write_guest(&self, _vm: &VmRecord, _ctx: &VmContext, _files: &[GuestFile]) -> Result<()> {
         Ok(())
     }
 

@@ -116,6 +116,16 @@ pub async fn serve(socket: UdpSocket, table: DnsTable, mut shutdown: watch::Rece
     }
 }
 
+/// Binds even before the address exists on a local interface (the bridge
+/// gets it when the first VM starts).
+pub fn bind_freebind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket.set_freebind_v4(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Binds the DNS listener; the caller decides what a failure means.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::bind(addr).await

@@ -5,6 +5,7 @@ pub mod capabilities;
 pub mod capability;
 pub mod dns;
 pub mod exits;
+pub mod guest;
 pub mod images;
 pub mod instance;
 pub mod lifecycle;
@@ -40,6 +41,8 @@ pub struct Deps {
     pub disks: Arc<dyn Disks>,
     pub network: Arc<dyn HostNetwork>,
     pub stop_timeouts: lifecycle::StopTimeouts,
+    /// Authorized for root in every guest.
+    pub public_keys: Vec<String>,
 }
 
 impl Deps {
@@ -63,6 +66,26 @@ impl Deps {
             )),
             network: Arc::new(IpTablesNetwork::for_this_user(Arc::new(HostRunner))),
             stop_timeouts: lifecycle::StopTimeouts::default(),
+            public_keys: public_keys(config, runtime_dir),
+        }
+    }
+}
+
+/// The `.pub` of the key `banger vm ssh` uses.
+fn public_keys(config: &Config, runtime_dir: Option<&std::path::Path>) -> Vec<String> {
+    let private = config
+        .ssh_key_path
+        .clone()
+        .or_else(|| runtime_dir.map(|d| d.join("id_ed25519")));
+    let Some(private) = private else {
+        return Vec::new();
+    };
+    let public = PathBuf::from(format!("{}.pub", private.display()));
+    match std::fs::read_to_string(&public) {
+        Ok(key) => vec![key.trim().to_owned()],
+        Err(e) => {
+            tracing::warn!(key = %public.display(), error = %e, "no public key to authorize in guests");
+            Vec::new()
         }
     }
 }
@@ -208,11 +231,21 @@ pub async fn run(
     match dns_socket {
         Ok(socket) => {
             tracing::info!(listen = %daemon.config.dns_listen, "DNS server listening");
-            tokio::spawn(dns::serve(socket, dns, daemon.shutdown_receiver()));
+            tokio::spawn(dns::serve(socket, dns.clone(), daemon.shutdown_receiver()));
         }
         Err(e) => {
             tracing::warn!(listen = %daemon.config.dns_listen, error = %e, "DNS server not started")
         }
+    }
+    // Guests ask the gateway. The bridge may not exist yet, hence freebind;
+    // port 53 needs root, so ordinary users' guests use upstream DNS only.
+    let gateway = banger_host::net::Pool::parse(&daemon.config.guest_ip_pool)?.gateway();
+    match dns::bind_freebind(std::net::SocketAddr::from((gateway, 53))) {
+        Ok(socket) => {
+            tracing::info!(listen = %gateway, "DNS server listening for guests");
+            tokio::spawn(dns::serve(socket, dns, daemon.shutdown_receiver()));
+        }
+        Err(e) => tracing::info!(listen = %gateway, error = %e, "no DNS for guests on the gateway"),
     }
     spawn_signal_handler(daemon.clone())?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
@@ -246,6 +279,7 @@ pub fn pipeline(
         )),
         Arc::new(capabilities::NatCapability::new(deps.network.clone())),
         Arc::new(capabilities::DnsCapability::new(dns)),
+        Arc::new(capabilities::SshCapability::new(deps.public_keys.clone())),
     ])
 }
 

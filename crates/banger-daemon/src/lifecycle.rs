@@ -553,6 +553,22 @@ impl Lifecycle {
     ) -> Result<u32> {
         let backend = self.backend(&record.vmm);
         record.vmm = backend.name().to_owned();
+        let ctx = VmContext {
+            dir: self.vm_dir(&record.id),
+            base_rootfs: image.rootfs.clone(),
+        };
+        let mut guest = crate::guest::GuestConfig {
+            hostname: record.name.clone(),
+            ..Default::default()
+        };
+        for c in &self.capabilities {
+            c.guest_config(record, &mut guest);
+        }
+        let files = guest.render();
+        for c in &self.capabilities {
+            c.write_guest(record, &ctx, &files)
+                .map_err(|e| LifecycleError::capability(action, &record.name, e))?;
+        }
         let mut spec = self.launch_spec(record, image);
         let attached = record.clone();
         capability::forward(

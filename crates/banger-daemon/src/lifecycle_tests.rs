@@ -89,6 +89,7 @@ fn build(
         disks: disks.clone(),
         network: network.clone(),
         stop_timeouts: QUICK,
+        public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
     };
     let capabilities =
         crate::pipeline(paths, &banger_host::Config::default(), &deps, dns.clone()).unwrap();
@@ -261,6 +262,10 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
     let before = fx.snapshot();
     type Inject = Box<dyn Fn(&Fixture)>;
     let injections: Vec<(&str, Inject)> = vec![
+        (
+            "writing the guest configuration into the overlay",
+            Box::new(|fx| fx.disks.fail_on(DiskOp::WriteFiles)),
+        ),
         (
             "creating the TAP device",
             Box::new(|fx| fx.network.fail_on(NetOp::CreateTap)),
@@ -882,4 +887,64 @@ fn preflight_refuses_create_and_start_before_any_change() {
     );
     assert_eq!(fx.snapshot(), before, "nothing changed");
     assert!(fx.network.state().taps.is_empty());
+}
+
+#[test]
+fn guest_config_is_written_into_the_overlay_before_each_boot() {
+    use banger_host::disk::GuestContent;
+    let fx = fixture();
+    let vm = fx.create("web");
+    let text = |files: &[banger_host::disk::GuestFile], path: &str| -> Option<String> {
+        files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| match &f.content {
+                GuestContent::File { data, .. } => data.clone(),
+                GuestContent::Symlink(target) => format!("-> {target}"),
+            })
+    };
+    let written = fx.disks.written();
+    assert_eq!(written.len(), 1);
+    let (image, files) = &written[0];
+    assert_eq!(image, &fx.paths.vm_dir(&vm.id).join("overlay.ext4"));
+    assert_eq!(text(files, "/etc/hostname").as_deref(), Some("web\n"));
+    assert!(
+        text(files, "/etc/systemd/network/10-banger-eth0.network")
+            .unwrap()
+            .contains("Address=10.219.0.2/24")
+    );
+    assert_eq!(
+        text(files, "/etc/banger/authorized_keys").as_deref(),
+        Some("ssh-ed25519 AAAAtest banger-test\n")
+    );
+    assert!(
+        text(files, "/etc/systemd/system/root.mount")
+            .unwrap()
+            .contains("What=LABEL=banger-work")
+    );
+    assert!(
+        text(
+            files,
+            "/etc/systemd/system/multi-user.target.wants/banger-vsock-pingd.service"
+        )
+        .is_some()
+    );
+
+    // A changed setting reaches the guest at its next start.
+    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle
+        .set(
+            &vm.id,
+            &SetVmParams {
+                nat: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    fx.lifecycle.start(&vm.id).unwrap();
+    assert_eq!(
+        fx.disks.written().len(),
+        2,
+        "rendered again for the new boot"
+    );
 }

@@ -37,11 +37,27 @@ pub enum DiskError {
     Resize(PathBuf, #[source] ProcessError),
     #[error("changing the length of {0}")]
     Length(PathBuf, #[source] std::io::Error),
+    #[error("writing guest files into {0}")]
+    Write(PathBuf, #[source] ProcessError),
     #[error("injected failure: {0}")]
     Injected(String),
 }
 
 pub type Result<T, E = DiskError> = std::result::Result<T, E>;
+
+/// A file or symlink to place inside a filesystem image, owned by root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    /// Absolute path as the guest sees it.
+    pub path: String,
+    pub content: GuestContent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestContent {
+    File { data: String, mode: u32 },
+    Symlink(String),
+}
 
 pub trait Disks: Send + Sync + fmt::Debug {
     /// A sparse ext4 file of `size` bytes holding empty `upper/` and `work/`
@@ -51,6 +67,10 @@ pub trait Disks: Send + Sync + fmt::Debug {
     fn create_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()>;
     /// Grows the file and its filesystem to `size` bytes.
     fn grow(&self, path: &Path, size: u64) -> Result<()>;
+
+    /// Places `files` under `under` (like `/upper`) inside the unmounted
+    /// image, replacing what is there, every entry owned by root.
+    fn write_files(&self, image: &Path, under: &str, files: &[GuestFile]) -> Result<()>;
 
     /// What the host needs for these operations (preflight and doctor).
     fn checks(&self) -> Vec<banger_proto::check::Check> {
@@ -108,6 +128,44 @@ impl Ext4Disks {
         self.set_root_owner(path, tree)
     }
 
+    /// Which of `dirs` exist in the image, from one read-only debugfs run:
+    /// each `ls -p` section that lists `.` is a directory that exists.
+    fn existing_dirs(
+        &self,
+        image: &Path,
+        scratch: &Path,
+        dirs: &std::collections::BTreeSet<String>,
+    ) -> Result<std::collections::HashSet<String>> {
+        let script = scratch.join("probe.cmd");
+        let text: String = dirs
+            .iter()
+            .map(|d| format!("ls -p {}\n", debugfs_quote(Path::new(d))))
+            .collect();
+        std::fs::write(&script, text).map_err(|e| DiskError::Scratch(script.clone(), e))?;
+        let cmd = Cmd::new("debugfs")
+            .arg("-f")
+            .arg(script.to_string_lossy())
+            .arg(image.to_string_lossy());
+        let out = self
+            .runner
+            .output(&cmd)
+            .map_err(|e| DiskError::Write(image.into(), e))?;
+        let mut found = std::collections::HashSet::new();
+        for section in out.stdout.split("debugfs: ls -p ").skip(1) {
+            let mut lines = section.lines();
+            let dir = lines
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"')
+                .to_owned();
+            if lines.any(|l| l.split('/').nth(5) == Some(".")) {
+                found.insert(dir);
+            }
+        }
+        Ok(found)
+    }
+
     /// Every inode copied from `tree` (and the filesystem root) becomes 0:0.
     fn set_root_owner(&self, image: &Path, tree: &Path) -> Result<()> {
         let mut script = String::from("set_inode_field / uid 0\nset_inode_field / gid 0\n");
@@ -153,6 +211,84 @@ impl Ext4Disks {
 }
 
 impl Disks for Ext4Disks {
+    fn write_files(&self, image: &Path, under: &str, files: &[GuestFile]) -> Result<()> {
+        let stage = self.staging()?;
+        let inside = |path: &str| {
+            format!(
+                "{}/{}",
+                under.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            )
+        };
+        // First, what may fail harmlessly: parents that exist, files that do not.
+        let mut dirs = std::collections::BTreeSet::new();
+        for f in files {
+            let mut parent = Path::new(&inside(&f.path)).parent().map(Path::to_path_buf);
+            while let Some(dir) = parent.filter(|d| d != Path::new("/")) {
+                dirs.insert(dir.to_string_lossy().into_owned());
+                parent = dir.parent().map(Path::to_path_buf);
+            }
+        }
+        // debugfs's mkdir of an existing directory orphans an inode, so
+        // only missing directories are made.
+        let existing = self.existing_dirs(image, &stage.0, &dirs)?;
+        let missing: Vec<&String> = dirs.iter().filter(|d| !existing.contains(*d)).collect();
+        let mut prepare = String::new();
+        for dir in &missing {
+            prepare.push_str(&format!("mkdir {}\n", debugfs_quote(Path::new(dir))));
+        }
+        for f in files {
+            prepare.push_str(&format!(
+                "rm {}\n",
+                debugfs_quote(Path::new(&inside(&f.path)))
+            ));
+        }
+        let script = stage.0.join("prepare.cmd");
+        std::fs::write(&script, prepare).map_err(|e| DiskError::Scratch(script.clone(), e))?;
+        let cmd = Cmd::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(script.to_string_lossy())
+            .arg(image.to_string_lossy());
+        self.runner
+            .output(&cmd)
+            .map_err(|e| DiskError::Write(image.into(), e))?;
+        // Then what must succeed.
+        let mut write = String::new();
+        for dir in &missing {
+            let quoted = debugfs_quote(Path::new(dir));
+            write.push_str(&format!(
+                "set_inode_field {quoted} uid 0\nset_inode_field {quoted} gid 0\n"
+            ));
+        }
+        for (i, f) in files.iter().enumerate() {
+            let target = debugfs_quote(Path::new(&inside(&f.path)));
+            match &f.content {
+                GuestContent::File { data, mode } => {
+                    let local = stage.0.join(format!("file-{i}"));
+                    std::fs::write(&local, data)
+                        .map_err(|e| DiskError::Scratch(local.clone(), e))?;
+                    write.push_str(&format!("write {} {target}\n", debugfs_quote(&local)));
+                    write.push_str(&format!(
+                        "set_inode_field {target} mode 0{:o}\n",
+                        0o100_000 | mode
+                    ));
+                }
+                GuestContent::Symlink(to) => {
+                    write.push_str(&format!(
+                        "symlink {target} {}\n",
+                        debugfs_quote(Path::new(to))
+                    ));
+                }
+            }
+            write.push_str(&format!(
+                "set_inode_field {target} uid 0\nset_inode_field {target} gid 0\n"
+            ));
+        }
+        self.debugfs_write(image, &write)
+            .map_err(|e| DiskError::Write(image.into(), e))
+    }
+
     fn checks(&self) -> Vec<banger_proto::check::Check> {
         crate::doctor::storage_checks(&crate::probe::Probe::host())
     }
@@ -311,12 +447,14 @@ pub enum DiskOp {
     CreateOverlay,
     CreateWorkDisk,
     Grow,
+    WriteFiles,
 }
 
 /// Writes small sparse files instead of filesystems, and fails on demand.
 #[derive(Debug, Default)]
 pub struct FakeDisks {
     fail: Mutex<HashSet<DiskOp>>,
+    written: Mutex<Vec<(PathBuf, Vec<GuestFile>)>>,
 }
 
 impl FakeDisks {
@@ -330,6 +468,11 @@ impl FakeDisks {
 
     pub fn clear_failures(&self) {
         self.fail.lock().expect("fail lock").clear();
+    }
+
+    /// Every `write_files` call: the image and the files.
+    pub fn written(&self) -> Vec<(PathBuf, Vec<GuestFile>)> {
+        self.written.lock().expect("written lock").clone()
     }
 
     fn check(&self, op: DiskOp) -> Result<()> {
@@ -365,6 +508,15 @@ impl Disks for FakeDisks {
     fn grow(&self, path: &Path, size: u64) -> Result<()> {
         self.check(DiskOp::Grow)?;
         set_len(path, size)
+    }
+
+    fn write_files(&self, image: &Path, _under: &str, files: &[GuestFile]) -> Result<()> {
+        self.check(DiskOp::WriteFiles)?;
+        self.written
+            .lock()
+            .expect("written lock")
+            .push((image.to_path_buf(), files.to_vec()));
+        Ok(())
     }
 }
 
@@ -581,6 +733,66 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(blocks * block_size, 1 << 30);
+    }
+
+    #[test]
+    fn guest_files_land_root_owned_with_their_modes_and_replace_old_ones() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("overlay.ext4");
+        let disks = disks(tmp.path());
+        disks.create_overlay(&path, 256 << 20).unwrap();
+        let files = vec![
+            GuestFile {
+                path: "/etc/hostname".into(),
+                content: GuestContent::File {
+                    data: "first\n".into(),
+                    mode: 0o644,
+                },
+            },
+            GuestFile {
+                path: "/etc/banger/authorized_keys".into(),
+                content: GuestContent::File {
+                    data: "ssh-ed25519 A\n".into(),
+                    mode: 0o600,
+                },
+            },
+            GuestFile {
+                path: "/etc/systemd/system/multi-user.target.wants/x.service".into(),
+                content: GuestContent::Symlink("/etc/systemd/system/x.service".into()),
+            },
+        ];
+        disks.write_files(&path, "/upper", &files).unwrap();
+        let mut again = files.clone();
+        again[0].content = GuestContent::File {
+            data: "second\n".into(),
+            mode: 0o644,
+        };
+        disks.write_files(&path, "/upper", &again).unwrap();
+        assert_eq!(debugfs(&path, "cat /upper/etc/hostname"), "second\n");
+        let keys = debugfs(&path, "stat /upper/etc/banger/authorized_keys");
+        assert!(
+            keys.contains("Mode:  0600") && keys.contains("User:     0   Group:     0"),
+            "{keys}"
+        );
+        assert!(debugfs(&path, "stat /upper/etc/banger").contains("User:     0   Group:     0"));
+        let link = debugfs(
+            &path,
+            "stat /upper/etc/systemd/system/multi-user.target.wants/x.service",
+        );
+        assert!(link.contains("Type: symlink"), "{link}");
+        let check = std::process::Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
     }
 
     #[test]

@@ -170,6 +170,7 @@ impl World {
             backends: vec![vmm.clone()],
             disks: disks.clone(),
             network: network.clone(),
+            public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
             stop_timeouts: banger_daemon::lifecycle::StopTimeouts {
                 graceful: Duration::from_secs(2),
                 term: Duration::from_secs(2),

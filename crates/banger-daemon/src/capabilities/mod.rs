@@ -3,11 +3,13 @@
 pub mod dns;
 pub mod nat;
 pub mod network;
+pub mod ssh;
 pub mod storage;
 pub mod vsock;
 
 pub use dns::{DnsCapability, DnsTable};
 pub use nat::NatCapability;
 pub use network::NetworkCapability;
+pub use ssh::SshCapability;
 pub use storage::StorageCapability;
 pub use vsock::VsockCapability;

@@ -8,6 +8,7 @@ use banger_host::net::{HostNetwork, NatRule};
 use banger_vmm::LaunchSpec;
 
 use crate::capability::{Capability, CapabilityError, Result, VmContext};
+use crate::guest::GuestConfig;
 use crate::store::VmRecord;
 
 #[derive(Debug)]
@@ -46,6 +47,12 @@ impl NatCapability {
 impl Capability for NatCapability {
     fn name(&self) -> &'static str {
         "nat"
+    }
+
+    fn guest_config(&self, vm: &VmRecord, config: &mut GuestConfig) {
+        if vm.nat {
+            config.nameservers.extend(upstream_nameservers());
+        }
     }
 
     fn checks(&self, vm: &VmRecord) -> Vec<banger_proto::check::Check> {
@@ -94,5 +101,37 @@ impl Capability for NatCapability {
             }
         }
         Ok(())
+    }
+}
+
+/// The host's upstream resolvers (not loopback ones, which a guest cannot
+/// reach); systemd-resolved's real list when the host uses its stub.
+pub fn upstream_nameservers() -> Vec<Ipv4Addr> {
+    ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| parse_nameservers(&text))
+        .find(|list| !list.is_empty())
+        .unwrap_or_default()
+}
+
+fn parse_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|v| v.trim().parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_resolvers_are_skipped() {
+        let text =
+            "nameserver 127.0.0.53\nnameserver 192.0.2.1\n# nameserver 10.0.0.1\nnameserver ::1\n";
+        assert_eq!(
+            super::parse_nameservers(text),
+            ["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
     }
 }

@@ -8,6 +8,7 @@ use banger_host::net::{HostNetwork, Pool, check_pool_against_routes, guest_mac, 
 use banger_vmm::{LaunchSpec, NetSpec};
 
 use crate::capability::{Capability, CapabilityError, Result};
+use crate::guest::{GuestConfig, GuestNetwork};
 use crate::store::VmRecord;
 
 #[derive(Debug)]
@@ -31,6 +32,23 @@ impl NetworkCapability {
 impl Capability for NetworkCapability {
     fn name(&self) -> &'static str {
         "network"
+    }
+
+    fn guest_config(&self, vm: &VmRecord, config: &mut GuestConfig) {
+        if let Some(address) = vm.guest_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+            config.network = Some(GuestNetwork {
+                address,
+                prefix: self.pool.prefix,
+                gateway: self.pool.gateway(),
+            });
+            // bangerd answers .vm on the gateway; other names fall through to the next server.
+            config.nameservers.insert(0, self.pool.gateway());
+            config.enable(
+                "systemd-networkd.service",
+                "multi-user.target",
+                "/lib/systemd/system/systemd-networkd.service",
+            );
+        }
     }
 
     fn checks(&self, _vm: &VmRecord) -> Vec<banger_proto::check::Check> {

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use banger_host::disk::Disks;
+use banger_host::disk::{Disks, GuestFile, WORK_LABEL};
 
 use crate::capability::{Capability, CapabilityError, Result, VmContext};
+use crate::guest::{GuestConfig, GuestMount};
 use crate::service::vm_files;
 use crate::store::VmRecord;
 
@@ -30,6 +31,26 @@ impl Capability for StorageCapability {
 
     fn checks(&self, _vm: &VmRecord) -> Vec<banger_proto::check::Check> {
         self.disks.checks()
+    }
+
+    fn guest_config(&self, _vm: &VmRecord, config: &mut GuestConfig) {
+        config.mounts.push(GuestMount {
+            what: format!("LABEL={WORK_LABEL}"),
+            at: "/root".into(),
+            fs_type: "ext4".into(),
+        });
+    }
+
+    fn write_guest(&self, _vm: &VmRecord, ctx: &VmContext, files: &[GuestFile]) -> Result<()> {
+        self.disks
+            .write_files(&ctx.dir.join(vm_files::OVERLAY), "/upper", files)
+            .map_err(|e| {
+                CapabilityError::caused(
+                    "storage",
+                    "writing the guest configuration into the overlay",
+                    e,
+                )
+            })
     }
 
     fn provision(&self, vm: &VmRecord, ctx: &VmContext) -> Result<()> {

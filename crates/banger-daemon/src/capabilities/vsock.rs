@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::capability::{Capability, CapabilityError, Result};
+use crate::guest::{GuestConfig, PINGD_UNIT};
 use crate::service::vm_files;
 use crate::store::VmRecord;
 
@@ -25,6 +26,14 @@ impl VsockCapability {
 impl Capability for VsockCapability {
     fn name(&self) -> &'static str {
         "vsock"
+    }
+
+    fn guest_config(&self, _vm: &VmRecord, config: &mut GuestConfig) {
+        config.enable(
+            PINGD_UNIT,
+            "multi-user.target",
+            &format!("/etc/systemd/system/{PINGD_UNIT}"),
+        );
     }
 
     fn reserve(&self, vm: &mut VmRecord, others: &[VmRecord]) -> Result<()> {
