@@ -219,6 +219,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         )),
         network: Arc::new(banger_host::net::FakeNetwork::new()),
         public_keys: Vec::new(),
+        vmm_reason: "benchmark".into(),
         stop_timeouts: StopTimeouts {
             graceful: Duration::from_millis(200),
             term: Duration::from_secs(2),

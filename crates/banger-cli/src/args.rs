@@ -94,6 +94,9 @@ pub struct CreateArgs {
     /// Give the VM outbound network access through NAT
     #[arg(long)]
     pub nat: bool,
+    /// VMM backend: firecracker or qemu (default: chosen by the daemon, see `banger daemon status`)
+    #[arg(long, value_parser = ["firecracker", "qemu"])]
+    pub vmm: Option<String>,
     #[command(flatten)]
     pub output: JsonFlag,
 }

@@ -36,8 +36,10 @@ pub use service::Daemon;
 /// The host-facing parts the daemon is built from; tests pass fakes.
 #[derive(Debug, Clone)]
 pub struct Deps {
-    /// The first runs new VMs.
+    /// The first runs new VMs unless `vm create --vmm` names another.
     pub backends: Vec<Arc<dyn Vmm>>,
+    /// Why the first backend was chosen.
+    pub vmm_reason: String,
     pub disks: Arc<dyn Disks>,
     pub network: Arc<dyn HostNetwork>,
     pub stop_timeouts: lifecycle::StopTimeouts,
@@ -58,8 +60,10 @@ impl Deps {
             })
             .or_else(|| find_on_path("firecracker"))
             .unwrap_or_else(|| PathBuf::from("firecracker"));
+        let (backends, vmm_reason) = choose_backends(config, firecracker);
         Self {
-            backends: vec![Arc::new(Firecracker::new(firecracker))],
+            backends,
+            vmm_reason,
             disks: Arc::new(Ext4Disks::new(
                 Arc::new(HostRunner),
                 paths.cache_dir.join("scratch"),
@@ -68,6 +72,47 @@ impl Deps {
             stop_timeouts: lifecycle::StopTimeouts::default(),
             public_keys: public_keys(config, runtime_dir),
         }
+    }
+}
+
+/// Orders the backends for `vmm` in config: `auto` takes Firecracker only
+/// where its binary exists and KVM can boot ordinary guests.
+fn choose_backends(config: &Config, firecracker: PathBuf) -> (Vec<Arc<dyn Vmm>>, String) {
+    use banger_host::config::VmmChoice;
+    let probe = banger_host::probe::Probe::host();
+    let qemu_binary = probe
+        .find("qemu-system-x86_64")
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+    let helper = probe
+        .find("vhost-device-vsock")
+        .or_else(|| {
+            Some(PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/vhost-device-vsock"))
+                .filter(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("vhost-device-vsock"));
+    let fc: Arc<dyn Vmm> = Arc::new(Firecracker::new(firecracker.clone()));
+    let qemu: Arc<dyn Vmm> = Arc::new(banger_vmm::qemu::Qemu::new(qemu_binary, helper));
+    let kvm_ok =
+        banger_host::doctor::kvm_check(&probe).status == banger_proto::check::CheckStatus::Pass;
+    match config.vmm {
+        VmmChoice::Firecracker => (vec![fc, qemu], "vmm = \"firecracker\" in config".into()),
+        VmmChoice::Qemu => (vec![qemu, fc], "vmm = \"qemu\" in config".into()),
+        VmmChoice::Auto if !firecracker.is_file() => (
+            vec![qemu, fc],
+            format!(
+                "no Firecracker binary ({}), so the emulated qemu backend",
+                firecracker.display()
+            ),
+        ),
+        VmmChoice::Auto if probe.kvm_is_pvm() => (
+            vec![qemu, fc],
+            "KVM here is PVM and cannot boot ordinary guests, so the emulated qemu backend".into(),
+        ),
+        VmmChoice::Auto if !kvm_ok => (
+            vec![qemu, fc],
+            "/dev/kvm is not usable, so the emulated qemu backend".into(),
+        ),
+        VmmChoice::Auto => (vec![fc, qemu], "Firecracker with KVM".into()),
     }
 }
 
@@ -195,6 +240,8 @@ pub async fn run(
     if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())? {
         tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
     }
+    let vmm_name = deps.backends[0].name();
+    let vmm_reason = deps.vmm_reason.clone();
     let dns = capabilities::DnsTable::default();
     let capabilities = pipeline(&paths, &config, &deps, dns.clone())?;
     let lifecycle = lifecycle::Lifecycle::new(
@@ -211,6 +258,7 @@ pub async fn run(
             .await
             .context("reconciling VMs")??
     };
+    tracing::info!(vmm = %vmm_name, reason = %vmm_reason, "default VMM backend");
     tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, removed = ?reconciled.removed, "reconciled VMs with the host");
     let listener = UnixListener::bind(&paths.socket)
         .with_context(|| format!("binding socket {}", paths.socket.display()))?;
@@ -227,7 +275,13 @@ pub async fn run(
         // Port 0 in config means any free port: report the one we got.
         config.dns_listen = bound;
     }
-    let daemon = Daemon::new(paths, config, lifecycle.clone(), dns_error);
+    let daemon = Daemon::new(
+        paths,
+        config,
+        lifecycle.clone(),
+        dns_error,
+        format!("{vmm_name}: {vmm_reason}"),
+    );
     match dns_socket {
         Ok(socket) => {
             tracing::info!(listen = %daemon.config.dns_listen, "DNS server listening");

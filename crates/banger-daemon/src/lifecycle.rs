@@ -59,6 +59,8 @@ pub enum LifecycleError {
         name: String,
         failures: Vec<String>,
     },
+    #[error("unknown VMM backend {0:?}: use firecracker or qemu")]
+    UnknownVmm(String),
     #[error("{name} is running: stop it first with `banger vm stop {name}`")]
     MustBeStopped { name: String },
     #[error("{name} is not running: start it with `banger vm start {name}`")]
@@ -102,7 +104,10 @@ impl LifecycleError {
     pub fn kind(&self) -> banger_proto::ErrorKind {
         use banger_proto::ErrorKind as K;
         match self {
-            Self::Invalid(_) | Self::Ambiguous { .. } | Self::Shrink { .. } => K::InvalidInput,
+            Self::Invalid(_)
+            | Self::Ambiguous { .. }
+            | Self::Shrink { .. }
+            | Self::UnknownVmm(_) => K::InvalidInput,
             Self::NameTaken(_) | Self::MustBeStopped { .. } | Self::NotRunning { .. } => {
                 K::Conflict
             }
@@ -358,7 +363,11 @@ impl Lifecycle {
             name: params.name.clone().unwrap_or_else(|| "the new VM".into()),
             state: VmState::Creating,
             image: image_name.clone(),
-            vmm: self.backends[0].name().to_owned(),
+            vmm: match params.vmm.as_deref() {
+                Some(name) if self.backends.iter().any(|b| b.name() == name) => name.to_owned(),
+                Some(other) => return Err(LifecycleError::UnknownVmm(other.to_owned())),
+                None => self.backends[0].name().to_owned(),
+            },
             vcpu,
             memory_mib,
             disk_size_bytes: disk_size,
@@ -701,9 +710,10 @@ impl Lifecycle {
         reason
     }
 
-    /// Sockets a dead VMM leaves behind.
+    /// Sockets and helpers a dead VMM leaves behind.
     fn remove_runtime_files(&self, record: &VmRecord) {
         let dir = self.vm_dir(&record.id);
+        self.backend(&record.vmm).cleanup(&dir);
         let mut files = vec![dir.join(banger_vmm::firecracker::API_SOCKET)];
         files.extend(record.vsock_path.clone());
         for file in files {

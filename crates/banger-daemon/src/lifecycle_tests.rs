@@ -90,6 +90,7 @@ fn build(
         network: network.clone(),
         stop_timeouts: QUICK,
         public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
+        vmm_reason: "fake VMM for tests".into(),
     };
     let capabilities =
         crate::pipeline(paths, &banger_host::Config::default(), &deps, dns.clone()).unwrap();

@@ -101,6 +101,8 @@ pub struct Daemon {
     pub lifecycle: Arc<Lifecycle>,
     /// Why the DNS listener could not be opened, if it could not.
     pub dns_error: Option<String>,
+    /// The default VMM backend and why.
+    pub vmm: String,
     started: Instant,
     shutdown: watch::Sender<bool>,
 }
@@ -111,12 +113,14 @@ impl Daemon {
         config: Config,
         lifecycle: Arc<Lifecycle>,
         dns_error: Option<String>,
+        vmm: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             paths,
             config,
             lifecycle,
             dns_error,
+            vmm,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
         })
@@ -313,6 +317,7 @@ impl Daemon {
             log_path: self.paths.log_file.clone(),
             dns_listen: self.config.dns_listen.to_string(),
             dns_error: self.dns_error.clone(),
+            vmm: self.vmm.clone(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             vm_count: self.lifecycle.store().vm_count()?,

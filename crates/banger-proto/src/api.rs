@@ -38,6 +38,9 @@ pub struct DaemonStatus {
     /// Why the DNS server is not serving, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_error: Option<String>,
+    /// The default VMM backend and why it was chosen.
+    #[serde(default)]
+    pub vmm: String,
     pub state_dir: PathBuf,
     pub uptime_secs: u64,
     pub vm_count: u64,
@@ -72,6 +75,9 @@ pub struct CreateVmParams {
     pub disk_size: Option<String>,
     #[serde(default)]
     pub nat: bool,
+    /// `firecracker` or `qemu`; the daemon's default when absent.
+    #[serde(default)]
+    pub vmm: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

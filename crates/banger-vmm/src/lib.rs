@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod firecracker;
 pub mod process;
+pub mod qemu;
 pub mod testkit;
 
 use std::fmt;
@@ -106,6 +107,10 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// Whether a VMM found running at daemon start is really this VM's and
     /// answers (used to adopt it).
     fn responds(&self, vm_dir: &Path, pid: u32) -> bool;
+
+    /// Removes what the backend left in the VM's directory after its VMM
+    /// exited (helper processes, sockets).
+    fn cleanup(&self, _vm_dir: &Path) {}
 
     /// What the host needs to run this backend (preflight and doctor).
     fn checks(&self) -> Vec<banger_proto::check::Check> {

@@ -22,16 +22,18 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 memory_mib: args.memory,
                 disk_size: args.disk_size,
                 nat: args.nat,
+                vmm: args.vmm,
             };
             let vm: Vm = ctx.client()?.call(method::VM_CREATE, params)?;
             if args.output.json {
                 output::print_json(&vm)?;
             } else {
                 println!(
-                    "created {} ({}): {}, ip {}; connect with `banger vm ssh {}`",
+                    "created {} ({}): {} on {}, ip {}; connect with `banger vm ssh {}`",
                     vm.name,
                     output::short_id(&vm.id),
                     vm.state,
+                    vm.vmm,
                     vm.guest_ip.as_deref().unwrap_or("-"),
                     vm.name
                 );

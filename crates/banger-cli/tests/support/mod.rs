@@ -171,6 +171,7 @@ impl World {
             disks: disks.clone(),
             network: network.clone(),
             public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
+            vmm_reason: "fake VMM for tests".into(),
             stop_timeouts: banger_daemon::lifecycle::StopTimeouts {
                 graceful: Duration::from_secs(2),
                 term: Duration::from_secs(2),

@@ -1,0 +1,340 @@
+//! The `qemu` backend: software emulation (TCG) for hosts whose KVM cannot
+//! boot guests. The same drives, TAP and guest as Firecracker; vsock through
+//! `vhost-device-vsock`, which speaks the same `CONNECT`/`OK` protocol on the
+//! VM's vsock socket; graceful stop through QMP's `system_powerdown`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use banger_proto::check::Check;
+
+use crate::process::{self, detach};
+use crate::{LaunchSpec, Launched, Result, Vmm, VmmError};
+
+pub const QMP_SOCKET: &str = "qmp.sock";
+pub const VHOST_SOCKET: &str = "vhost-vsock.sock";
+pub const VHOST_PID: &str = "vhost-vsock.pid";
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    binary: PathBuf,
+    vsock_helper: PathBuf,
+}
+
+impl Qemu {
+    pub fn new(binary: PathBuf, vsock_helper: PathBuf) -> Self {
+        Self {
+            binary,
+            vsock_helper,
+        }
+    }
+
+    /// QEMU boots the compressed kernel; a `bzImage` beside the image's
+    /// `vmlinux` is preferred when the bundle has one.
+    pub fn kernel_for(spec: &LaunchSpec) -> PathBuf {
+        spec.kernel
+            .parent()
+            .map(|dir| dir.join("bzImage"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| spec.kernel.clone())
+    }
+
+    /// The QEMU command line for `spec`.
+    pub fn args(spec: &LaunchSpec) -> Vec<String> {
+        let dir = &spec.vm_dir;
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            format!("banger-{}", spec.vm_id),
+            "-machine".into(),
+            "pc,accel=tcg,memory-backend=mem".into(),
+            "-cpu".into(),
+            "max".into(),
+            "-smp".into(),
+            spec.vcpu.to_string(),
+            "-m".into(),
+            format!("{}M", spec.memory_mib),
+            // vhost-user needs guest memory the helper can map.
+            "-object".into(),
+            format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-kernel".into(),
+            Self::kernel_for(spec).display().to_string(),
+            "-append".into(),
+            spec.boot_args.clone(),
+            "-chardev".into(),
+            format!("file,id=console,path={},append=on", spec.log_path.display()),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", dir.join(QMP_SOCKET).display()),
+        ];
+        if let Some(initrd) = &spec.initrd {
+            args.extend(["-initrd".into(), initrd.display().to_string()]);
+        }
+        for drive in &spec.drives {
+            let mut value = format!(
+                "file={},if=virtio,format=raw,id={}",
+                drive.path.display(),
+                drive.id
+            );
+            if drive.read_only {
+                value.push_str(",readonly=on");
+            }
+            args.extend(["-drive".into(), value]);
+        }
+        if let Some(net) = &spec.net {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=net0,mac={}", net.mac),
+            ]);
+        }
+        args.extend([
+            "-chardev".into(),
+            format!("socket,id=vsock,path={}", dir.join(VHOST_SOCKET).display()),
+            "-device".into(),
+            "vhost-user-vsock-pci,chardev=vsock".into(),
+        ]);
+        args
+    }
+
+    fn start_vsock_helper(&self, spec: &LaunchSpec) -> Result<std::process::Child> {
+        let socket = spec.vm_dir.join(VHOST_SOCKET);
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&spec.vsock_path);
+        let (out, err) = log_files(&spec.log_path)?;
+        let mut command = Command::new(&self.vsock_helper);
+        command
+            .arg("--guest-cid")
+            .arg(spec.vsock_cid.to_string())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--uds-path")
+            .arg(&spec.vsock_path)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        detach(&mut command);
+        let mut child = command
+            .spawn()
+            .map_err(|e| VmmError::Spawn(self.vsock_helper.clone(), e))?;
+        match process::wait_for_path(&socket, &mut child, START_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => {
+                process::kill_child(&mut child);
+                return Err(VmmError::SocketTimeout {
+                    socket,
+                    seconds: START_TIMEOUT.as_secs(),
+                    log: spec.log_path.clone(),
+                });
+            }
+            Err(status) => {
+                return Err(VmmError::EarlyExit {
+                    binary: self.vsock_helper.display().to_string(),
+                    status: status.to_string(),
+                    log: spec.log_path.clone(),
+                    tail: process::tail(&spec.log_path, 5),
+                });
+            }
+        }
+        let _ = std::fs::write(spec.vm_dir.join(VHOST_PID), child.id().to_string());
+        Ok(child)
+    }
+}
+
+fn log_files(path: &Path) -> Result<(std::fs::File, std::fs::File)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| VmmError::Log(path.into(), e))?;
+    let copy = file
+        .try_clone()
+        .map_err(|e| VmmError::Log(path.into(), e))?;
+    Ok((file, copy))
+}
+
+/// One QMP command after the capabilities handshake.
+fn qmp(socket: &Path, command: &str) -> std::io::Result<String> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // greeting
+    writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    Ok(line)
+}
+
+impl Vmm for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn checks(&self) -> Vec<Check> {
+        let present = |name: &str, path: &Path, fix: &str| {
+            if path.is_file() {
+                Check::pass(name, path.display().to_string())
+            } else {
+                Check::fail(name, format!("{} not found", path.display()), fix)
+            }
+        };
+        vec![
+            present("qemu", &self.binary, "install qemu-system-x86"),
+            present(
+                "vhost-device-vsock",
+                &self.vsock_helper,
+                "cargo install vhost-device-vsock",
+            ),
+        ]
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        if !self.binary.is_file() {
+            return Err(VmmError::BinaryMissing(self.binary.clone()));
+        }
+        let qmp_socket = spec.vm_dir.join(QMP_SOCKET);
+        let _ = std::fs::remove_file(&qmp_socket);
+        let mut helper = self.start_vsock_helper(spec)?;
+        let (out, err) = log_files(&spec.log_path)?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(Self::args(spec))
+            .current_dir(&spec.vm_dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        detach(&mut command);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                process::kill_child(&mut helper);
+                return Err(VmmError::Spawn(self.binary.clone(), e));
+            }
+        };
+        let failure = match process::wait_for_path(&qmp_socket, &mut child, START_TIMEOUT) {
+            Ok(true) => None,
+            Ok(false) => Some(VmmError::SocketTimeout {
+                socket: qmp_socket.clone(),
+                seconds: START_TIMEOUT.as_secs(),
+                log: spec.log_path.clone(),
+            }),
+            Err(status) => Some(VmmError::EarlyExit {
+                binary: self.binary.display().to_string(),
+                status: status.to_string(),
+                log: spec.log_path.clone(),
+                tail: process::tail(&spec.log_path, 5),
+            }),
+        };
+        if let Some(err) = failure {
+            process::kill_child(&mut child);
+            process::kill_child(&mut helper);
+            self.cleanup(&spec.vm_dir);
+            return Err(err);
+        }
+        // The helper is supervised by pid file from here on; reap it when it exits.
+        std::thread::spawn(move || {
+            let _ = helper.wait();
+        });
+        let pid = child.id();
+        let start_time = banger_host::procfs::stat(pid)
+            .map(|s| s.start_time)
+            .unwrap_or(0);
+        Ok(Launched {
+            pid,
+            start_time,
+            child: Some(child),
+        })
+    }
+
+    fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
+        qmp(&vm_dir.join(QMP_SOCKET), "system_powerdown")
+            .map(|_| ())
+            .map_err(|e| VmmError::Spawn(vm_dir.join(QMP_SOCKET), e))
+    }
+
+    fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
+        qmp(&vm_dir.join(QMP_SOCKET), "query-status").is_ok_and(|answer| answer.contains("return"))
+    }
+
+    fn cleanup(&self, vm_dir: &Path) {
+        let pid_file = vm_dir.join(VHOST_PID);
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("vhost-device-vsock"));
+            if ours {
+                let _ = process::send_signal(pid, libc::SIGTERM);
+            }
+        }
+        for file in [VHOST_PID, VHOST_SOCKET, QMP_SOCKET] {
+            let _ = std::fs::remove_file(vm_dir.join(file));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Drive, NetSpec};
+
+    #[test]
+    fn command_line_has_the_drives_tap_vsock_and_console() {
+        let spec = LaunchSpec {
+            vm_id: "aa12".into(),
+            vm_dir: "/s/vms/aa12".into(),
+            vcpu: 2,
+            memory_mib: 1024,
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: Some("/r/initrd.img".into()),
+            boot_args: "console=ttyS0".into(),
+            drives: vec![Drive {
+                id: "base".into(),
+                path: "/r/rootfs.ext4".into(),
+                read_only: true,
+            }],
+            net: Some(NetSpec {
+                tap: "bg-aa12".into(),
+                mac: "06:00:0a:db:00:02".into(),
+            }),
+            vsock_cid: 3,
+            vsock_path: "/s/vms/aa12/vsock.sock".into(),
+            log_path: "/s/vms/aa12/firecracker.log".into(),
+        };
+        let line = Qemu::args(&spec).join(" ");
+        for part in [
+            "-machine pc,accel=tcg,memory-backend=mem",
+            "-object memory-backend-memfd,id=mem,size=1024M,share=on",
+            "-kernel /nonexistent/vmlinux",
+            "-initrd /r/initrd.img",
+            "-drive file=/r/rootfs.ext4,if=virtio,format=raw,id=base,readonly=on",
+            "-netdev tap,id=net0,ifname=bg-aa12,script=no,downscript=no",
+            "-device virtio-net-pci,netdev=net0,mac=06:00:0a:db:00:02",
+            "-chardev socket,id=vsock,path=/s/vms/aa12/vhost-vsock.sock",
+            "-device vhost-user-vsock-pci,chardev=vsock",
+            "-chardev file,id=console,path=/s/vms/aa12/firecracker.log,append=on",
+            "-qmp unix:/s/vms/aa12/qmp.sock,server=on,wait=off",
+        ] {
+            assert!(line.contains(part), "missing {part:?} in {line}");
+        }
+    }
+}

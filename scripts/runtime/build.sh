@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Builds banger's runtime bundle from Debian packages:
+#   vmlinux + bzImage   the Debian cloud kernel (vmlinux is the ELF Firecracker needs)
+#   modules/<version>   its modules, with depmod
+#   initrd.img          busybox initrd that assembles the overlay root
+#   rootfs.ext4         base image (systemd, sshd, iproute2, ...)
+#   rootfs-docker.ext4  base plus docker.io and packages.apt
+#   id_ed25519          the SSH key authorized for root in the images
+#   banger-vsock-pingd  the static guest helper
+#   firecracker         copied from $FIRECRACKER or PATH when present
+#   bundle.json         what is where, with SHA-256s
+# Each artifact records a stamp of its inputs; a second run reuses what is
+# current. Needs root (mmdebstrap in root mode), apt, mmdebstrap, lz4,
+# busybox-static, e2fsprogs, kmod, cpio, ssh-keygen.
+#
+# Usage: scripts/runtime/build.sh [--only rootfs-docker] OUT_DIR
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+only=""
+if [ "${1:-}" = "--only" ]; then only=$2; shift 2; fi
+out=$(mkdir -p "${1:-$repo/runtime}" && cd "${1:-$repo/runtime}" && pwd)
+work=${BANGER_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/banger/runtime-build}
+mirror=${BANGER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security=${BANGER_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+suite=bookworm
+mkdir -p "$work"
+
+step() { printf '\n==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf 'build-runtime: %s\n' "$*" >&2; exit 1; }
+
+for tool in apt-get dpkg-deb mmdebstrap lz4 mkfs.ext4 depmod cpio ssh-keygen sha256sum; do
+    command -v "$tool" >/dev/null || die "$tool is missing: apt-get install mmdebstrap lz4 e2fsprogs kmod cpio openssh-client"
+done
+[ "$(id -u)" = 0 ] || die "run as root (mmdebstrap builds the images in root mode)"
+
+# stamp NAME INPUTS...: true when NAME's recorded inputs match.
+current() {
+    local name=$1; shift
+    local want; want=$(printf '%s\n' "$@" | sha256sum | cut -d' ' -f1)
+    [ -e "$out/$name" ] && [ "$(cat "$work/$name.stamp" 2>/dev/null)" = "$want" ]
+}
+record() {
+    local name=$1; shift
+    printf '%s\n' "$@" | sha256sum | cut -d' ' -f1 > "$work/$name.stamp"
+}
+
+# --- kernel and modules -----------------------------------------------------
+step "kernel: Debian's cloud kernel"
+kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$kpkg" ] || die "cannot resolve linux-image-cloud-amd64: run apt-get update"
+kver_pkg=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
+note "$kpkg $kver_pkg"
+kroot="$work/kernel-$kpkg-$kver_pkg"
+if [ ! -d "$kroot" ]; then
+    (cd "$work" && rm -f "${kpkg}"_*.deb && apt-get download -q "$kpkg" >/dev/null)
+    mkdir -p "$kroot.tmp" && dpkg-deb -x "$work/${kpkg}"_*.deb "$kroot.tmp" && mv "$kroot.tmp" "$kroot"
+fi
+kver=$(ls "$kroot/lib/modules")
+kernel_inputs=("$kpkg" "$kver_pkg" "$(sha256sum "$0" | cut -d' ' -f1)")
+if current vmlinux "${kernel_inputs[@]}" && [ -e "$out/bzImage" ] && [ -d "$out/modules/$kver" ]; then
+    note "vmlinux, bzImage and modules are current"
+else
+    bz="$kroot/boot/vmlinuz-$kver"
+    # The bzImage's payload is LZ4 (legacy frame); unpack it to the ELF.
+    offset=$(LC_ALL=C grep -aboP '\x02\x21\x4c\x18' "$bz" | head -n1 | cut -d: -f1)
+    [ -n "$offset" ] || die "no LZ4 payload found in $bz"
+    tail -c +"$((offset + 1))" "$bz" | lz4 -dc > "$out/vmlinux.tmp" 2>/dev/null || true
+    head -c 4 "$out/vmlinux.tmp" | grep -q 'ELF' || die "unpacking $bz did not give an ELF vmlinux"
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
+    cp "$bz" "$out/bzImage"
+    depmod -b "$kroot" "$kver"
+    rm -rf "$out/modules" && mkdir -p "$out/modules" && cp -a "$kroot/lib/modules/$kver" "$out/modules/"
+    record vmlinux "${kernel_inputs[@]}"
+    note "vmlinux ($(du -h "$out/vmlinux" | cut -f1)), bzImage, modules/$kver"
+fi
+
+# --- initrd -------------------------------------------------------------------
+step "initrd: busybox and the virtio, block and overlay modules"
+modules_wanted="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk overlay ext4 jbd2 mbcache crc16 crc32c_generic"
+busybox_pkg_version=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
+initrd_inputs=("$kver" "$busybox_pkg_version" "$modules_wanted" "$(sha256sum "$here/init" "$0" | cut -d' ' -f1 | tr '\n' ' ')")
+if current initrd.img "${initrd_inputs[@]}"; then
+    note "initrd.img is current"
+else
+    bb="$work/busybox-$busybox_pkg_version"
+    if [ ! -e "$bb/bin/busybox" ]; then
+        (cd "$work" && rm -f busybox-static_*.deb && apt-get download -q busybox-static >/dev/null)
+        mkdir -p "$bb" && dpkg-deb -x "$work"/busybox-static_*.deb "$bb"
+    fi
+    tree="$work/initrd-tree"
+    rm -rf "$tree" && mkdir -p "$tree"/{bin,dev,proc,sys,run,etc,newroot,lib/modules/"$kver"}
+    cp "$bb/bin/busybox" "$tree/bin/busybox"
+    cp "$here/init" "$tree/init" && chmod 0755 "$tree/init"
+    mdir="$kroot/lib/modules/$kver"
+    : > "$tree/etc/banger-modules"
+    for module in $modules_wanted; do
+        line=$(grep -E "/${module}\.ko(\.[a-z]+)?:" "$mdir/modules.dep" || true)
+        [ -n "$line" ] || continue # built into the kernel
+        for file in ${line//:/}; do
+            mkdir -p "$tree/lib/modules/$kver/$(dirname "$file")"
+            cp "$mdir/$file" "$tree/lib/modules/$kver/$file"
+        done
+        echo "$module" >> "$tree/etc/banger-modules"
+    done
+    cp "$mdir"/modules.{dep,builtin,order} "$tree/lib/modules/$kver/" 2>/dev/null || true
+    depmod -b "$tree" "$kver"
+    (cd "$tree" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.img"
+    record initrd.img "${initrd_inputs[@]}"
+    note "initrd.img ($(du -h "$out/initrd.img" | cut -f1)) loads: $(tr '\n' ' ' < "$tree/etc/banger-modules")"
+fi
+
+# --- SSH key and guest helper ---------------------------------------------------
+step "ssh key"
+if [ -e "$out/id_ed25519" ]; then
+    note "id_ed25519 exists (kept)"
+else
+    ssh-keygen -q -t ed25519 -N '' -C banger -f "$out/id_ed25519"
+    note "generated id_ed25519"
+fi
+chmod 0600 "$out/id_ed25519"
+
+step "guest helper: static banger-vsock-pingd"
+"$repo/scripts/runtime/build-pingd.sh" "$out/banger-vsock-pingd"
+
+step "firecracker"
+fc=${FIRECRACKER:-$(command -v firecracker || true)}
+if [ -n "$fc" ] && [ -x "$fc" ]; then
+    cp "$fc" "$out/firecracker"
+    note "copied $fc"
+else
+    rm -f "$out/firecracker"
+    note "no Firecracker (set FIRECRACKER=/path or put it on PATH); the bundle serves the qemu backend"
+fi
+
+# --- images -------------------------------------------------------------------
+base_packages="systemd,systemd-sysv,udev,dbus,openssh-server,iproute2,iputils-ping,ca-certificates,kmod,procps,less,netbase"
+
+# build_image NAME LABEL EXTRA_PACKAGES: an mmdebstrap tree, customized, made into ext4 with mkfs.ext4 -d.
+build_image() {
+    local name=$1 extra=$2
+    local inputs=("$suite" "$base_packages" "$extra" "$kver" "$(sha256sum "$out/banger-vsock-pingd" "$out/id_ed25519.pub" "$here"/*.service "$0" | cut -d' ' -f1 | tr '\n' ' ')")
+    if current "$name" "${inputs[@]}"; then
+        note "$name is current"
+        return
+    fi
+    local tree="$work/$name-tree"
+    rm -rf "$tree"
+    local include=$base_packages
+    [ -n "$extra" ] && include="$include,$extra"
+    note "mmdebstrap $suite: $include"
+    mmdebstrap --quiet --mode=root --variant=minbase --include="$include" \
+        --customize-hook='chroot "$1" passwd -l root >/dev/null' \
+        "$suite" "$tree" \
+        "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
+    # The kernel's modules, so udev loads virtio_net and the vsock transport.
+    mkdir -p "$tree/lib/modules" && cp -a "$out/modules/$kver" "$tree/lib/modules/"
+    install -m 0755 "$out/banger-vsock-pingd" "$tree/usr/local/bin/banger-vsock-pingd"
+    for unit in banger-vsock-pingd.service banger-ssh-hostkeys.service; do
+        install -m 0644 "$here/$unit" "$tree/etc/systemd/system/$unit"
+        ln -sf "/etc/systemd/system/$unit" "$tree/etc/systemd/system/multi-user.target.wants/$unit"
+    done
+    ln -sf /lib/systemd/system/systemd-networkd.service "$tree/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    # Every VM makes its own host keys at first boot.
+    rm -f "$tree"/etc/ssh/ssh_host_*
+    install -d -m 0700 "$tree/root/.ssh"
+    install -m 0600 "$out/id_ed25519.pub" "$tree/root/.ssh/authorized_keys"
+    : > "$tree/etc/machine-id"
+    printf '# banger: the root is assembled by the initrd\n' > "$tree/etc/fstab"
+    rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*
+    local size_mib; size_mib=$(( $(du -sm "$tree" | cut -f1) * 13 / 10 + 512 ))
+    rm -f "$out/$name.tmp" && truncate -s "${size_mib}M" "$out/$name.tmp"
+    mkfs.ext4 -q -F -L banger-base -d "$tree" "$out/$name.tmp"
+    mv "$out/$name.tmp" "$out/$name"
+    record "$name" "${inputs[@]}"
+    note "$name (${size_mib} MiB, $(du -h "$out/$name" | cut -f1) allocated)"
+}
+
+step "rootfs.ext4: the base image"
+if [ -z "$only" ] || [ "$only" = rootfs ]; then build_image rootfs.ext4 ""; fi
+step "rootfs-docker.ext4: base plus Docker and packages.apt"
+if [ -z "$only" ] || [ "$only" = rootfs-docker ]; then
+    extra=$(grep -vE '^\s*(#|$)' "$repo/packages.apt" | tr '\n' ',' | sed 's/,$//')
+    build_image rootfs-docker.ext4 "$extra"
+    sha256sum "$repo/packages.apt" | cut -d' ' -f1 > "$out/rootfs-docker.ext4.packages.sha256"
+fi
+cp "$repo/packages.apt" "$out/packages.apt"
+
+step "bundle.json"
+"$repo/scripts/runtime/write-manifest.sh" "$out" "$kver"
+note "done: $out"
