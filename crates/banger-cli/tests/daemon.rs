@@ -325,7 +325,16 @@ fn cli_refuses_bad_input_before_contacting_the_daemon() {
 #[test]
 fn doctor_reports_json_and_fails_without_a_bundle() {
     let world = World::new();
-    let out = world.banger(&["doctor", "--json"]);
+    let missing = world.home().join("no-bundle");
+    let doctor = |args: &[&str]| {
+        world
+            .command(support::BANGER)
+            .env("BANGER_RUNTIME_DIR", &missing)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = doctor(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(1), "a missing bundle is a failure");
     let checks: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
     let bundle = checks
@@ -333,11 +342,12 @@ fn doctor_reports_json_and_fails_without_a_bundle() {
         .find(|c| c["name"] == "runtime bundle")
         .unwrap();
     assert_eq!(bundle["status"], "fail");
+    let fix = bundle["fix"].as_str().unwrap();
     assert!(
-        bundle["fix"].as_str().unwrap().contains("make runtime"),
+        fix.contains("no-bundle") && fix.contains("BANGER_RUNTIME_DIR"),
         "{bundle}"
     );
-    let text = stdout(&world.banger(&["doctor"]));
+    let text = stdout(&doctor(&["doctor"]));
     assert!(
         text.lines().any(|l| l.starts_with("fail  runtime bundle")),
         "{text}"
