@@ -11,11 +11,13 @@ RUNTIME_MANIFEST ?= runtime-bundle.toml
 
 all: build
 
-## build: release binaries, copied to ./banger and ./bangerd (the source-checkout layout)
+## build: release binaries, copied to ./banger and ./bangerd (the source-checkout layout),
+## and a fresh static banger-vsock-pingd in ./runtime when the bundle exists
 build:
 	$(CARGO) build --release --bins
 	install -m 0755 target/release/banger ./banger
 	install -m 0755 target/release/bangerd ./bangerd
+	@if [ -d $(RUNTIME_DIR) ]; then scripts/runtime/build-pingd.sh $(RUNTIME_DIR)/banger-vsock-pingd; fi
 
 ## install: banger and bangerd into $(BINDIR), the runtime bundle into $(LIBDIR); never downloads
 install: build
@@ -29,8 +31,8 @@ install: build
 		echo "no ./$(RUNTIME_DIR) bundle to install: run 'make runtime' or 'make runtime-bundle' first"; \
 	fi
 
-## test: formatting, lints and every test (the README's test command)
-test: lint unit
+## test: formatting, lints, every unit and integration test, then the end-to-end suite
+test: lint unit e2e
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -44,8 +46,30 @@ bench:
 	$(CARGO) build --release --bins
 	./target/release/banger-bench
 
-runtime runtime-bundle runtime-package rootfs e2e:
-	@echo "make $@ is not implemented yet in this version of banger" >&2; exit 1
+## runtime: build ./runtime from Debian packages (idempotent; needs root)
+runtime:
+	scripts/runtime/build.sh $(RUNTIME_DIR)
+
+## rootfs: rebuild ./runtime/rootfs-docker.ext4 when packages.apt changed
+rootfs:
+	@[ -d $(RUNTIME_DIR) ] || { echo "no ./$(RUNTIME_DIR): run make runtime or make runtime-bundle first" >&2; exit 1; }
+	scripts/runtime/build.sh --only rootfs-docker $(RUNTIME_DIR)
+
+## runtime-package: dist/banger-runtime.tar.gz from ./runtime, and its SHA-256
+runtime-package:
+	@[ -f $(RUNTIME_DIR)/bundle.json ] || { echo "no bundle in ./$(RUNTIME_DIR): run make runtime first" >&2; exit 1; }
+	mkdir -p dist
+	tar -C $(RUNTIME_DIR) --sparse -czf dist/banger-runtime.tar.gz .
+	@sha256sum dist/banger-runtime.tar.gz | cut -d' ' -f1
+
+## runtime-bundle: install ./runtime from the archive RUNTIME_MANIFEST names
+runtime-bundle:
+	scripts/runtime/bootstrap.sh $(RUNTIME_MANIFEST) $(RUNTIME_DIR)
+
+## e2e: real guests on the qemu backend, driven through the CLI (needs root and make runtime)
+e2e: runtime
+	$(CARGO) build --bins
+	scripts/e2e.sh
 
 clean:
 	$(CARGO) clean

@@ -25,6 +25,8 @@ work=${BANGER_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/banger/runtime-build}
 mirror=${BANGER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${BANGER_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 suite=bookworm
+# Bump when a recipe below changes in a way that must rebuild its artifact.
+recipe=1
 mkdir -p "$work"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -36,14 +38,23 @@ for tool in apt-get dpkg-deb mmdebstrap lz4 mkfs.ext4 depmod cpio ssh-keygen sha
 done
 [ "$(id -u)" = 0 ] || die "run as root (mmdebstrap builds the images in root mode)"
 
-# stamp NAME INPUTS...: true when NAME's recorded inputs match.
+# current NAME INPUTS...: true when NAME was built from these inputs. A
+# fresh checkout (CI's) gets it back from the build cache.
 current() {
     local name=$1; shift
     local want; want=$(printf '%s\n' "$@" | sha256sum | cut -d' ' -f1)
-    [ -e "$out/$name" ] && [ "$(cat "$work/$name.stamp" 2>/dev/null)" = "$want" ]
+    [ "$(cat "$work/$name.stamp" 2>/dev/null)" = "$want" ] || return 1
+    [ -e "$out/$name" ] && return 0
+    [ -e "$work/artifacts/$name" ] || return 1
+    cp -a --sparse=always "$work/artifacts/$name" "$out/$name"
+    note "$name restored from the build cache"
 }
+# record NAME INPUTS...: NAME is built; keep a copy for later checkouts.
 record() {
     local name=$1; shift
+    mkdir -p "$work/artifacts"
+    rm -rf "$work/artifacts/$name"
+    cp -a --sparse=always "$out/$name" "$work/artifacts/$name"
     printf '%s\n' "$@" | sha256sum | cut -d' ' -f1 > "$work/$name.stamp"
 }
 
@@ -59,8 +70,8 @@ if [ ! -d "$kroot" ]; then
     mkdir -p "$kroot.tmp" && dpkg-deb -x "$work/${kpkg}"_*.deb "$kroot.tmp" && mv "$kroot.tmp" "$kroot"
 fi
 kver=$(ls "$kroot/lib/modules")
-kernel_inputs=("$kpkg" "$kver_pkg" "$(sha256sum "$0" | cut -d' ' -f1)")
-if current vmlinux "${kernel_inputs[@]}" && [ -e "$out/bzImage" ] && [ -d "$out/modules/$kver" ]; then
+kernel_inputs=("$kpkg" "$kver_pkg" "$recipe")
+if current vmlinux "${kernel_inputs[@]}" && current bzImage "${kernel_inputs[@]}" && current modules "${kernel_inputs[@]}"; then
     note "vmlinux, bzImage and modules are current"
 else
     bz="$kroot/boot/vmlinuz-$kver"
@@ -74,6 +85,8 @@ else
     depmod -b "$kroot" "$kver"
     rm -rf "$out/modules" && mkdir -p "$out/modules" && cp -a "$kroot/lib/modules/$kver" "$out/modules/"
     record vmlinux "${kernel_inputs[@]}"
+    record bzImage "${kernel_inputs[@]}"
+    record modules "${kernel_inputs[@]}"
     note "vmlinux ($(du -h "$out/vmlinux" | cut -f1)), bzImage, modules/$kver"
 fi
 
@@ -81,7 +94,7 @@ fi
 step "initrd: busybox and the virtio, block and overlay modules"
 modules_wanted="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk overlay ext4 jbd2 mbcache crc16 crc32c_generic"
 busybox_pkg_version=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
-initrd_inputs=("$kver" "$busybox_pkg_version" "$modules_wanted" "$(sha256sum "$here/init" "$0" | cut -d' ' -f1 | tr '\n' ' ')")
+initrd_inputs=("$kver" "$busybox_pkg_version" "$modules_wanted" "$recipe" "$(sha256sum "$here/init" | cut -d' ' -f1)")
 if current initrd.img "${initrd_inputs[@]}"; then
     note "initrd.img is current"
 else
@@ -116,8 +129,13 @@ fi
 step "ssh key"
 if [ -e "$out/id_ed25519" ]; then
     note "id_ed25519 exists (kept)"
+elif [ -e "$work/artifacts/id_ed25519" ]; then
+    # The images authorize this key: a rebuilt checkout keeps using it.
+    cp -a "$work/artifacts/id_ed25519" "$work/artifacts/id_ed25519.pub" "$out/"
+    note "id_ed25519 restored from the build cache"
 else
     ssh-keygen -q -t ed25519 -N '' -C banger -f "$out/id_ed25519"
+    mkdir -p "$work/artifacts" && cp -a "$out/id_ed25519" "$out/id_ed25519.pub" "$work/artifacts/"
     note "generated id_ed25519"
 fi
 chmod 0600 "$out/id_ed25519"
@@ -141,7 +159,7 @@ base_packages="systemd,systemd-sysv,udev,dbus,openssh-server,iproute2,iputils-pi
 # build_image NAME LABEL EXTRA_PACKAGES: an mmdebstrap tree, customized, made into ext4 with mkfs.ext4 -d.
 build_image() {
     local name=$1 extra=$2
-    local inputs=("$suite" "$base_packages" "$extra" "$kver" "$(sha256sum "$out/banger-vsock-pingd" "$out/id_ed25519.pub" "$here"/*.service "$0" | cut -d' ' -f1 | tr '\n' ' ')")
+    local inputs=("$suite" "$base_packages" "$extra" "$kver" "$recipe" "$(sha256sum "$out/banger-vsock-pingd" "$out/id_ed25519.pub" "$here"/*.service | cut -d' ' -f1 | tr '\n' ' ')")
     if current "$name" "${inputs[@]}"; then
         note "$name is current"
         return

@@ -12,7 +12,29 @@ use crate::store::{Store, StoreError};
 /// The files of the default image: config keys first, else the bundle's
 /// conventional names (`rootfs-docker.ext4`, falling back to `rootfs.ext4`).
 pub fn default_image(config: &Config, runtime_dir: Option<&Path>) -> Option<Image> {
-    let in_bundle = |name: &str| runtime_dir.map(|d| d.join(name)).filter(|p| p.exists());
+    // A valid bundle.json says where everything is; without one, the
+    // bundle's conventional file names are used.
+    let manifest = runtime_dir.and_then(|dir| match banger_host::bundle::Bundle::load(dir) {
+        Ok(bundle) => Some(bundle),
+        Err(e) => {
+            tracing::warn!(error = %e, "runtime bundle manifest unusable; using conventional file names");
+            None
+        }
+    });
+    let in_bundle = |name: &str| {
+        let entry = match name {
+            "rootfs-docker.ext4" => "rootfs_docker",
+            "rootfs.ext4" => "rootfs",
+            "vmlinux" => "kernel",
+            "initrd.img" => "initrd",
+            _ => "",
+        };
+        manifest
+            .as_ref()
+            .and_then(|b| b.file(entry))
+            .or_else(|| runtime_dir.map(|d| d.join(name)))
+            .filter(|p| p.exists())
+    };
     let rootfs = config
         .default_rootfs
         .clone()

@@ -128,6 +128,26 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
             None
         }
     };
+    if let Some(dir) = &bundle {
+        checks.push(
+            match crate::bundle::Bundle::load(dir).and_then(|b| b.verify().map(|()| b)) {
+                Ok(b) => Check::pass(
+                    "bundle.json",
+                    format!(
+                        "schema {}, {} files, checksums match, kernel {}",
+                        b.manifest.schema,
+                        b.manifest.files.len(),
+                        b.manifest.kernel_version
+                    ),
+                ),
+                Err(e) => Check::fail(
+                    "bundle.json",
+                    e.to_string(),
+                    "rebuild the bundle with `make runtime` or reinstall it",
+                ),
+            },
+        );
+    }
     if let Some(bundle) = &bundle {
         let file = |name: &str, configured: &Option<PathBuf>| {
             configured.clone().unwrap_or_else(|| bundle.join(name))
@@ -339,15 +359,36 @@ mod tests {
             }
             std::fs::write(root.join("proc/cpuinfo"), "flags\t: fpu vmx\n").unwrap();
             std::fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").unwrap();
-            for file in [
-                "vmlinux",
-                "initrd.img",
-                "rootfs.ext4",
-                "id_ed25519",
-                "banger-vsock-pingd",
+            let mut files = std::collections::BTreeMap::new();
+            for (entry, file) in [
+                ("kernel", "vmlinux"),
+                ("initrd", "initrd.img"),
+                ("rootfs", "rootfs.ext4"),
+                ("ssh_key", "id_ed25519"),
+                ("vsock_ping_helper", "banger-vsock-pingd"),
             ] {
-                std::fs::write(root.join("runtime").join(file), "x").unwrap();
+                let path = root.join("runtime").join(file);
+                std::fs::write(&path, "x").unwrap();
+                let sha256 = crate::bundle::sha256_file(&path).unwrap();
+                files.insert(
+                    entry.to_owned(),
+                    crate::bundle::FileEntry {
+                        path: file.to_owned(),
+                        sha256,
+                    },
+                );
             }
+            let manifest = crate::bundle::Manifest {
+                schema: 1,
+                kernel_version: "6.1.0".into(),
+                modules_dir: "modules/6.1.0".into(),
+                files,
+            };
+            std::fs::write(
+                root.join("runtime/bundle.json"),
+                serde_json::to_string(&manifest).unwrap(),
+            )
+            .unwrap();
             Self { tmp }
         }
 
@@ -473,6 +514,12 @@ mod tests {
                 "guest helper",
                 CheckStatus::Warn,
                 "make build",
+            ),
+            (
+                "runtime/bundle.json",
+                "bundle.json",
+                CheckStatus::Fail,
+                "make runtime",
             ),
         ];
         for (remove, name, status, fix) in cases {

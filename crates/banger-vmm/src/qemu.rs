@@ -283,7 +283,17 @@ impl Vmm for Qemu {
             let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("vhost-device-vsock"));
             if ours {
+                // Wait for it, so nothing of the VM outlives its delete.
                 let _ = process::send_signal(pid, libc::SIGTERM);
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while banger_host::procfs::is_running(pid, None)
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if banger_host::procfs::is_running(pid, None) {
+                    let _ = process::send_signal(pid, libc::SIGKILL);
+                }
             }
         }
         for file in [VHOST_PID, VHOST_SOCKET, QMP_SOCKET] {

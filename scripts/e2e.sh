@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The end-to-end suite: real guests booted with the qemu backend from the
+# runtime bundle, driven through the banger CLI as a user would, in a
+# private HOME. Each step prints what it checked; on failure the VM's
+# console and the daemon log are printed. Needs root (TAPs, iptables, DNS
+# on the gateway), QEMU, vhost-device-vsock and ./runtime (make runtime).
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+banger="$repo/target/debug/banger"
+bundle="${BANGER_RUNTIME_DIR:-$repo/runtime}"
+boot_timeout=${BANGER_E2E_BOOT_TIMEOUT:-240}
+
+passed=0
+failed=0
+world=$(mktemp -d /tmp/banger-e2e-XXXXXX)
+export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
+unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
+mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
+# The e2e VMs use the qemu backend whatever the host offers.
+printf 'vmm = "qemu"\n' > "$HOME/.config/banger/config.toml"
+state="$HOME/.local/state/banger"
+export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
+
+say() { printf '%s\n' "$*"; }
+vm_dir() { "$banger" vm show "$1" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["dir"])'; }
+
+diagnose() {
+    say "---- diagnostics"
+    for log in "$state"/vms/*/firecracker.log; do
+        [ -e "$log" ] || continue
+        say "== console of $(basename "$(dirname "$log")") (last 40 lines)"
+        tail -n 40 "$log"
+    done
+    say "== bangerd.log (last 30 lines)"
+    tail -n 30 "$state/bangerd.log" 2>/dev/null
+}
+
+check() {
+    local what=$1; shift
+    if "$@"; then
+        say "ok    $what"
+        passed=$((passed + 1))
+    else
+        say "FAIL  $what"
+        failed=$((failed + 1))
+        diagnose
+    fi
+}
+
+# Runs a command in the guest; its stdout is the answer.
+in_vm() { local vm=$1; shift; "$banger" vm ssh "$vm" -- "$@" 2>/dev/null; }
+
+wait_ssh() {
+    local vm=$1 start=$SECONDS
+    while [ $((SECONDS - start)) -lt "$boot_timeout" ]; do
+        if in_vm "$vm" true; then
+            say "      $vm answers SSH after $((SECONDS - start))s"
+            return 0
+        fi
+        sleep 2
+    done
+    say "      $vm did not answer SSH within ${boot_timeout}s"
+    return 1
+}
+
+cleanup() {
+    "$banger" vm delete e2e-a e2e-b >/dev/null 2>&1
+    "$banger" daemon stop >/dev/null 2>&1
+    rm -rf "$world"
+}
+trap cleanup EXIT
+
+for need in qemu-system-x86_64 vhost-device-vsock ssh python3 iptables-save; do
+    if ! command -v "$need" >/dev/null; then
+        say "e2e: $need is missing (see .ci/run for how CI installs it)"
+        exit 1
+    fi
+done
+[ -e "$bundle/bundle.json" ] || { say "e2e: no runtime bundle at $bundle: run make runtime"; exit 1; }
+[ "$(id -u)" = 0 ] || { say "e2e: needs root (TAP devices, iptables, DNS on port 53)"; exit 1; }
+
+say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH"
+check "vm create e2e-a" "$banger" vm create --name e2e-a --disk-size 2G --nat
+check "e2e-a boots to SSH" wait_ssh e2e-a
+
+say "== 2. inside e2e-a"
+check "hostname is e2e-a" test "$(in_vm e2e-a hostname)" = e2e-a
+check "/ is an overlay over the read-only base" test "$(in_vm e2e-a findmnt -n -o FSTYPE /)" = overlay
+size=$(in_vm e2e-a df --output=size -BM /root | tail -n1 | tr -dc 0-9)
+check "/root is the work disk at about 2G (${size}M)" test "${size:-0}" -gt 1800 -a "${size:-0}" -le 2048
+check "the guest resolves e2e-a.vm" in_vm e2e-a getent hosts e2e-a.vm
+check "the ping responder is active" test "$(in_vm e2e-a systemctl is-active banger-vsock-pingd)" = active
+
+say "== 3. from the host"
+ip_a=$("$banger" vm show e2e-a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["guest_ip"])')
+dns=$("$banger" daemon status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dns_listen"])')
+resolved=$(python3 - "$dns" <<'EOF'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(bytes([len(p)]) + p.encode() for p in "e2e-a.vm".split(".")) + b"\x00\x00\x01\x00\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(q, (host, int(port)))
+print(".".join(map(str, s.recv(512)[-4:])))
+EOF
+)
+check "e2e-a.vm resolves to $ip_a through bangerd's DNS ($dns)" test "$resolved" = "$ip_a"
+check "the guest IP answers SSH directly" test "$(ssh -i "$bundle/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 "root@$ip_a" hostname)" = e2e-a
+check "NAT rules exist for e2e-a" test "$(iptables-save | grep -c "banger:")" -ge 3
+
+say "== 4. the post-SSH reminder over vsock"
+reminder=$("$banger" vm ssh e2e-a -- true 2>&1 >/dev/null | tail -n1)
+say "      $reminder"
+check "the reminder says e2e-a is still running with its uptime" grep -q "^e2e-a is still running (up " <<<"$reminder"
+
+say "== 5. files survive stop and start; the work disk grows"
+in_vm e2e-a sh -c 'echo kept > /root/e2e-root; echo kept > /etc/e2e-etc; sync' >/dev/null
+check "vm stop e2e-a" "$banger" vm stop e2e-a
+check "vm start e2e-a" "$banger" vm start e2e-a
+check "e2e-a answers SSH again" wait_ssh e2e-a
+check "a file in /root survived" test "$(in_vm e2e-a cat /root/e2e-root)" = kept
+check "a file in /etc survived" test "$(in_vm e2e-a cat /etc/e2e-etc)" = kept
+check "vm stop e2e-a again" "$banger" vm stop e2e-a
+check "vm set --disk-size 3G on the stopped VM" "$banger" vm set e2e-a --disk-size 3G
+check "vm start e2e-a after the resize" "$banger" vm start e2e-a
+check "e2e-a answers SSH after the resize" wait_ssh e2e-a
+size=$(in_vm e2e-a df --output=size -BM /root | tail -n1 | tr -dc 0-9)
+check "/root grew to about 3G (${size}M)" test "${size:-0}" -gt 2800
+check "the /root file is still there after the resize" test "$(in_vm e2e-a cat /root/e2e-root)" = kept
+
+say "== 6. a second VM reaches e2e-a by name"
+check "vm create e2e-b" "$banger" vm create --name e2e-b --disk-size 2G
+check "e2e-b boots to SSH" wait_ssh e2e-b
+check "e2e-b resolves e2e-a.vm" test "$(in_vm e2e-b getent hosts e2e-a.vm | cut -d' ' -f1)" = "$ip_a"
+check "e2e-b reaches e2e-a over the bridge" in_vm e2e-b ping -c1 -W5 e2e-a.vm
+
+say "== 7. bangerd killed with SIGKILL; the next command restarts it"
+old=$(cat "$XDG_RUNTIME_DIR/banger/bangerd.pid")
+kill -9 "$old"
+sleep 0.5
+running=$("$banger" vm list --json | python3 -c 'import json,sys; print(sum(v["state"] == "running" for v in json.load(sys.stdin)))')
+new=$(cat "$XDG_RUNTIME_DIR/banger/bangerd.pid")
+check "a new bangerd serves (pid $old -> $new)" test "$new" != "$old"
+check "both VMs are still running" test "$running" = 2
+check "e2e-a is still reachable" test "$(in_vm e2e-a hostname)" = e2e-a
+check "e2e-b is still reachable" test "$(in_vm e2e-b hostname)" = e2e-b
+
+say "== 8. delete leaves nothing behind"
+ids=$("$banger" vm list --json | python3 -c 'import json,sys; print(" ".join(v["id"] for v in json.load(sys.stdin)))')
+check "vm delete e2e-a e2e-b" "$banger" vm delete e2e-a e2e-b
+leftover=0
+for id in $ids; do
+    pgrep -f "$id" >/dev/null && { say "      a process of $id remains"; leftover=1; }
+    [ -e "$state/vms/$id" ] && { say "      files of $id remain"; leftover=1; }
+done
+check "no process or file of the VMs remains" test "$leftover" = 0
+check "no TAP with banger's prefix remains" test "$(ip -o link show | grep -c ' bg-')" = 0
+check "no iptables rule of the VMs remains" test "$(iptables-save | grep -c 'banger:')" = 0
+check "no vsock socket remains" test -z "$(find "$state/vms" -name '*.sock' 2>/dev/null)"
+
+say ""
+say "e2e: $passed passed, $failed failed"
+[ "$failed" = 0 ]
