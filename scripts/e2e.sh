@@ -113,7 +113,9 @@ say "      $reminder"
 check "the reminder says e2e-a is still running with its uptime" grep -q "^e2e-a is still running (up " <<<"$reminder"
 
 say "== 5. files survive stop and start; the work disk grows"
-in_vm e2e-a sh -c 'echo kept > /root/e2e-root; echo kept > /etc/e2e-etc; sync' >/dev/null
+# One string: ssh joins its arguments with spaces for the remote shell.
+check "write a file in /root and one in /etc" in_vm e2e-a 'echo kept > /root/e2e-root && echo kept > /etc/e2e-etc && sync'
+check "both files read back before the stop" test "$(in_vm e2e-a 'cat /root/e2e-root /etc/e2e-etc')" = "$(printf 'kept\nkept')"
 check "vm stop e2e-a" "$banger" vm stop e2e-a
 check "vm start e2e-a" "$banger" vm start e2e-a
 check "e2e-a answers SSH again" wait_ssh e2e-a
