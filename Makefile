@@ -7,9 +7,13 @@ CARGO ?= cargo
 RUNTIME_DIR ?= runtime
 RUNTIME_MANIFEST ?= runtime-bundle.toml
 
-.PHONY: all build install test lint unit bench runtime runtime-bundle runtime-package rootfs e2e clean
+.PHONY: all deps build install test lint unit bench runtime runtime-bundle runtime-package rootfs e2e clean
 
 all: build
+
+## deps: Debian packages and vhost-device-vsock that banger, make runtime and the tests need (root)
+deps:
+	scripts/deps.sh
 
 ## build: release binaries, copied to ./banger and ./bangerd (the source-checkout layout),
 ## and a fresh static banger-vsock-pingd in ./runtime when the bundle exists

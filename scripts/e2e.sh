@@ -81,8 +81,8 @@ done
 [ "$(id -u)" = 0 ] || { say "e2e: needs root (TAP devices, iptables, DNS on port 53)"; exit 1; }
 
 say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH"
-check "vm create e2e-a" "$banger" vm create --name e2e-a --disk-size 2G --nat
-check "e2e-a boots to SSH" wait_ssh e2e-a
+check "vm create e2e-a --wait (boots to SSH)" "$banger" vm create --name e2e-a --disk-size 2G --nat --wait --wait-timeout "$boot_timeout"
+check "vm ssh works" wait_ssh e2e-a
 
 say "== 2. inside e2e-a"
 check "hostname is e2e-a" test "$(in_vm e2e-a hostname)" = e2e-a

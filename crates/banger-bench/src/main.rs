@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     dns_rows(&banger, &mut rows)?;
     storage_rows(&mut rows)?;
     firecracker_rows(&mut rows)?;
+    qemu_boot_rows(&banger, &mut rows)?;
     print_table(&rows);
     Ok(())
 }
@@ -448,6 +449,156 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
         .map(|d| d.join(program))
         .find(|p| p.is_file())
         .with_context(|| format!("{program} not found"))
+}
+
+/// Boot to SSH-ready through `banger vm create --wait` against the same
+/// QEMU command line started by hand on the same disks, TAP and bundle.
+fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let bundle = banger
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|r| r.join("runtime"));
+    let Some(bundle) = bundle.filter(|b| b.join("bundle.json").is_file()) else {
+        rows.push(skipped(
+            "boot to SSH on qemu",
+            "no ./runtime bundle (make runtime)",
+        ));
+        return Ok(());
+    };
+    if which("qemu-system-x86_64").is_err() || std::env::var_os("BANGER_BENCH_SKIP_BOOT").is_some()
+    {
+        rows.push(skipped(
+            "boot to SSH on qemu",
+            "qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set",
+        ));
+        return Ok(());
+    }
+    let world = World::new(banger.to_path_buf())?;
+    world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
+    // Both sides boot a guest that has booted once (host keys made, caches
+    // warm): the first boot is not measured.
+    let created = world
+        .command(&["vm", "create", "--name", "bench-boot", "--wait", "--json"])
+        .env("BANGER_RUNTIME_DIR", &bundle)
+        .output()?;
+    if !created.status.success() {
+        bail!(
+            "banger vm create --wait failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let vm: serde_json::Value = serde_json::from_slice(&created.stdout)?;
+    world.run(&["vm", "stop", "bench-boot"])?;
+    let start = Instant::now();
+    let started = world
+        .command(&["vm", "start", "bench-boot", "--wait"])
+        .env("BANGER_RUNTIME_DIR", &bundle)
+        .output()?;
+    let through_banger = start.elapsed();
+    if !started.status.success() {
+        bail!(
+            "banger vm start --wait failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+    }
+    world.run(&["vm", "stop", "bench-boot"])?;
+
+    // The same VM by hand: its disks, a TAP of the same name and MAC, the same command line.
+    let ip: std::net::Ipv4Addr = vm["guest_ip"].as_str().context("no guest IP")?.parse()?;
+    let tap = vm["tap"].as_str().context("no TAP")?.to_owned();
+    let dir = PathBuf::from(vm["dir"].as_str().context("no VM dir")?);
+    let run = |args: &[&str]| Command::new("ip").args(args).status();
+    run(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+    run(&["link", "set", "dev", &tap, "master", "banger0"])?;
+    run(&["link", "set", "dev", &tap, "up"])?;
+    let spec = banger_vmm::LaunchSpec {
+        vm_id: vm["id"].as_str().unwrap_or_default().to_owned(),
+        vm_dir: dir.clone(),
+        vcpu: 2,
+        memory_mib: vm["memory_mib"].as_u64().unwrap_or(2048),
+        kernel: bundle.join("vmlinux"),
+        initrd: Some(bundle.join("initrd.img")),
+        boot_args: banger_daemon::lifecycle::BOOT_ARGS.to_owned(),
+        drives: vec![
+            banger_vmm::Drive {
+                id: "base".into(),
+                path: bundle.join("rootfs-docker.ext4"),
+                read_only: true,
+            },
+            banger_vmm::Drive {
+                id: "overlay".into(),
+                path: dir.join("overlay.ext4"),
+                read_only: false,
+            },
+            banger_vmm::Drive {
+                id: "work".into(),
+                path: dir.join("work.ext4"),
+                read_only: false,
+            },
+        ],
+        net: Some(banger_vmm::NetSpec {
+            tap: tap.clone(),
+            mac: banger_host::net::guest_mac(ip),
+        }),
+        vsock_cid: 3,
+        vsock_path: dir.join("bench-vsock.sock"),
+        log_path: dir.join("by-hand.log"),
+    };
+    let helper = which("vhost-device-vsock").or_else(|_| {
+        Ok::<_, anyhow::Error>(
+            PathBuf::from(std::env::var("HOME")?).join(".cargo/bin/vhost-device-vsock"),
+        )
+    })?;
+    let mut vsock = Command::new(&helper)
+        .args(["--guest-cid", "3", "--socket"])
+        .arg(dir.join(banger_vmm::qemu::VHOST_SOCKET))
+        .arg("--uds-path")
+        .arg(&spec.vsock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(banger_vmm::qemu::Qemu::args(&spec))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr = std::net::SocketAddr::from((ip, 22));
+    let by_hand = loop {
+        let banner = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .ok()
+            .and_then(|mut s| {
+                use std::io::Read;
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).ok().map(|()| b)
+            });
+        if banner == Some(*b"SSH-") {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            break Duration::ZERO;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let _ = vsock.kill();
+    let _ = vsock.wait();
+    let _ = run(&["link", "del", "dev", &tap]);
+    world.run(&["vm", "delete", "bench-boot"])?;
+    if by_hand.is_zero() {
+        bail!("the by-hand QEMU boot did not answer SSH within 300s");
+    }
+    rows.push(Row::timed(
+        "boot to SSH on qemu (vm start --wait)",
+        through_banger,
+        "same qemu by hand",
+        by_hand,
+    ));
+    Ok(())
 }
 
 fn skipped(what: &str, why: &str) -> Row {

@@ -62,7 +62,7 @@ pub enum VmCommand {
     /// Stop VMs gracefully (their disks are kept)
     Stop(VmTargets),
     /// Start stopped VMs
-    Start(VmTargets),
+    Start(StartArgs),
     /// Stop, then start VMs
     Restart(VmTargets),
     /// Send a signal to VMs' VMM processes
@@ -98,7 +98,19 @@ pub struct CreateArgs {
     #[arg(long, value_parser = ["firecracker", "qemu"])]
     pub vmm: Option<String>,
     #[command(flatten)]
+    pub wait: WaitFlags,
+    #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitFlags {
+    /// Wait until the guest answers SSH
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds
+    #[arg(long, default_value_t = 300, requires = "wait")]
+    pub wait_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -109,13 +121,21 @@ pub struct VmTarget {
     pub output: JsonFlag,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct VmTargets {
     /// VM names or unique ID prefixes; several run concurrently
     #[arg(required = true, num_args = 1..)]
     pub vms: Vec<String>,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub targets: VmTargets,
+    #[command(flatten)]
+    pub wait: WaitFlags,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +317,15 @@ mod tests {
             &["vm", "ssh", "calm-otter", "--", "uname", "-a"],
             &["vm", "stop", "calm-otter"],
             &["vm", "start", "calm-otter"],
+            &[
+                "vm",
+                "start",
+                "calm-otter",
+                "--wait",
+                "--wait-timeout",
+                "60",
+            ],
+            &["vm", "create", "--name", "calm-otter", "--wait"],
             &["vm", "restart", "calm-otter"],
             &["vm", "kill", "--signal", "TERM", "calm-otter"],
             &["vm", "delete", "calm-otter"],

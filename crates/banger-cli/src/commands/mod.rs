@@ -4,6 +4,7 @@ mod daemon;
 mod image;
 pub mod ssh;
 mod vm;
+mod wait;
 
 use std::process::ExitCode;
 

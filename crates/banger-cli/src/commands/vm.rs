@@ -38,6 +38,12 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     vm.name
                 );
             }
+            if args.wait.wait {
+                super::wait::until_ssh(
+                    &vm,
+                    std::time::Duration::from_secs(args.wait.wait_timeout),
+                )?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         VmCommand::List(flags) => {
@@ -73,7 +79,21 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         VmCommand::Ssh(args) => super::ssh::run(args, ctx),
         VmCommand::Stop(targets) => batch(ctx, method::VM_STOP, targets, "stopped"),
-        VmCommand::Start(targets) => batch(ctx, method::VM_START, targets, "started"),
+        VmCommand::Start(args) => {
+            let code = batch(ctx, method::VM_START, args.targets.clone(), "started")?;
+            if args.wait.wait && code == ExitCode::SUCCESS {
+                for name in &args.targets.vms {
+                    let vm: Vm = ctx
+                        .client()?
+                        .call(method::VM_SHOW, VmRef { vm: name.clone() })?;
+                    super::wait::until_ssh(
+                        &vm,
+                        std::time::Duration::from_secs(args.wait.wait_timeout),
+                    )?;
+                }
+            }
+            Ok(code)
+        }
         VmCommand::Restart(targets) => batch(ctx, method::VM_RESTART, targets, "restarted"),
         VmCommand::Delete(targets) => batch(ctx, method::VM_DELETE, targets, "deleted"),
         VmCommand::Kill(args) => {

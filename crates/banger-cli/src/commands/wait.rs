@@ -1,0 +1,75 @@
+//! `--wait`: block until a VM's guest answers SSH, with progress, a bound,
+//! and the console log's path when it does not.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use banger_proto::Vm;
+
+/// Waits until `vm`'s SSH server sends its banner.
+pub fn until_ssh(vm: &Vm, timeout: Duration) -> anyhow::Result<()> {
+    let ip = vm
+        .guest_ip
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("{} has no guest IP to wait for", vm.name))?;
+    let addr: SocketAddr = format!("{ip}:22").parse()?;
+    eprintln!(
+        "waiting for {} to answer SSH at {ip} (up to {}s)...",
+        vm.name,
+        timeout.as_secs()
+    );
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if ssh_banner(addr) {
+            eprintln!(
+                "{} is ready (answered SSH after {}s)",
+                vm.name,
+                started.elapsed().as_secs()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    anyhow::bail!(
+        "{} did not answer SSH within {}s; its console is in {}",
+        vm.name,
+        timeout.as_secs(),
+        vm.vmm_log_path.display()
+    )
+}
+
+fn ssh_banner(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_listener_that_speaks_ssh_counts_and_silence_does_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+        });
+        assert!(ssh_banner(addr));
+        server.join().unwrap();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = silent.accept().unwrap();
+            stream.write_all(b"HTTP/1.1").unwrap();
+        });
+        assert!(!ssh_banner(addr));
+        server.join().unwrap();
+    }
+}
