@@ -61,10 +61,7 @@ rootfs:
 
 ## runtime-package: dist/banger-runtime.tar.gz from ./runtime, and its SHA-256
 runtime-package:
-	@[ -f $(RUNTIME_DIR)/bundle.json ] || { echo "no bundle in ./$(RUNTIME_DIR): run make runtime first" >&2; exit 1; }
-	mkdir -p dist
-	tar -C $(RUNTIME_DIR) --sparse -czf dist/banger-runtime.tar.gz .
-	@sha256sum dist/banger-runtime.tar.gz | cut -d' ' -f1
+	@scripts/runtime/package.sh $(RUNTIME_DIR) dist/banger-runtime.tar.gz
 
 ## runtime-bundle: install ./runtime from the archive RUNTIME_MANIFEST names
 runtime-bundle:

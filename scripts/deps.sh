@@ -12,7 +12,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     e2fsprogs iproute2 iptables procps ca-certificates make curl \
     mmdebstrap busybox-static lz4 cpio kmod xz-utils zstd \
-    qemu-system-x86 openssh-client python3 >/dev/null
+    qemu-system-x86 openssh-client python3 file >/dev/null
 if ! command -v vhost-device-vsock >/dev/null; then
     echo "cargo install vhost-device-vsock (the qemu backend's vsock)"
     cargo install --locked --quiet vhost-device-vsock

@@ -71,7 +71,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for need in qemu-system-x86_64 vhost-device-vsock ssh python3 iptables-save; do
+for need in qemu-system-x86_64 vhost-device-vsock ssh python3 iptables-save file cpio debugfs e2fsck; do
     if ! command -v "$need" >/dev/null; then
         say "e2e: $need is missing (see .ci/run for how CI installs it)"
         exit 1
@@ -79,6 +79,24 @@ for need in qemu-system-x86_64 vhost-device-vsock ssh python3 iptables-save; do
 done
 [ -e "$bundle/bundle.json" ] || { say "e2e: no runtime bundle at $bundle: run make runtime"; exit 1; }
 [ "$(id -u)" = 0 ] || { say "e2e: needs root (TAP devices, iptables, DNS on port 53)"; exit 1; }
+
+say "== 0. the runtime bundle"
+check "vmlinux is an x86-64 ELF executable" sh -c "file -b '$bundle/vmlinux' | grep -q 'ELF 64-bit LSB executable, x86-64'"
+initrd_list=$(zcat "$bundle/initrd.img" | cpio -t --quiet 2>/dev/null)
+check "the initrd has its init" grep -qx init <<<"$initrd_list"
+check "the initrd has virtio_blk and overlay" sh -c "grep -q 'virtio_blk.ko' <<'E'
+$initrd_list
+E
+grep -q 'overlay.ko' <<'E'
+$initrd_list
+E"
+check "id_ed25519 is mode 0600" test "$(stat -c %a "$bundle/id_ed25519")" = 600
+for image in rootfs.ext4 rootfs-docker.ext4; do
+    check "$image passes e2fsck -fn" sh -c "e2fsck -fn '$bundle/$image' >/dev/null 2>&1"
+    check "$image has sshd" sh -c "debugfs -R 'stat /usr/sbin/sshd' '$bundle/$image' 2>/dev/null | grep -q 'Type: regular'"
+    check "$image has the pingd unit, enabled" sh -c "debugfs -R 'stat /etc/systemd/system/multi-user.target.wants/banger-vsock-pingd.service' '$bundle/$image' 2>/dev/null | grep -q symlink"
+    check "$image authorizes the bundle's key for root" test "$(debugfs -R 'cat /root/.ssh/authorized_keys' "$bundle/$image" 2>/dev/null)" = "$(cat "$bundle/id_ed25519.pub")"
+done
 
 say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH"
 check "vm create e2e-a --wait (boots to SSH)" "$banger" vm create --name e2e-a --disk-size 2G --nat --wait --wait-timeout "$boot_timeout"
