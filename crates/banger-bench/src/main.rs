@@ -120,7 +120,7 @@ fn storage_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("banger-bench-disk-")
         .tempdir()?;
-    let disks = Ext4Disks::new(Arc::new(HostRunner), tmp.path().join("scratch"));
+    let disks = Ext4Disks::new(Arc::new(HostRunner), tmp.path().join("cache"));
     for (label, size) in [("1 GiB", 1u64 << 30), ("16 GiB", 16 << 30)] {
         let base = make_base_image(tmp.path(), size)?;
         let mut n = 0;
@@ -144,7 +144,7 @@ fn storage_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             Ok(elapsed)
         })?;
         rows.push(Row::timed(
-            format!("overlay + work disk, {label} base"),
+            format!("overlay + work disk, {label} base, template warm"),
             ours,
             "cp --sparse=always",
             copy,
@@ -216,7 +216,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         backends: vec![Arc::new(Firecracker::new(binary.clone()))],
         disks: Arc::new(Ext4Disks::new(
             Arc::new(HostRunner),
-            paths.cache_dir.join("scratch"),
+            paths.cache_dir.clone(),
         )),
         network: Arc::new(banger_host::net::FakeNetwork::new()),
         public_keys: Vec::new(),

@@ -66,7 +66,7 @@ impl Deps {
             vmm_reason,
             disks: Arc::new(Ext4Disks::new(
                 Arc::new(HostRunner),
-                paths.cache_dir.join("scratch"),
+                paths.cache_dir.clone(),
             )),
             network: Arc::new(IpTablesNetwork::for_this_user(Arc::new(HostRunner))),
             stop_timeouts: lifecycle::StopTimeouts::default(),

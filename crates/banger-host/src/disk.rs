@@ -83,12 +83,55 @@ pub trait Disks: Send + Sync + fmt::Debug {
 pub struct Ext4Disks {
     runner: Arc<dyn Runner>,
     scratch: PathBuf,
+    templates: PathBuf,
 }
 
 impl Ext4Disks {
-    /// `scratch` holds short-lived staging trees (under the cache directory).
-    pub fn new(runner: Arc<dyn Runner>, scratch: PathBuf) -> Self {
-        Self { runner, scratch }
+    /// `cache` holds short-lived staging trees (`scratch/`) and disk
+    /// templates (`templates/`).
+    pub fn new(runner: Arc<dyn Runner>, cache: PathBuf) -> Self {
+        Self {
+            runner,
+            scratch: cache.join("scratch"),
+            templates: cache.join("templates"),
+        }
+    }
+
+    /// A template disk, built once by `build` and then reused: every VM's
+    /// disk of that kind is a sparse copy of it. Built under a temporary
+    /// name and renamed, so a half-built template is never used.
+    fn template(&self, name: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let path = self.templates.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.templates)
+            .map_err(|e| DiskError::Scratch(self.templates.clone(), e))?;
+        let building = self.templates.join(format!(
+            "{name}.{}.{}.tmp",
+            std::process::id(),
+            rand_suffix()
+        ));
+        build(&building)?;
+        std::fs::rename(&building, &path).map_err(|e| DiskError::Create(path.clone(), e))?;
+        Ok(path)
+    }
+
+    fn copy_of(template: &Path, path: &Path) -> Result<()> {
+        sparse_copy(template, path).map_err(|e| {
+            remove_quietly(path);
+            DiskError::Create(path.into(), e)
+        })
+    }
+
+    fn build_overlay(&self, path: &Path, size: u64) -> Result<()> {
+        let stage = self.staging()?;
+        for dir in ["upper", "work"] {
+            std::fs::create_dir(stage.0.join(dir))
+                .map_err(|e| DiskError::Scratch(stage.0.clone(), e))?;
+        }
+        self.format(path, size, OVERLAY_LABEL, &stage.0)
+            .inspect_err(|_| remove_quietly(path))
     }
 
     fn staging(&self) -> Result<Staging> {
@@ -294,16 +337,44 @@ impl Disks for Ext4Disks {
     }
 
     fn create_overlay(&self, path: &Path, size: u64) -> Result<()> {
-        let stage = self.staging()?;
-        for dir in ["upper", "work"] {
-            std::fs::create_dir(stage.0.join(dir))
-                .map_err(|e| DiskError::Scratch(stage.0.clone(), e))?;
-        }
-        self.format(path, size, OVERLAY_LABEL, &stage.0)
-            .inspect_err(|_| remove_quietly(path))
+        let template = self.template(&format!("overlay-v1-{size}.ext4"), |t| {
+            self.build_overlay(t, size)
+        })?;
+        Self::copy_of(&template, path)
     }
 
     fn create_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()> {
+        // The template depends on the seed image's identity and the size.
+        let seed_key = match seed_image {
+            Some(image) => {
+                let meta = std::fs::metadata(image).map_err(|e| {
+                    DiskError::Extract(image.into(), ProcessError::Spawn("stat".into(), e))
+                })?;
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                format!("{}:{}:{mtime}", image.display(), meta.len())
+            }
+            None => "empty".to_owned(),
+        };
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(seed_key.as_bytes());
+        let key: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let template = self.template(&format!("work-v1-{size}-{key}.ext4"), |t| {
+            self.build_work_disk(t, size, seed_image)
+        })?;
+        Self::copy_of(&template, path)
+    }
+
+    fn grow(&self, path: &Path, size: u64) -> Result<()> {
+        self.grow_disk(path, size)
+    }
+}
+
+impl Ext4Disks {
+    fn build_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()> {
         let stage = self.staging()?;
         let tree = match seed_image {
             Some(image) => {
@@ -334,7 +405,7 @@ impl Disks for Ext4Disks {
             .inspect_err(|_| remove_quietly(path))
     }
 
-    fn grow(&self, path: &Path, size: u64) -> Result<()> {
+    fn grow_disk(&self, path: &Path, size: u64) -> Result<()> {
         let check = Cmd::new("e2fsck")
             .args(["-f", "-y"])
             .arg(path.to_string_lossy());
@@ -365,6 +436,55 @@ impl Disks for Ext4Disks {
         }
         Ok(())
     }
+}
+
+/// Copies a sparse file, data extents only (`SEEK_DATA`/`SEEK_HOLE` with
+/// `copy_file_range`), so a 64 GiB disk with 4 MiB written copies 4 MiB.
+pub fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let source = std::fs::File::open(from)?;
+    let len = source.metadata()?.len();
+    let target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    target.set_len(len)?;
+    let end =
+        i64::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let (src, dst) = (source.as_raw_fd(), target.as_raw_fd());
+    let mut offset: i64 = 0;
+    while offset < end {
+        // SAFETY: lseek on a descriptor we own; results are checked.
+        let data = unsafe { libc::lseek(src, offset, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut from_offset, mut to_offset) = (data, data);
+        while from_offset < hole {
+            let chunk = usize::try_from(hole - from_offset).unwrap_or(usize::MAX);
+            // SAFETY: both descriptors are open; the offsets are ours and updated by the kernel.
+            let copied = unsafe {
+                libc::copy_file_range(src, &mut from_offset, dst, &mut to_offset, chunk, 0)
+            };
+            if copied < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if copied == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        offset = hole;
+    }
+    Ok(())
 }
 
 fn set_len(path: &Path, size: u64) -> Result<()> {
@@ -593,7 +713,7 @@ mod tests {
     }
 
     fn disks(dir: &Path) -> Ext4Disks {
-        Ext4Disks::new(Arc::new(HostRunner), dir.join("scratch"))
+        Ext4Disks::new(Arc::new(HostRunner), dir.join("cache"))
     }
 
     #[test]
@@ -623,7 +743,11 @@ mod tests {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), OVERLAY_LABEL);
         assert!(
-            !tmp.path().join("scratch").read_dir().unwrap().any(|_| true),
+            !tmp.path()
+                .join("cache/scratch")
+                .read_dir()
+                .unwrap()
+                .any(|_| true),
             "staging cleaned up"
         );
     }
@@ -796,11 +920,100 @@ mod tests {
     }
 
     #[test]
+    fn disks_are_sparse_copies_of_one_template() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base_image(tmp.path(), 256 << 20);
+        let disks = disks(tmp.path());
+        for vm in ["a", "b"] {
+            disks
+                .create_overlay(&tmp.path().join(format!("{vm}-overlay.ext4")), 16 << 30)
+                .unwrap();
+            disks
+                .create_work_disk(
+                    &tmp.path().join(format!("{vm}-work.ext4")),
+                    1 << 30,
+                    Some(&base),
+                )
+                .unwrap();
+        }
+        let templates: Vec<_> = std::fs::read_dir(tmp.path().join("cache/templates"))
+            .unwrap()
+            .collect();
+        assert_eq!(
+            templates.len(),
+            2,
+            "one overlay and one work template, built once"
+        );
+        for file in ["a-overlay.ext4", "b-work.ext4"] {
+            let meta = std::fs::metadata(tmp.path().join(file)).unwrap();
+            assert!(
+                meta.blocks() * 512 < 64 << 20,
+                "{file} stays sparse: {} bytes",
+                meta.blocks() * 512
+            );
+        }
+        assert_eq!(
+            debugfs(&tmp.path().join("b-work.ext4"), "cat /.bashrc"),
+            "export BANGER=1\n"
+        );
+        // A copy is a disk of its own: writing one leaves the other alone.
+        let written = vec![GuestFile {
+            path: "/only-a".into(),
+            content: GuestContent::File {
+                data: "a\n".into(),
+                mode: 0o644,
+            },
+        }];
+        disks
+            .write_files(&tmp.path().join("a-overlay.ext4"), "/upper", &written)
+            .unwrap();
+        assert!(
+            debugfs(&tmp.path().join("b-overlay.ext4"), "ls /upper")
+                .find("only-a")
+                .is_none()
+        );
+        // A different size is a different template.
+        disks
+            .create_work_disk(&tmp.path().join("c-work.ext4"), 2 << 30, Some(&base))
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(tmp.path().join("c-work.ext4"))
+                .unwrap()
+                .len(),
+            2 << 30
+        );
+    }
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        let file = std::fs::File::create(&from).unwrap();
+        file.set_len(8 << 30).unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"start", 0).unwrap();
+        file.write_all_at(b"middle", 4 << 30).unwrap();
+        drop(file);
+        let to = tmp.path().join("to");
+        sparse_copy(&from, &to).unwrap();
+        let copied = std::fs::File::open(&to).unwrap();
+        let mut buf = [0u8; 6];
+        copied.read_exact_at(&mut buf, 4 << 30).unwrap();
+        assert_eq!(&buf, b"middle");
+        let meta = copied.metadata().unwrap();
+        assert_eq!(meta.len(), 8 << 30);
+        assert!(meta.blocks() * 512 < 1 << 20, "holes stay holes");
+    }
+
+    #[test]
     fn failed_format_leaves_no_file() {
         let tmp = tempfile::tempdir().unwrap();
         let runner = crate::process::RecordingRunner::new();
         runner.answer("mkfs.ext4", None, 1, "", "no space");
-        let disks = Ext4Disks::new(Arc::new(runner), tmp.path().join("scratch"));
+        let disks = Ext4Disks::new(Arc::new(runner), tmp.path().join("cache"));
         let path = tmp.path().join("overlay.ext4");
         let err = disks.create_overlay(&path, 1 << 30).unwrap_err();
         assert!(err.to_string().contains("formatting"), "{err}");
