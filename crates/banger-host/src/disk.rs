@@ -171,9 +171,10 @@ impl Ext4Disks {
         self.set_root_owner(path, tree)
     }
 
-    /// Which of `dirs` exist in the image, from one read-only debugfs run:
-    /// each `ls -p` section that lists `.` is a directory that exists.
-    fn existing_dirs(
+    /// Which of `dirs` exist in the image, and the entries inside them (as
+    /// `dir/name`), from one read-only debugfs run: each `ls -p` section that
+    /// lists `.` is a directory that exists.
+    fn existing_entries(
         &self,
         image: &Path,
         scratch: &Path,
@@ -202,7 +203,11 @@ impl Ext4Disks {
                 .trim()
                 .trim_matches('"')
                 .to_owned();
-            if lines.any(|l| l.split('/').nth(5) == Some(".")) {
+            let names: Vec<&str> = lines.filter_map(|l| l.split('/').nth(5)).collect();
+            if names.contains(&".") {
+                for name in names.iter().filter(|n| !matches!(**n, "." | "..")) {
+                    found.insert(format!("{dir}/{name}"));
+                }
                 found.insert(dir);
             }
         }
@@ -263,7 +268,6 @@ impl Disks for Ext4Disks {
                 path.trim_start_matches('/')
             )
         };
-        // First, what may fail harmlessly: parents that exist, files that do not.
         let mut dirs = std::collections::BTreeSet::new();
         for f in files {
             let mut parent = Path::new(&inside(&f.path)).parent().map(Path::to_path_buf);
@@ -272,32 +276,21 @@ impl Disks for Ext4Disks {
                 parent = dir.parent().map(Path::to_path_buf);
             }
         }
-        // debugfs's mkdir of an existing directory orphans an inode, so
-        // only missing directories are made.
-        let existing = self.existing_dirs(image, &stage.0, &dirs)?;
+        // debugfs's mkdir of an existing directory orphans an inode, and rm
+        // of a missing file complains: one read-only probe says what exists,
+        // then one write does exactly what is needed.
+        let existing = self.existing_entries(image, &stage.0, &dirs)?;
         let missing: Vec<&String> = dirs.iter().filter(|d| !existing.contains(*d)).collect();
-        let mut prepare = String::new();
+        let mut write = String::new();
         for dir in &missing {
-            prepare.push_str(&format!("mkdir {}\n", debugfs_quote(Path::new(dir))));
+            write.push_str(&format!("mkdir {}\n", debugfs_quote(Path::new(dir))));
         }
         for f in files {
-            prepare.push_str(&format!(
-                "rm {}\n",
-                debugfs_quote(Path::new(&inside(&f.path)))
-            ));
+            let path = inside(&f.path);
+            if existing.contains(&path) {
+                write.push_str(&format!("rm {}\n", debugfs_quote(Path::new(&path))));
+            }
         }
-        let script = stage.0.join("prepare.cmd");
-        std::fs::write(&script, prepare).map_err(|e| DiskError::Scratch(script.clone(), e))?;
-        let cmd = Cmd::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(script.to_string_lossy())
-            .arg(image.to_string_lossy());
-        self.runner
-            .output(&cmd)
-            .map_err(|e| DiskError::Write(image.into(), e))?;
-        // Then what must succeed.
-        let mut write = String::new();
         for dir in &missing {
             let quoted = debugfs_quote(Path::new(dir));
             write.push_str(&format!(
