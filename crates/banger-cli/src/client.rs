@@ -105,7 +105,8 @@ impl Client {
         }
     }
 
-    pub fn call<T: DeserializeOwned>(&mut self, method: &str, params: impl Serialize) -> Result<T> {
+    /// The result's JSON text as the daemon wrote it.
+    pub fn call_raw(&mut self, method: &str, params: impl Serialize) -> Result<String> {
         let params = serde_json::to_value(params).map_err(ClientError::Decode)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -125,7 +126,16 @@ impl Client {
         if let Some(error) = response.error {
             return Err(ClientError::Rpc(error));
         }
-        serde_json::from_value(response.result.unwrap_or_default()).map_err(ClientError::Decode)
+        let raw = response
+            .result
+            .map(|r| r.get().to_owned())
+            .unwrap_or_else(|| "null".to_owned());
+        Ok(raw)
+    }
+
+    pub fn call<T: DeserializeOwned>(&mut self, method: &str, params: impl Serialize) -> Result<T> {
+        let raw = self.call_raw(method, params)?;
+        serde_json::from_str(&raw).map_err(ClientError::Decode)
     }
 }
 

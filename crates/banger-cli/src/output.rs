@@ -6,9 +6,27 @@ use banger_proto::validate::format_size;
 use banger_proto::{BatchResult, Image, Vm, VmStats};
 use serde::Serialize;
 
+/// Pretty for a terminal, one compact line for pipes (as `gh` does).
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+    if out.is_terminal() {
+        serde_json::to_writer_pretty(&mut out, value)?;
+    } else {
+        serde_json::to_writer(&mut out, value)?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The daemon's JSON as it came, or pretty-printed for a terminal.
+pub fn print_raw_json(raw: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return print_json(&serde_json::from_str::<serde_json::Value>(raw)?);
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(raw.as_bytes())?;
     writeln!(out)?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use banger_proto::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -134,7 +135,11 @@ impl Daemon {
         self.shutdown.send_replace(true);
     }
 
-    pub async fn dispatch(self: &Arc<Self>, name: &str, params: Value) -> Result<Value, RpcError> {
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        name: &str,
+        params: Value,
+    ) -> Result<Box<RawValue>, RpcError> {
         let started = Instant::now();
         let result = self.route(name, params).await;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -145,7 +150,7 @@ impl Daemon {
         result
     }
 
-    async fn route(self: &Arc<Self>, name: &str, params: Value) -> Result<Value, RpcError> {
+    async fn route(self: &Arc<Self>, name: &str, params: Value) -> Result<Box<RawValue>, RpcError> {
         let store = self.lifecycle.store();
         match name {
             method::DAEMON_STATUS => reply(self.status()?),
@@ -267,7 +272,11 @@ impl Daemon {
     }
 
     /// Runs `action` on every ref concurrently; one item per ref, in order.
-    async fn batch<F>(self: &Arc<Self>, refs: Vec<String>, action: F) -> Result<Value, RpcError>
+    async fn batch<F>(
+        self: &Arc<Self>,
+        refs: Vec<String>,
+        action: F,
+    ) -> Result<Box<RawValue>, RpcError>
     where
         F: Fn(&Arc<Lifecycle>, &str) -> lifecycle::Result<VmRecord> + Send + Sync + 'static,
     {
@@ -368,7 +377,7 @@ fn parse<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ApiError
     })
 }
 
-fn reply<T: Serialize>(value: T) -> Result<Value, RpcError> {
-    serde_json::to_value(value)
+fn reply<T: Serialize>(value: T) -> Result<Box<RawValue>, RpcError> {
+    serde_json::value::to_raw_value(&value)
         .map_err(|e| RpcError::new(ErrorKind::Internal, format!("encoding the result: {e}")))
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The largest request or response line either side accepts, newline excluded.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -29,18 +30,20 @@ impl Request {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `result` stays raw JSON: serialized once by the daemon, and passed
+/// through or parsed once by the client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub jsonrpc: String,
     pub id: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RpcError>,
 }
 
 impl Response {
-    pub fn success(id: Value, result: Value) -> Self {
+    pub fn success(id: Value, result: Box<RawValue>) -> Self {
         Self {
             jsonrpc: JSONRPC_VERSION.to_owned(),
             id,

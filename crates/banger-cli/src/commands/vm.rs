@@ -47,10 +47,10 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCommand::List(flags) => {
-            let vms: Vec<Vm> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
             if flags.json {
-                output::print_json(&vms)?;
+                output::print_raw_json(&ctx.client()?.call_raw(method::VM_LIST, Value::Null)?)?;
             } else {
+                let vms: Vec<Vm> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
                 print!("{}", output::vm_table(&vms, output::now()));
             }
             Ok(ExitCode::SUCCESS)
