@@ -34,7 +34,7 @@ pub enum ClientError {
     Log(PathBuf, #[source] std::io::Error),
     #[error(
         "bangerd exited ({status}) before it was ready; see {log}{tail}",
-        tail = tail_text(.log_tail)
+        tail = banger_host::procfs::tail_suffix(.log_tail)
     )]
     DaemonExited {
         status: std::process::ExitStatus,
@@ -43,7 +43,7 @@ pub enum ClientError {
     },
     #[error(
         "bangerd did not answer on {socket} within {timeout:?}; see {log}{tail}",
-        tail = tail_text(.log_tail)
+        tail = banger_host::procfs::tail_suffix(.log_tail)
     )]
     StartTimeout {
         socket: PathBuf,
@@ -61,14 +61,6 @@ pub enum ClientError {
     Decode(#[source] serde_json::Error),
     #[error(transparent)]
     Rpc(#[from] RpcError),
-}
-
-fn tail_text(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(":\n    {}", lines.join("\n    "))
-    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -203,7 +195,7 @@ fn start_daemon(paths: &Paths) -> Result<Client> {
             return Err(ClientError::DaemonExited {
                 status,
                 log: paths.log_file.clone(),
-                log_tail: log_tail(&paths.log_file, 5),
+                log_tail: banger_host::procfs::log_tail(&paths.log_file, 5),
             });
         }
         if Instant::now() > deadline {
@@ -211,7 +203,7 @@ fn start_daemon(paths: &Paths) -> Result<Client> {
                 socket: paths.socket.clone(),
                 timeout: START_TIMEOUT,
                 log: paths.log_file.clone(),
-                log_tail: log_tail(&paths.log_file, 5),
+                log_tail: banger_host::procfs::log_tail(&paths.log_file, 5),
             });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -229,15 +221,4 @@ fn wait_for_other_daemon(paths: &Paths) -> Result<Client> {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-}
-
-pub fn log_tail(path: &Path, lines: usize) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }

@@ -204,15 +204,7 @@ impl IpTablesNetwork {
                 program: program.to_owned(),
             });
         }
-        Err(ProcessError::Failed {
-            cmd: cmd.to_string(),
-            status: out
-                .code
-                .map(|c| format!("exit status {c}"))
-                .unwrap_or_else(|| "killed by a signal".into()),
-            stderr: out.stderr,
-        }
-        .into())
+        Err(ProcessError::failed(&cmd, out).into())
     }
 
     /// Runs a check-style command: exit 0 is yes, 1 is no, anything else an error.

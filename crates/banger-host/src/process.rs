@@ -34,6 +34,20 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
+impl ProcessError {
+    /// A command that ran and exited non-zero (or was killed).
+    pub fn failed(cmd: &Cmd, out: CmdOutput) -> Self {
+        Self::Failed {
+            cmd: cmd.to_string(),
+            status: out
+                .code
+                .map(|c| format!("exit status {c}"))
+                .unwrap_or_else(|| "killed by a signal".into()),
+            stderr: out.stderr,
+        }
+    }
+}
+
 /// The Debian package that provides a program, for "install X" hints.
 pub fn package_of(program: &str) -> &'static str {
     match program {
@@ -112,14 +126,7 @@ pub trait Runner: Send + Sync + fmt::Debug {
         if out.code == Some(0) {
             Ok(out.stdout)
         } else {
-            Err(ProcessError::Failed {
-                cmd: cmd.to_string(),
-                status: out
-                    .code
-                    .map(|c| format!("exit status {c}"))
-                    .unwrap_or_else(|| "killed by a signal".into()),
-                stderr: out.stderr,
-            })
+            Err(ProcessError::failed(cmd, out))
         }
     }
 }

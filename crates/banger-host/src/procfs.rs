@@ -65,9 +65,41 @@ pub fn disk_usage(path: &Path) -> Option<(u64, u64)> {
     Some((meta.blocks() * 512, meta.len()))
 }
 
+/// The last `lines` non-empty lines of a log file (empty if unreadable),
+/// for error messages that show why a process died.
+pub fn log_tail(path: &Path, lines: usize) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
+}
+
+/// `:\n    line\n    line` after a message, or nothing without lines.
+pub fn tail_suffix(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(":\n    {}", lines.join("\n    "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_tails_skip_blank_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        std::fs::write(&log, "one\n\ntwo\nthree\n").unwrap();
+        assert_eq!(log_tail(&log, 2), ["two", "three"]);
+        assert_eq!(tail_suffix(&log_tail(&log, 1)), ":\n    three");
+        assert!(log_tail(&tmp.path().join("missing"), 3).is_empty());
+    }
 
     #[test]
     fn parses_names_with_spaces_and_parens() {

@@ -153,23 +153,19 @@ pub fn kill_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-pub fn tail(path: &Path, lines: usize) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
-}
+pub use banger_host::procfs::{log_tail as tail, tail_suffix};
 
-pub fn tail_suffix(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(":\n    {}", lines.join("\n    "))
-    }
+/// The VMM's log, opened for appending twice: its stdout and its stderr.
+pub fn log_files(path: &Path) -> crate::Result<(std::fs::File, std::fs::File)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| crate::VmmError::Log(path.into(), e))?;
+    let copy = file
+        .try_clone()
+        .map_err(|e| crate::VmmError::Log(path.into(), e))?;
+    Ok((file, copy))
 }
 
 #[cfg(test)]

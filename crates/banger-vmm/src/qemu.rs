@@ -114,7 +114,7 @@ impl Qemu {
         let socket = spec.vm_dir.join(VHOST_SOCKET);
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&spec.vsock_path);
-        let (out, err) = log_files(&spec.log_path)?;
+        let (out, err) = process::log_files(&spec.log_path)?;
         let mut command = Command::new(&self.vsock_helper);
         command
             .arg("--guest-cid")
@@ -152,18 +152,6 @@ impl Qemu {
         let _ = std::fs::write(spec.vm_dir.join(VHOST_PID), child.id().to_string());
         Ok(child)
     }
-}
-
-fn log_files(path: &Path) -> Result<(std::fs::File, std::fs::File)> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| VmmError::Log(path.into(), e))?;
-    let copy = file
-        .try_clone()
-        .map_err(|e| VmmError::Log(path.into(), e))?;
-    Ok((file, copy))
 }
 
 /// One QMP command after the capabilities handshake.
@@ -213,7 +201,7 @@ impl Vmm for Qemu {
         let qmp_socket = spec.vm_dir.join(QMP_SOCKET);
         let _ = std::fs::remove_file(&qmp_socket);
         let mut helper = self.start_vsock_helper(spec)?;
-        let (out, err) = log_files(&spec.log_path)?;
+        let (out, err) = process::log_files(&spec.log_path)?;
         let mut command = Command::new(&self.binary);
         command
             .args(Self::args(spec))

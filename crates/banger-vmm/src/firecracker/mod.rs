@@ -3,7 +3,6 @@
 
 pub mod api;
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -117,14 +116,7 @@ impl Vmm for Firecracker {
         // one can only be from a dead VMM of this VM.
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&spec.vsock_path);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_path)
-            .map_err(|e| VmmError::Log(spec.log_path.clone(), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| VmmError::Log(spec.log_path.clone(), e))?;
+        let (log, log_err) = process::log_files(&spec.log_path)?;
         let mut command = Command::new(&self.binary);
         command
             .arg("--api-sock")
