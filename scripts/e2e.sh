@@ -177,6 +177,17 @@ check "no TAP with banger's prefix remains" test "$(ip -o link show | grep -c ' 
 check "no iptables rule of the VMs remains" test "$(iptables-save | grep -c 'banger:')" = 0
 check "no vsock socket remains" test -z "$(find "$state/vms" -name '*.sock' 2>/dev/null)"
 
+say "== 9. make install: the installed binaries find their bundle without the checkout"
+prefix="$world/prefix"
+if make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
+    source_of_bundle=$(cd / && env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \
+        "$prefix/bin/banger" doctor --json | python3 -c 'import json,sys; print([c["detail"] for c in json.load(sys.stdin) if c["name"] == "runtime bundle"][0])')
+    check "doctor from the prefix finds $prefix/lib/banger ($source_of_bundle)" grep -q "^$prefix/lib/banger (Installed)" <<<"$source_of_bundle"
+else
+    check "make install PREFIX=$prefix" false
+    tail -n 20 "$world/install.log"
+fi
+
 say ""
 say "e2e: $passed passed, $failed failed"
 [ "$failed" = 0 ]
