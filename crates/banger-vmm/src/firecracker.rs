@@ -1,6 +1,7 @@
 //! The Firecracker backend: `firecracker --api-sock <vm dir>/firecracker.sock`,
 //! configured over its API, then `InstanceStart`.
 
+#[path = "firecracker_api.rs"]
 pub mod api;
 
 use std::path::{Path, PathBuf};
