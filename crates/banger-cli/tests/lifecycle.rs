@@ -44,6 +44,10 @@ fn create_inspect_stop_start_set_and_delete() {
         "vm", "create", "--name", "buildbox", "--vcpu", "4", "--memory", "4096",
     ]);
     assert!(
+        text.contains("backend fake: fake VMM for tests"),
+        "create says which backend and why: {text}"
+    );
+    assert!(
         text.starts_with("created buildbox (") && text.contains("banger vm ssh buildbox"),
         "{text}"
     );

@@ -270,7 +270,15 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
     // Host tools and privileges for storage, network, NAT, SSH and image builds.
     checks.extend(storage_checks(probe));
     checks.extend(network_checks(probe));
-    checks.extend(nat_checks(probe));
+    // NAT is per VM and optional: its tools are a warning here; a create
+    // with --nat refuses without them (preflight).
+    checks.extend(nat_checks(probe).into_iter().map(|mut check| {
+        if check.status == banger_proto::check::CheckStatus::Fail {
+            check.status = banger_proto::check::CheckStatus::Warn;
+            check.detail = format!("{} (only VMs with --nat need it)", check.detail);
+        }
+        check
+    }));
     checks.push(probe.tool("ssh", "banger vm ssh"));
     let forwarding =
         std::fs::read_to_string(probe.proc_dir.join("sys/net/ipv4/ip_forward")).unwrap_or_default();
@@ -462,7 +470,7 @@ mod tests {
             (
                 "bin/iptables",
                 "iptables",
-                CheckStatus::Fail,
+                CheckStatus::Warn,
                 "install iptables",
             ),
             (

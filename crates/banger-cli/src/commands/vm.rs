@@ -22,7 +22,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 memory_mib: args.memory,
                 disk_size: args.disk_size,
                 nat: args.nat,
-                vmm: args.vmm,
+                vmm: args.vmm.clone(),
             };
             let vm: Vm = ctx.client()?.call(method::VM_CREATE, params)?;
             if args.output.json {
@@ -37,6 +37,14 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     vm.guest_ip.as_deref().unwrap_or("-"),
                     vm.name
                 );
+            }
+            if !args.output.json && args.vmm.is_none() {
+                // Say why this backend: the daemon chose it for this host.
+                let status: banger_proto::DaemonStatus =
+                    ctx.client()?.call(method::DAEMON_STATUS, Value::Null)?;
+                if let Some(reason) = status.vmm.strip_prefix(&format!("{}: ", vm.vmm)) {
+                    println!("backend {}: {reason}", vm.vmm);
+                }
             }
             if args.wait.wait {
                 super::wait::until_ssh(
