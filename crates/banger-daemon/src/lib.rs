@@ -68,7 +68,10 @@ impl Deps {
                 Arc::new(HostRunner),
                 paths.cache_dir.clone(),
             )),
-            network: Arc::new(IpTablesNetwork::for_this_user(Arc::new(HostRunner))),
+            network: Arc::new(
+                IpTablesNetwork::for_this_user(Arc::new(HostRunner))
+                    .with_owner(&paths.instance_tag()),
+            ),
             stop_timeouts: lifecycle::StopTimeouts::default(),
             public_keys: public_keys(config, runtime_dir),
         }

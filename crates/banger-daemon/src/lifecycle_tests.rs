@@ -694,13 +694,17 @@ fn reconcile_repairs_rules_and_removes_orphans() {
             ..Default::default()
         })
         .unwrap();
+    let idle = fx.create("idle");
+    fx.lifecycle.stop(&idle.id).unwrap();
+    let idle_tap = idle.tap.clone().unwrap();
     fx.lifecycle.retire();
     fx.network.with_state(|state| {
         state.nat.clear(); // a rule deleted by hand
         state
             .nat
             .insert("ghost".into(), "10.219.0.99".parse().unwrap()); // an orphan rule
-        state.taps.insert("bg-0123456789".into(), 0); // an orphan TAP
+        state.taps.insert(idle_tap.clone(), 0); // a stopped VM's TAP left behind
+        state.taps.insert("bg-f0reign000".into(), 0); // another daemon's TAP
     });
     let dns = crate::capabilities::DnsTable::default();
     let fresh = build(&fx.paths, &fx.store, &fx.vmm, &fx.disks, &fx.network, &dns);
@@ -713,10 +717,17 @@ fn reconcile_repairs_rules_and_removes_orphans() {
         [&vm.id],
         "missing rule back, orphan gone"
     );
-    assert_eq!(
-        state.taps.keys().collect::<Vec<_>>(),
-        [vm.tap.as_ref().unwrap()],
-        "orphan TAP gone"
+    assert!(
+        !state.taps.contains_key(&idle_tap),
+        "the stopped VM's TAP is gone"
+    );
+    assert!(
+        state.taps.contains_key(vm.tap.as_ref().unwrap()),
+        "the running VM keeps its TAP"
+    );
+    assert!(
+        state.taps.contains_key("bg-f0reign000"),
+        "a TAP this daemon never made is left alone"
     );
     assert_eq!(
         dns.lookup("keep").map(|ip| ip.to_string()).as_deref(),
@@ -834,26 +845,68 @@ fn real_network_follows_the_vm_lifecycle() {
             "-m",
             "comment",
             "--comment",
-            "banger:ghost",
+            "banger:default:ghost",
             "-j",
             "MASQUERADE",
         ]))
         .unwrap();
-    assert_eq!(banger_rules().len(), 3);
+    // Another daemon's rule and TAP on the same host: never this one's to prune.
+    let foreign = [
+        "-t",
+        "nat",
+        "-A",
+        "BANGER-POSTROUTING",
+        "-s",
+        "10.219.0.98/32",
+        "-m",
+        "comment",
+        "--comment",
+        "banger:otherdaemon:x",
+        "-j",
+        "MASQUERADE",
+    ];
+    runner.run(&Cmd::new("iptables").args(foreign)).unwrap();
+    runner
+        .run(&Cmd::new("ip").args(["tuntap", "add", "dev", "bg-f0reign000", "mode", "tap"]))
+        .unwrap();
+    assert_eq!(banger_rules().len(), 4);
     let restarted = build(&fx.paths, &fx.store, &fx.vmm, &fx.disks, &real, &fx.dns);
     let report = restarted.reconcile().unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let rules = banger_rules();
-    assert_eq!(rules.len(), 3, "{rules:?}");
+    let ours: Vec<&String> = rules
+        .iter()
+        .filter(|r| r.contains("banger:default:"))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        3,
+        "the hand-deleted rule is back and the orphan gone: {rules:?}"
+    );
     assert!(
-        rules.iter().all(|r| r.contains(&vm.id)) && rules.iter().any(|r| r.contains("MASQUERADE")),
+        ours.iter().all(|r| r.contains(&vm.id)) && ours.iter().any(|r| r.contains("MASQUERADE")),
         "{rules:?}"
+    );
+    assert!(
+        rules.iter().any(|r| r.contains("banger:otherdaemon:x")),
+        "another daemon's rule stays: {rules:?}"
+    );
+    assert!(
+        taps().contains(&"bg-f0reign000".to_owned()),
+        "another daemon's TAP stays"
     );
 
     restarted.delete(&vm.id).unwrap();
+    assert_eq!(
+        taps(),
+        ["bg-f0reign000"],
+        "delete leaves no TAP of this daemon's"
+    );
     assert!(
-        taps().is_empty() && banger_rules().is_empty(),
-        "delete leaves nothing with banger's prefix"
+        banger_rules()
+            .iter()
+            .all(|r| !r.contains("banger:default:")),
+        "delete leaves no rule of this daemon's"
     );
 }
 

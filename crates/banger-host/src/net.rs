@@ -20,7 +20,8 @@ pub const BRIDGE: &str = "banger0";
 pub const TAP_PREFIX: &str = "bg-";
 pub const NAT_CHAIN: &str = "BANGER-POSTROUTING";
 pub const FORWARD_CHAIN: &str = "BANGER-FORWARD";
-/// Marks the rules of one VM: `banger:<vm id>`.
+/// Marks the rules of one VM: `banger:<owner>:<vm id>`, where the owner
+/// tag tells one daemon's rules from another's on the same host.
 pub const COMMENT_PREFIX: &str = "banger:";
 
 #[derive(Debug, Error)]
@@ -168,12 +169,28 @@ pub trait HostNetwork: Send + Sync + fmt::Debug {
 pub struct IpTablesNetwork {
     runner: Arc<dyn Runner>,
     sudo: bool,
+    /// This daemon's tag in rule comments: it prunes only its own rules.
+    owner: String,
 }
 
 impl IpTablesNetwork {
     /// `sudo` prefixes every command with `sudo -n` (when not root).
     pub fn new(runner: Arc<dyn Runner>, sudo: bool) -> Self {
-        Self { runner, sudo }
+        Self {
+            runner,
+            sudo,
+            owner: "default".into(),
+        }
+    }
+
+    /// Tags this daemon's rules (see [`crate::Paths::instance_tag`]).
+    pub fn with_owner(mut self, owner: &str) -> Self {
+        self.owner = owner.to_owned();
+        self
+    }
+
+    fn marker(&self) -> String {
+        format!("{COMMENT_PREFIX}{}:", self.owner)
     }
 
     pub fn for_this_user(runner: Arc<dyn Runner>) -> Self {
@@ -235,8 +252,8 @@ impl IpTablesNetwork {
         Ok(out.code == Some(0))
     }
 
-    fn nat_rule_args(rule: &NatRule) -> (Vec<String>, Vec<String>, Vec<String>) {
-        let comment = format!("{COMMENT_PREFIX}{}", rule.vm_id);
+    fn nat_rule_args(&self, rule: &NatRule) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let comment = format!("{}{}", self.marker(), rule.vm_id);
         let ip = format!("{}/32", rule.guest_ip);
         let masquerade = vec![
             "-s".into(),
@@ -385,7 +402,7 @@ impl HostNetwork for IpTablesNetwork {
 
     fn add_nat(&self, rule: &NatRule) -> Result<()> {
         self.ensure_nat_chains()?;
-        let (masquerade, outbound, inbound) = Self::nat_rule_args(rule);
+        let (masquerade, outbound, inbound) = self.nat_rule_args(rule);
         self.ensure_rule("nat", NAT_CHAIN, &masquerade)?;
         self.ensure_rule("filter", FORWARD_CHAIN, &outbound)?;
         self.ensure_rule("filter", FORWARD_CHAIN, &inbound)?;
@@ -393,7 +410,7 @@ impl HostNetwork for IpTablesNetwork {
     }
 
     fn remove_nat(&self, vm_id: &str) -> Result<()> {
-        let marker = format!("{COMMENT_PREFIX}{vm_id}");
+        let marker = format!("{}{vm_id}", self.marker());
         for (table, chain) in [("nat", NAT_CHAIN), ("filter", FORWARD_CHAIN)] {
             for line in self.chain_rules(table, chain)? {
                 if line.contains(&marker) {
@@ -417,7 +434,7 @@ impl HostNetwork for IpTablesNetwork {
                 if let Some(id) = line
                     .split_whitespace()
                     .map(|w| w.trim_matches('"'))
-                    .find_map(|w| w.strip_prefix(COMMENT_PREFIX))
+                    .find_map(|w| w.strip_prefix(self.marker().as_str()))
                     && !ids.iter().any(|i| i == id)
                 {
                     ids.push(id.to_owned());
@@ -720,7 +737,7 @@ mod tests {
         })
         .unwrap();
         let lines = runner.lines();
-        assert!(lines.iter().any(|l| l == "iptables -w -t nat -A BANGER-POSTROUTING -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:abc -j MASQUERADE"), "{lines:#?}");
+        assert!(lines.iter().any(|l| l == "iptables -w -t nat -A BANGER-POSTROUTING -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:default:abc -j MASQUERADE"), "{lines:#?}");
         assert!(
             lines
                 .iter()

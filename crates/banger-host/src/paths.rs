@@ -107,6 +107,19 @@ impl Paths {
         })
     }
 
+    /// A short, stable tag for this state directory: marks host resources
+    /// (iptables rules) as this daemon's, so two daemons on one host never
+    /// prune each other's.
+    pub fn instance_tag(&self) -> String {
+        // FNV-1a: stable across runs and Rust versions, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.state_dir.to_string_lossy().bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:08x}", hash >> 32)
+    }
+
     pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
         self.vms_dir.join(vm_id)
     }

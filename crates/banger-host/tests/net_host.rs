@@ -48,7 +48,8 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
     let Some(runner) = namespace("net") else {
         return;
     };
-    let net = IpTablesNetwork::new(runner.clone(), false);
+    let net = IpTablesNetwork::new(runner.clone(), false).with_owner("t1");
+    let other = IpTablesNetwork::new(runner.clone(), false).with_owner("t2");
     let pool = Pool::parse("10.219.0.0/24").unwrap();
 
     net.ensure_bridge(&pool).unwrap();
@@ -77,11 +78,11 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
         [
             ":BANGER-FORWARD - [0:0]",
             "-A FORWARD -j BANGER-FORWARD",
-            "-A BANGER-FORWARD -s 10.219.0.2/32 -i banger0 -m comment --comment \"banger:aa12bb34\" -j ACCEPT",
-            "-A BANGER-FORWARD -d 10.219.0.2/32 -o banger0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"banger:aa12bb34\" -j ACCEPT",
+            "-A BANGER-FORWARD -s 10.219.0.2/32 -i banger0 -m comment --comment \"banger:t1:aa12bb34\" -j ACCEPT",
+            "-A BANGER-FORWARD -d 10.219.0.2/32 -o banger0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"banger:t1:aa12bb34\" -j ACCEPT",
             ":BANGER-POSTROUTING - [0:0]",
             "-A POSTROUTING -j BANGER-POSTROUTING",
-            "-A BANGER-POSTROUTING -s 10.219.0.2/32 ! -o banger0 -m comment --comment \"banger:aa12bb34\" -j MASQUERADE",
+            "-A BANGER-POSTROUTING -s 10.219.0.2/32 ! -o banger0 -m comment --comment \"banger:t1:aa12bb34\" -j MASQUERADE",
         ],
         "exactly the expected rules, added once"
     );
@@ -90,6 +91,19 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
         .unwrap();
     assert_eq!(forward.trim(), "1");
     assert_eq!(net.nat_vms().unwrap(), ["aa12bb34"]);
+    assert!(
+        other.nat_vms().unwrap().is_empty(),
+        "another daemon does not see these rules as its own"
+    );
+    other.remove_nat("aa12bb34").unwrap();
+    assert_eq!(
+        rules(&runner)
+            .iter()
+            .filter(|r| r.contains("banger:t1:"))
+            .count(),
+        3,
+        "nor removes them"
+    );
 
     net.remove_nat("aa12bb34").unwrap();
     net.remove_nat("aa12bb34").unwrap();

@@ -108,17 +108,20 @@ impl Capability for NetworkCapability {
         }
     }
 
-    fn reconcile(&self, _vms: &[VmRecord], running: &[&VmRecord]) -> Result<()> {
-        let owned: Vec<&str> = running.iter().filter_map(|vm| vm.tap.as_deref()).collect();
-        for tap in self
+    /// Removes TAPs of this daemon's VMs that are not running. TAPs it has
+    /// no record of may be another daemon's, and are left alone; every TAP
+    /// this daemon makes is recorded on its VM before it exists.
+    fn reconcile(&self, vms: &[VmRecord], running: &[&VmRecord]) -> Result<()> {
+        let present = self
             .net
             .list_taps()
-            .map_err(|e| Self::fail("listing TAP devices", e))?
-        {
-            if !owned.contains(&tap.as_str()) {
-                tracing::info!(tap = %tap, "removing a TAP no running VM owns");
+            .map_err(|e| Self::fail("listing TAP devices", e))?;
+        for tap in vms.iter().filter_map(|vm| vm.tap.as_deref()) {
+            let in_use = running.iter().any(|vm| vm.tap.as_deref() == Some(tap));
+            if !in_use && present.iter().any(|p| p == tap) {
+                tracing::info!(tap = %tap, "removing the TAP of a VM that is not running");
                 self.net
-                    .delete_tap(&tap)
+                    .delete_tap(tap)
                     .map_err(|e| Self::fail("removing an orphan TAP", e))?;
             }
         }
