@@ -14,6 +14,8 @@ boot_timeout=${BANGER_E2E_BOOT_TIMEOUT:-240}
 passed=0
 failed=0
 world=$(mktemp -d /tmp/banger-e2e-XXXXXX)
+# The caller's HOME, for cargo/rustup (make install builds).
+real_home=$HOME
 export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
 unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
 mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
@@ -179,7 +181,7 @@ check "no vsock socket remains" test -z "$(find "$state/vms" -name '*.sock' 2>/d
 
 say "== 9. make install: the installed binaries find their bundle without the checkout"
 prefix="$world/prefix"
-if make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
+if HOME="$real_home" make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
     source_of_bundle=$(cd / && env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \
         "$prefix/bin/banger" doctor --json | python3 -c 'import json,sys; print([c["detail"] for c in json.load(sys.stdin) if c["name"] == "runtime bundle"][0])')
     check "doctor from the prefix finds $prefix/lib/banger ($source_of_bundle)" grep -q "^$prefix/lib/banger (Installed)" <<<"$source_of_bundle"
