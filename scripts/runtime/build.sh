@@ -13,13 +13,26 @@
 # current. Needs root (mmdebstrap in root mode), apt, mmdebstrap, lz4,
 # busybox-static, e2fsprogs, kmod, cpio, ssh-keygen.
 #
-# Usage: scripts/runtime/build.sh [--only rootfs-docker] OUT_DIR
+# Usage: scripts/runtime/build.sh [--only rootfs|rootfs-docker] [--base-rootfs IMAGE] OUT_DIR
+#   --base-rootfs builds rootfs-docker.ext4 on top of an existing base image
+#   instead of a fresh mmdebstrap tree.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 only=""
-if [ "${1:-}" = "--only" ]; then only=$2; shift 2; fi
+base_rootfs=""
+while [ $# -gt 1 ]; do
+    case "$1" in
+        --only) only=$2; shift 2 ;;
+        --base-rootfs) base_rootfs=$(realpath "$2"); shift 2 ;;
+        *) break ;;
+    esac
+done
+if [ -n "$base_rootfs" ] && [ ! -f "$base_rootfs" ]; then
+    echo "build-runtime: --base-rootfs $base_rootfs does not exist" >&2
+    exit 1
+fi
 out=$(mkdir -p "${1:-$repo/runtime}" && cd "${1:-$repo/runtime}" && pwd)
 work=${BANGER_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/banger/runtime-build}
 mirror=${BANGER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -156,23 +169,57 @@ fi
 # --- images -------------------------------------------------------------------
 base_packages="systemd,systemd-sysv,udev,dbus,openssh-server,iproute2,iputils-ping,ca-certificates,kmod,procps,less,netbase"
 
-# build_image NAME LABEL EXTRA_PACKAGES: an mmdebstrap tree, customized, made into ext4 with mkfs.ext4 -d.
+# from_base TREE IMAGE EXTRA_PACKAGES: TREE becomes IMAGE's contents plus
+# EXTRA_PACKAGES installed in a chroot. The image itself is never mounted;
+# only the chroot gets /proc, /sys and /dev for apt.
+from_base() {
+    local tree=$1 image=$2 extra=$3
+    mkdir -p "$tree"
+    debugfs -R "rdump / $tree" "$image" >/dev/null 2>&1 || die "cannot unpack $image with debugfs"
+    rm -rf "$tree/lost+found"
+    [ -x "$tree/usr/bin/apt-get" ] || die "$image has no apt-get: not a Debian root filesystem"
+    local fs mounted=()
+    for fs in proc sys dev; do
+        mount --bind "/$fs" "$tree/$fs" && mounted+=("$tree/$fs")
+    done
+    # Services must not start inside the chroot while packages install.
+    printf '#!/bin/sh\nexit 101\n' > "$tree/usr/sbin/policy-rc.d" && chmod 0755 "$tree/usr/sbin/policy-rc.d"
+    cp /etc/resolv.conf "$tree/etc/resolv.conf"
+    local status=0
+    chroot "$tree" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${extra//,/ }" >/dev/null || status=$?
+    for fs in "${mounted[@]}"; do umount "$fs"; done
+    rm -f "$tree/usr/sbin/policy-rc.d"
+    [ "$status" = 0 ] || die "installing $extra on top of $image failed"
+}
+
+# build_image NAME EXTRA_PACKAGES: an mmdebstrap tree (or, for the Docker
+# image with --base-rootfs, the given base), customized, made into ext4
+# with mkfs.ext4 -d.
 build_image() {
     local name=$1 extra=$2
-    local inputs=("$suite" "$base_packages" "$extra" "$kver" "$recipe" "$(sha256sum "$out/banger-vsock-pingd" "$out/id_ed25519.pub" "$here"/*.service | cut -d' ' -f1 | tr '\n' ' ')")
+    local base_id=""
+    if [ -n "$base_rootfs" ] && [ "$name" = rootfs-docker.ext4 ]; then
+        base_id="$base_rootfs:$(stat -c '%s:%Y' "$base_rootfs")"
+    fi
+    local inputs=("$suite" "$base_packages" "$extra" "$kver" "$recipe" "$base_id" "$(sha256sum "$out/banger-vsock-pingd" "$out/id_ed25519.pub" "$here"/*.service | cut -d' ' -f1 | tr '\n' ' ')")
     if current "$name" "${inputs[@]}"; then
         note "$name is current"
         return
     fi
     local tree="$work/$name-tree"
     rm -rf "$tree"
-    local include=$base_packages
-    [ -n "$extra" ] && include="$include,$extra"
-    note "mmdebstrap $suite: $include"
-    mmdebstrap --quiet --mode=root --variant=minbase --include="$include" \
-        --customize-hook='chroot "$1" passwd -l root >/dev/null' \
-        "$suite" "$tree" \
-        "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
+    if [ -n "$base_id" ]; then
+        note "on top of $base_rootfs: $extra"
+        from_base "$tree" "$base_rootfs" "$extra"
+    else
+        local include=$base_packages
+        [ -n "$extra" ] && include="$include,$extra"
+        note "mmdebstrap $suite: $include"
+        mmdebstrap --quiet --mode=root --variant=minbase --include="$include" \
+            --customize-hook='chroot "$1" passwd -l root >/dev/null' \
+            "$suite" "$tree" \
+            "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
+    fi
     # The kernel's modules, so udev loads virtio_net and the vsock transport.
     mkdir -p "$tree/lib/modules" && cp -a "$out/modules/$kver" "$tree/lib/modules/"
     install -m 0755 "$out/banger-vsock-pingd" "$tree/usr/local/bin/banger-vsock-pingd"
