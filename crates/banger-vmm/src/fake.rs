@@ -93,26 +93,22 @@ impl Vmm for FakeVmm {
         let mut child = command
             .spawn()
             .map_err(|e| VmmError::Spawn("sh".into(), e))?;
-        let pid = child.id();
-        match crate::process::wait_for_path(&ready, &mut child, std::time::Duration::from_secs(5)) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => {
-                crate::process::kill_child(&mut child);
-                return Err(VmmError::Injected("fake VMM did not become ready".into()));
-            }
+        let ready_wait = std::time::Duration::from_secs(5);
+        if let Err(err) = crate::process::await_ready(
+            &mut child,
+            &ready,
+            Path::new("sh"),
+            &spec.log_path,
+            ready_wait,
+        ) {
+            crate::process::kill_child(&mut child);
+            return Err(err);
         }
-        let start_time = banger_host::procfs::stat(pid)
-            .map(|s| s.start_time)
-            .unwrap_or(0);
         self.launches
             .lock()
             .expect("launches lock")
             .push(spec.clone());
-        Ok(Launched {
-            pid,
-            start_time,
-            child: Some(child),
-        })
+        Ok(crate::process::launched(child))
     }
 
     fn checks(&self) -> Vec<banger_proto::check::Check> {

@@ -132,50 +132,27 @@ impl Vmm for Firecracker {
         let mut child = command
             .spawn()
             .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
-        let pid = child.id();
         let fail = |child: &mut std::process::Child, err: VmmError| {
             process::kill_child(child);
             let _ = std::fs::remove_file(&socket);
             let _ = std::fs::remove_file(&spec.vsock_path);
             Err(err)
         };
-        match process::wait_for_path(&socket, &mut child, SOCKET_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => {
-                return fail(
-                    &mut child,
-                    VmmError::SocketTimeout {
-                        socket: socket.clone(),
-                        seconds: SOCKET_TIMEOUT.as_secs(),
-                        log: spec.log_path.clone(),
-                    },
-                );
-            }
-            Err(status) => {
-                return fail(
-                    &mut child,
-                    VmmError::EarlyExit {
-                        binary: self.binary.display().to_string(),
-                        status: status.to_string(),
-                        log: spec.log_path.clone(),
-                        tail: process::tail(&spec.log_path, 5),
-                    },
-                );
-            }
+        if let Err(err) = process::await_ready(
+            &mut child,
+            &socket,
+            &self.binary,
+            &spec.log_path,
+            SOCKET_TIMEOUT,
+        ) {
+            return fail(&mut child, err);
         }
         for (step, path, body) in Self::requests(spec) {
             if let Err(source) = api::call(&socket, "PUT", &path, Some(&body), API_TIMEOUT) {
                 return fail(&mut child, VmmError::Configure { step, source });
             }
         }
-        let start_time = banger_host::procfs::stat(pid)
-            .map(|s| s.start_time)
-            .unwrap_or(0);
-        Ok(Launched {
-            pid,
-            start_time,
-            child: Some(child),
-        })
+        Ok(process::launched(child))
     }
 
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {

@@ -147,6 +147,45 @@ pub fn wait_for_path(
     }
 }
 
+/// Waits until `child` creates `ready` (the sign it can be used), or says
+/// why not: it exited first (with its log's tail) or took longer than `timeout`.
+/// The caller kills the child on error.
+pub fn await_ready(
+    child: &mut Child,
+    ready: &Path,
+    binary: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> crate::Result<()> {
+    match wait_for_path(ready, child, timeout) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(crate::VmmError::SocketTimeout {
+            socket: ready.to_path_buf(),
+            seconds: timeout.as_secs(),
+            log: log.to_path_buf(),
+        }),
+        Err(status) => Err(crate::VmmError::EarlyExit {
+            binary: binary.display().to_string(),
+            status: status.to_string(),
+            log: log.to_path_buf(),
+            tail: tail(log, 5),
+        }),
+    }
+}
+
+/// The record of a started VMM: its PID, start time and the child handle.
+pub fn launched(child: Child) -> crate::Launched {
+    let pid = child.id();
+    let start_time = banger_host::procfs::stat(pid)
+        .map(|s| s.start_time)
+        .unwrap_or(0);
+    crate::Launched {
+        pid,
+        start_time,
+        child: Some(child),
+    }
+}
+
 /// Kills and reaps a child we gave up on.
 pub fn kill_child(child: &mut Child) {
     let _ = child.kill();

@@ -130,24 +130,15 @@ impl Qemu {
         let mut child = command
             .spawn()
             .map_err(|e| VmmError::Spawn(self.vsock_helper.clone(), e))?;
-        match process::wait_for_path(&socket, &mut child, START_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => {
-                process::kill_child(&mut child);
-                return Err(VmmError::SocketTimeout {
-                    socket,
-                    seconds: START_TIMEOUT.as_secs(),
-                    log: spec.log_path.clone(),
-                });
-            }
-            Err(status) => {
-                return Err(VmmError::EarlyExit {
-                    binary: self.vsock_helper.display().to_string(),
-                    status: status.to_string(),
-                    log: spec.log_path.clone(),
-                    tail: process::tail(&spec.log_path, 5),
-                });
-            }
+        if let Err(err) = process::await_ready(
+            &mut child,
+            &socket,
+            &self.vsock_helper,
+            &spec.log_path,
+            START_TIMEOUT,
+        ) {
+            process::kill_child(&mut child);
+            return Err(err);
         }
         let _ = std::fs::write(spec.vm_dir.join(VHOST_PID), child.id().to_string());
         Ok(child)
@@ -217,21 +208,13 @@ impl Vmm for Qemu {
                 return Err(VmmError::Spawn(self.binary.clone(), e));
             }
         };
-        let failure = match process::wait_for_path(&qmp_socket, &mut child, START_TIMEOUT) {
-            Ok(true) => None,
-            Ok(false) => Some(VmmError::SocketTimeout {
-                socket: qmp_socket.clone(),
-                seconds: START_TIMEOUT.as_secs(),
-                log: spec.log_path.clone(),
-            }),
-            Err(status) => Some(VmmError::EarlyExit {
-                binary: self.binary.display().to_string(),
-                status: status.to_string(),
-                log: spec.log_path.clone(),
-                tail: process::tail(&spec.log_path, 5),
-            }),
-        };
-        if let Some(err) = failure {
+        if let Err(err) = process::await_ready(
+            &mut child,
+            &qmp_socket,
+            &self.binary,
+            &spec.log_path,
+            START_TIMEOUT,
+        ) {
             process::kill_child(&mut child);
             process::kill_child(&mut helper);
             self.cleanup(&spec.vm_dir);
@@ -241,15 +224,7 @@ impl Vmm for Qemu {
         std::thread::spawn(move || {
             let _ = helper.wait();
         });
-        let pid = child.id();
-        let start_time = banger_host::procfs::stat(pid)
-            .map(|s| s.start_time)
-            .unwrap_or(0);
-        Ok(Launched {
-            pid,
-            start_time,
-            child: Some(child),
-        })
+        Ok(process::launched(child))
     }
 
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
