@@ -188,14 +188,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .prefix("banger-bench-fc-")
         .tempdir()?;
     let home = tmp.path().to_path_buf();
-    let paths = Paths::from_vars(
-        |name| match name {
-            "HOME" => Some(home.clone().into()),
-            "XDG_RUNTIME_DIR" => Some(home.join("run").into()),
-            _ => None,
-        },
-        0,
-    )?;
+    let paths = Paths::under(&home)?;
     paths.ensure_daemon_dirs()?;
     let kernel = tmp.path().join("vmlinux");
     std::fs::write(&kernel, banger_vmm::testkit::spin_kernel())?;

@@ -126,11 +126,6 @@ pub fn bind_freebind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Binds the DNS listener; the caller decides what a failure means.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(addr).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

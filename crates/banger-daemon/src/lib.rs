@@ -50,15 +50,8 @@ pub struct Deps {
 impl Deps {
     /// The real host: Firecracker and e2fsprogs.
     pub fn host(paths: &Paths, config: &Config, runtime_dir: Option<&std::path::Path>) -> Self {
-        let firecracker = config
-            .firecracker_bin
-            .clone()
-            .or_else(|| {
-                runtime_dir
-                    .map(|d| d.join("firecracker"))
-                    .filter(|p| p.is_file())
-            })
-            .or_else(|| find_on_path("firecracker"))
+        let probe = banger_host::probe::Probe::host();
+        let firecracker = banger_host::doctor::firecracker_binary(&probe, config, runtime_dir)
             .unwrap_or_else(|| PathBuf::from("firecracker"));
         let (backends, vmm_reason) = choose_backends(config, firecracker);
         Self {
@@ -136,12 +129,6 @@ fn public_keys(config: &Config, runtime_dir: Option<&std::path::Path>) -> Vec<St
             Vec::new()
         }
     }
-}
-
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Parses `bangerd`'s arguments, loads config, logs to `bangerd.log`, and
@@ -268,7 +255,7 @@ pub async fn run(
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting socket {} to mode 0600", paths.socket.display()))?;
     let socket = paths.socket.clone();
-    let dns_socket = dns::bind(config.dns_listen).await;
+    let dns_socket = tokio::net::UdpSocket::bind(config.dns_listen).await;
     let dns_error = dns_socket
         .as_ref()
         .err()

@@ -31,15 +31,7 @@ const QUICK: StopTimeouts = StopTimeouts {
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().to_path_buf();
-    let paths = Paths::from_vars(
-        |name| match name {
-            "HOME" => Some(home.clone().into()),
-            "XDG_RUNTIME_DIR" => Some(home.join("run").into()),
-            _ => None,
-        },
-        0,
-    )
-    .unwrap();
+    let paths = Paths::under(&home).unwrap();
     paths.ensure_daemon_dirs().unwrap();
     let store = Arc::new(Store::open(&paths.db_file).unwrap());
     let bundle = tmp.path().join("bundle");

@@ -120,6 +120,22 @@ impl Paths {
         format!("{:08x}", hash >> 32)
     }
 
+    /// Every path under `home`, the runtime directory at `home/run`: a
+    /// self-contained tree for tests and benchmarks.
+    pub fn under(home: &Path) -> Result<Self> {
+        let home = home.to_path_buf();
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        Self::from_vars(
+            |name| match name {
+                "HOME" => Some(home.clone().into()),
+                "XDG_RUNTIME_DIR" => Some(home.join("run").into()),
+                _ => None,
+            },
+            uid,
+        )
+    }
+
     pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
         self.vms_dir.join(vm_id)
     }

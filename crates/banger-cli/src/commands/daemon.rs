@@ -83,9 +83,8 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
 /// never races the old daemon.
 fn wait_for_exit(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(35);
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
     let released = || std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim().is_empty());
-    while proc_dir.exists() && !is_zombie(&proc_dir) && !released() {
+    while banger_host::procfs::is_running(pid, None) && !released() {
         if std::time::Instant::now() > deadline {
             anyhow::bail!(
                 "bangerd (pid {pid}) is still running 35s after it was asked to stop: check its log, or kill it"
@@ -94,14 +93,4 @@ fn wait_for_exit(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
-}
-
-fn is_zombie(proc_dir: &std::path::Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }

@@ -152,15 +152,7 @@ impl World {
 
     pub fn start_fake_daemon(&self) -> FakeDaemon {
         let home = self.home().to_path_buf();
-        let paths = banger_host::Paths::from_vars(
-            |name| match name {
-                "HOME" => Some(home.clone().into()),
-                "XDG_RUNTIME_DIR" => Some(home.join("run").into()),
-                _ => None,
-            },
-            0,
-        )
-        .unwrap();
+        let paths = banger_host::Paths::under(&home).unwrap();
         paths.ensure_daemon_dirs().unwrap();
         let config = banger_host::Config::load(&paths.config_file, &home, |_| None).unwrap();
         let vmm = std::sync::Arc::new(banger_vmm::fake::FakeVmm::new());
@@ -253,11 +245,5 @@ pub fn stdout(out: &Output) -> String {
 
 /// Running, as opposed to gone or a zombie awaiting its reaper.
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    banger_host::procfs::is_running(pid, None)
 }
