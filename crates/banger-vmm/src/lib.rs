@@ -44,6 +44,8 @@ pub enum VmmError {
     },
     #[error("asking the guest to shut down")]
     Shutdown(#[source] firecracker::api::ApiError),
+    #[error("asking the guest to power off through QEMU's QMP socket {0}")]
+    Qmp(PathBuf, #[source] std::io::Error),
     #[error("injected failure: {0}")]
     Injected(String),
 }

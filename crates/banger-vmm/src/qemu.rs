@@ -230,7 +230,7 @@ impl Vmm for Qemu {
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
         qmp(&vm_dir.join(QMP_SOCKET), "system_powerdown")
             .map(|_| ())
-            .map_err(|e| VmmError::Spawn(vm_dir.join(QMP_SOCKET), e))
+            .map_err(|e| VmmError::Qmp(vm_dir.join(QMP_SOCKET), e))
     }
 
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
@@ -269,6 +269,24 @@ impl Vmm for Qemu {
 mod tests {
     use super::*;
     use crate::{Drive, NetSpec};
+
+    #[test]
+    fn a_failed_power_off_request_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let qemu = Qemu::new(
+            "/usr/bin/qemu-system-x86_64".into(),
+            "vhost-device-vsock".into(),
+        );
+        let err = qemu
+            .request_shutdown(tmp.path(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("asking the guest to power off through QEMU's QMP socket"),
+            "{err}"
+        );
+        assert!(!qemu.responds(tmp.path(), 1), "no QMP socket, no answer");
+    }
 
     #[test]
     fn command_line_has_the_drives_tap_vsock_and_console() {
