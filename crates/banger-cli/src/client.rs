@@ -59,6 +59,8 @@ pub enum ClientError {
     Closed,
     #[error("bangerd sent a response this banger cannot read")]
     Decode(#[source] serde_json::Error),
+    #[error("bangerd sent a response that is not UTF-8")]
+    NotUtf8,
     #[error(transparent)]
     Rpc(#[from] RpcError),
 }
@@ -81,7 +83,9 @@ impl Client {
             }
             _ => ClientError::Connect(socket.into(), e),
         })?;
-        let reader = BufReader::new(stream.try_clone().map_err(ClientError::Io)?);
+        // Large enough that a thousand-VM list arrives in a few reads.
+        let reader =
+            BufReader::with_capacity(64 << 10, stream.try_clone().map_err(ClientError::Io)?);
         Ok(Self {
             writer: stream,
             reader,
@@ -113,6 +117,9 @@ impl Client {
             .map_err(ClientError::Io)?;
         if read == 0 {
             return Err(ClientError::Closed);
+        }
+        if let Some(result) = Response::success_result(&buf, id) {
+            return String::from_utf8(result.to_vec()).map_err(|_| ClientError::NotUtf8);
         }
         let response: Response = serde_json::from_slice(&buf).map_err(ClientError::Decode)?;
         if let Some(error) = response.error {

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use banger_proto::validate::format_size;
-use banger_proto::{BatchResult, Image, Vm, VmStats};
+use banger_proto::{BatchResult, Image, Vm, VmStats, VmSummary};
 use serde::Serialize;
 
 /// Pretty for a terminal, one compact line for pipes (as `gh` does).
@@ -118,7 +118,7 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn vm_table(vms: &[Vm], now: i64) -> String {
+pub fn vm_table(vms: &[VmSummary], now: i64) -> String {
     if vms.is_empty() {
         return "No VMs. Create one with `banger vm create`.\n".to_owned();
     }

@@ -64,12 +64,34 @@ fn create_inspect_stop_start_set_and_delete() {
         list.contains("calm-otter") && list.contains(&id[..8]) && list.contains("running"),
         "{list}"
     );
+    let listed = json(&world.ok(&["vm", "list", "--json"]));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let mut keys: Vec<&str> = listed[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
     assert_eq!(
-        json(&world.ok(&["vm", "list", "--json"]))
-            .as_array()
-            .unwrap()
-            .len(),
-        2
+        keys,
+        [
+            "created_at",
+            "disk_size_bytes",
+            "guest_ip",
+            "id",
+            "image",
+            "memory_mib",
+            "name",
+            "nat",
+            "pid",
+            "started_at",
+            "state",
+            "vcpu",
+            "vmm"
+        ],
+        "the list is a summary; `vm show` has the rest"
     );
 
     // By name and by ID prefix.
@@ -112,6 +134,17 @@ fn create_inspect_stop_start_set_and_delete() {
     let text = world.ok(&["vm", "stop", "calm-otter"]);
     assert_eq!(text, "calm-otter: stopped, now stopped, clean shutdown\n");
     assert!(!process_alive(vm_pid));
+    let listed = json(&world.ok(&["vm", "list", "--json"]));
+    let calm = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "calm-otter")
+        .unwrap();
+    assert_eq!(
+        calm["state"], "stopped",
+        "a change reaches the list at once"
+    );
     let text = world.ok(&[
         "vm",
         "set",
@@ -317,7 +350,7 @@ fn a_daemon_restart_never_stops_a_vm() {
         .unwrap();
     assert_eq!(goner["state"], "stopped");
     assert_eq!(
-        goner["exit_reason"],
+        json(&world.ok(&["vm", "show", "goner", "--json"]))["exit_reason"],
         "VMM exited while bangerd was not running"
     );
     assert!(world.ok(&["vm", "stop", "keeper"]).contains("now stopped"));

@@ -123,7 +123,11 @@ async fn handle_connection(
             },
             _ = shutdown.changed() => return,
         };
-        let mut text = serde_json::to_vec(&response).unwrap_or_else(|e| {
+        // Sized for the result up front: a thousand-VM list is one copy.
+        let size = response.result.as_ref().map_or(256, |r| r.get().len() + 64);
+        let mut text = Vec::with_capacity(size);
+        let encoded = serde_json::to_writer(&mut text, &response).map(|()| text);
+        let mut text = encoded.unwrap_or_else(|e| {
             let error = RpcError::new(ErrorKind::Internal, format!("encoding the response: {e}"));
             serde_json::to_vec(&Response::failure(response.id.clone(), error))
                 .expect("an error response always encodes")

@@ -7,7 +7,7 @@ use banger_host::{Config, Paths};
 use banger_proto::api::method;
 use banger_proto::{
     BatchItem, BatchResult, CreateVmParams, DaemonStatus, ErrorKind, Image, ImageRef, KillParams,
-    RpcError, SetVmParams, Vm, VmRef, VmRefs, validate,
+    RpcError, SetVmParams, Vm, VmRef, VmRefs, VmSummary, validate,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +25,8 @@ pub mod vm_files {
     pub const WORK_DISK: &str = "work.ext4";
     pub const VMM_LOG: &str = "firecracker.log";
     pub const VSOCK: &str = "vsock.sock";
+    /// The guest's configuration for the current boot; exists while it runs.
+    pub const CONFIG_DRIVE: &str = "config.tar";
 }
 
 #[derive(Debug, Error)]
@@ -106,6 +108,8 @@ pub struct Daemon {
     pub vmm: String,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    /// `vm.list`'s answer, serialized, tagged with the store's generation.
+    vm_list: std::sync::Mutex<Option<(u64, Box<RawValue>)>>,
 }
 
 impl Daemon {
@@ -124,6 +128,7 @@ impl Daemon {
             vmm,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
+            vm_list: std::sync::Mutex::new(None),
         })
     }
 
@@ -159,15 +164,7 @@ impl Daemon {
                 self.request_shutdown();
                 reply(serde_json::json!({ "stopping": true }))
             }
-            method::VM_LIST => {
-                let vms: Vec<Vm> = store
-                    .list_vms()
-                    .map_err(ApiError::from)?
-                    .iter()
-                    .map(|r| self.vm_view(r))
-                    .collect();
-                reply(vms)
-            }
+            method::VM_LIST => self.vm_list(),
             method::VM_SHOW => {
                 let VmRef { vm } = parse(name, params)?;
                 reply(self.vm_view(&self.lifecycle.resolve(&vm)?))
@@ -340,6 +337,28 @@ impl Daemon {
             .ok_or_else(|| ApiError::ImageNotFound(name.to_owned()))
     }
 
+    /// Served from the last answer while no VM row changed: listing is what
+    /// scripts and the TUI poll, and it stays cheap with a thousand VMs.
+    fn vm_list(&self) -> Result<Box<RawValue>, RpcError> {
+        let store = self.lifecycle.store();
+        let generation = store.vms_generation();
+        let mut cached = self.vm_list.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tag, answer)) = cached.as_ref()
+            && *tag == generation
+        {
+            return Ok(answer.clone());
+        }
+        let vms: Vec<VmSummary> = store
+            .list_vms()
+            .map_err(ApiError::from)?
+            .iter()
+            .map(vm_summary)
+            .collect();
+        let answer = reply(vms)?;
+        *cached = Some((generation, answer.clone()));
+        Ok(answer)
+    }
+
     pub fn vm_view(&self, record: &VmRecord) -> Vm {
         let dir = self.paths.vm_dir(&record.id);
         Vm {
@@ -375,6 +394,24 @@ fn parse<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ApiError
         method: method.to_owned(),
         source,
     })
+}
+
+fn vm_summary(record: &VmRecord) -> VmSummary {
+    VmSummary {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        state: record.state,
+        image: record.image.clone(),
+        vmm: record.vmm.clone(),
+        vcpu: record.vcpu,
+        memory_mib: record.memory_mib,
+        disk_size_bytes: record.disk_size_bytes,
+        nat: record.nat,
+        guest_ip: record.guest_ip.clone(),
+        pid: record.pid,
+        created_at: record.created_at,
+        started_at: record.started_at,
+    }
 }
 
 fn reply<T: Serialize>(value: T) -> Result<Box<RawValue>, RpcError> {

@@ -3,6 +3,7 @@
 //! either the old state or the new one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -102,6 +103,9 @@ const IMAGE_COLUMNS: &str =
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Bumped by every change to the `vms` table, under the connection's
+    /// lock: readers cache what they derive from the VM list against it.
+    vms_generation: AtomicU64,
 }
 
 impl Store {
@@ -125,6 +129,7 @@ impl Store {
         migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            vms_generation: AtomicU64::new(0),
         })
     }
 
@@ -147,6 +152,16 @@ impl Store {
         ))?;
         let rows = stmt.query_map([], vm_from_row)?;
         rows.map(|r| r?.into_record()).collect()
+    }
+
+    /// Changes whenever a VM row is inserted, updated or deleted. Read it
+    /// before reading the rows, so a cached copy is never newer than its tag.
+    pub fn vms_generation(&self) -> u64 {
+        self.vms_generation.load(Ordering::SeqCst)
+    }
+
+    fn vms_changed(&self) {
+        self.vms_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn vm_count(&self) -> Result<u64> {
@@ -174,6 +189,7 @@ impl Store {
             ),
             rusqlite::params_from_iter(vm_params(vm)),
         )?;
+        self.vms_changed();
         Ok(())
     }
 
@@ -189,11 +205,14 @@ impl Store {
              WHERE id = ?1",
             rusqlite::params_from_iter(vm_params(vm)),
         )?;
+        self.vms_changed();
         Ok(())
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        let conn = self.conn();
+        conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        self.vms_changed();
         Ok(())
     }
 
@@ -403,6 +422,25 @@ pub(crate) mod tests {
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list_vms().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn every_vm_change_moves_the_generation() {
+        let store = Store::open_in_memory().unwrap();
+        let mut seen = vec![store.vms_generation()];
+        let mut vm = sample_vm("a1", "calm-otter");
+        store.insert_vm(&vm).unwrap();
+        seen.push(store.vms_generation());
+        vm.state = VmState::Running;
+        store.update_vm(&vm).unwrap();
+        seen.push(store.vms_generation());
+        store.list_vms().unwrap();
+        store.get_vm("a1").unwrap();
+        assert_eq!(store.vms_generation(), seen[2], "reads change nothing");
+        store.delete_vm("a1").unwrap();
+        seen.push(store.vms_generation());
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "{seen:?}");
     }
 
     #[test]

@@ -52,6 +52,17 @@ impl Response {
         }
     }
 
+    /// The result of a successful response line to request `id`, sliced out
+    /// without parsing it: how [`Response::success`] serializes is fixed
+    /// (`jsonrpc`, `id`, `result`, in that order), so a thousand-VM list is
+    /// passed through as it came. `None` for anything else (an error, or a
+    /// line this shape does not fit), which the caller then parses in full.
+    pub fn success_result(line: &[u8], id: u64) -> Option<&[u8]> {
+        let prefix = format!(r#"{{"jsonrpc":"{JSONRPC_VERSION}","id":{id},"result":"#);
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        line.strip_prefix(prefix.as_bytes())?.strip_suffix(b"}")
+    }
+
     pub fn failure(id: Value, error: RpcError) -> Self {
         Self {
             jsonrpc: JSONRPC_VERSION.to_owned(),
@@ -181,6 +192,27 @@ impl std::error::Error for RpcError {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn success_results_are_sliced_out_as_serialized() {
+        let raw = serde_json::value::to_raw_value(&serde_json::json!([{"name": "a}b"}])).unwrap();
+        let line = serde_json::to_vec(&Response::success(Value::from(7), raw.clone())).unwrap();
+        assert_eq!(
+            Response::success_result(&line, 7),
+            Some(raw.get().as_bytes())
+        );
+        assert_eq!(
+            Response::success_result(&line, 8),
+            None,
+            "another request's answer"
+        );
+        let failed = Response::failure(
+            Value::from(7),
+            RpcError::new(ErrorKind::NotFound, "no VM named x"),
+        );
+        let line = serde_json::to_vec(&failed).unwrap();
+        assert_eq!(Response::success_result(&line, 7), None);
+    }
+
     use super::*;
 
     #[derive(Debug)]

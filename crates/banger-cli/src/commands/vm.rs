@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use banger_proto::api::method;
 use banger_proto::{
-    BatchResult, CreateVmParams, KillParams, SetVmParams, Vm, VmRef, VmRefs, VmStats,
+    BatchResult, CreateVmParams, KillParams, SetVmParams, Vm, VmRef, VmRefs, VmStats, VmSummary,
 };
 use serde_json::Value;
 
@@ -58,7 +58,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             if flags.json {
                 output::print_raw_json(&ctx.client()?.call_raw(method::VM_LIST, Value::Null)?)?;
             } else {
-                let vms: Vec<Vm> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
+                let vms: Vec<VmSummary> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
                 print!("{}", output::vm_table(&vms, output::now()));
             }
             Ok(ExitCode::SUCCESS)
