@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use banger_host::disk::GuestFile;
+use banger_host::config_drive::GuestFile;
 use banger_vmm::LaunchSpec;
 
 use crate::guest::GuestConfig;
@@ -102,7 +102,7 @@ pub trait Capability: Send + Sync + fmt::Debug {
     fn guest_config(&self, _vm: &VmRecord, _config: &mut GuestConfig) {}
 
     /// Puts the rendered guest files where the guest will find them (the
-    /// capability that owns the overlay does this, before each boot).
+    /// storage capability writes the config drive, before each boot).
     fn write_guest(&self, _vm: &VmRecord, _ctx: &VmContext, _files: &[GuestFile]) -> Result<()> {
         Ok(())
     }

@@ -1,13 +1,14 @@
 //! The guest-config builder: a typed description of what the guest needs at
 //! boot (hostname, hosts, eth0, resolver, root's authorized keys, the
 //! `/root` mount, enabled units), rendered to whole files. Nothing edits an
-//! existing file of the image; these files shadow the image's in the
-//! overlay's upper layer. Rendering is deterministic.
+//! existing file of the image: the initrd extracts these files from the
+//! config drive into the overlay's upper layer, where they shadow the
+//! image's. Rendering is deterministic.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use banger_host::disk::{GuestContent, GuestFile};
+use banger_host::config_drive::{GuestContent, GuestFile};
 
 pub const AUTHORIZED_KEYS: &str = "/etc/banger/authorized_keys";
 pub const PINGD_UNIT: &str = "banger-vsock-pingd.service";

@@ -540,6 +540,11 @@ impl Lifecycle {
                     path: dir.join(vm_files::WORK_DISK),
                     read_only: false,
                 },
+                Drive {
+                    id: "config".into(),
+                    path: dir.join(vm_files::CONFIG_DRIVE),
+                    read_only: true,
+                },
             ],
             net: None,
             vsock_cid: record.vsock_cid.unwrap_or(0),
@@ -578,6 +583,9 @@ impl Lifecycle {
             c.write_guest(record, &ctx, &files)
                 .map_err(|e| LifecycleError::capability(action, &record.name, e))?;
         }
+        let forget_config = || {
+            let _ = std::fs::remove_file(ctx.dir.join(vm_files::CONFIG_DRIVE));
+        };
         let mut spec = self.launch_spec(record, image);
         let attached = record.clone();
         capability::forward(
@@ -585,10 +593,14 @@ impl Lifecycle {
             |c| c.attach(&attached, &mut spec),
             |c| self.undo_quietly(c.name(), c.detach(&attached)),
         )
-        .map_err(|e| LifecycleError::capability(action, &record.name, e))?;
+        .map_err(|e| {
+            forget_config();
+            LifecycleError::capability(action, &record.name, e)
+        })?;
         let launched = match backend.launch(&spec) {
             Ok(launched) => launched,
             Err(e) => {
+                forget_config();
                 self.detach_all(record);
                 return Err(LifecycleError::step(
                     action,
@@ -714,7 +726,10 @@ impl Lifecycle {
     fn remove_runtime_files(&self, record: &VmRecord) {
         let dir = self.vm_dir(&record.id);
         self.backend(&record.vmm).cleanup(&dir);
-        let mut files = vec![dir.join(banger_vmm::firecracker::API_SOCKET)];
+        let mut files = vec![
+            dir.join(banger_vmm::firecracker::API_SOCKET),
+            dir.join(vm_files::CONFIG_DRIVE),
+        ];
         files.extend(record.vsock_path.clone());
         for file in files {
             let _ = std::fs::remove_file(file);

@@ -174,7 +174,11 @@ fn create_boots_with_disks_vsock_and_a_live_process() {
     assert!(procfs::is_running(pid, vm.pid_start_time));
     let launch = &fx.vmm.launches()[0];
     let drives: Vec<&str> = launch.drives.iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(drives, ["base", "overlay", "work"]);
+    assert_eq!(drives, ["base", "overlay", "work", "config"]);
+    assert!(
+        launch.drives[3].read_only,
+        "the guest cannot change its config drive"
+    );
     assert!(launch.drives[0].read_only && !launch.drives[1].read_only);
     assert_eq!(fx.store.get_vm(&vm.id).unwrap().unwrap(), vm);
     let second = fx.create("buildbox");
@@ -256,8 +260,8 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
     type Inject = Box<dyn Fn(&Fixture)>;
     let injections: Vec<(&str, Inject)> = vec![
         (
-            "writing the guest configuration into the overlay",
-            Box::new(|fx| fx.disks.fail_on(DiskOp::WriteFiles)),
+            "writing the guest configuration",
+            Box::new(|fx| fx.disks.fail_on(DiskOp::WriteConfigDrive)),
         ),
         (
             "creating the TAP device",
@@ -936,11 +940,11 @@ fn preflight_refuses_create_and_start_before_any_change() {
 }
 
 #[test]
-fn guest_config_is_written_into_the_overlay_before_each_boot() {
-    use banger_host::disk::GuestContent;
+fn guest_config_is_written_to_the_config_drive_before_each_boot() {
+    use banger_host::config_drive::GuestContent;
     let fx = fixture();
     let vm = fx.create("web");
-    let text = |files: &[banger_host::disk::GuestFile], path: &str| -> Option<String> {
+    let text = |files: &[banger_host::config_drive::GuestFile], path: &str| -> Option<String> {
         files
             .iter()
             .find(|f| f.path == path)
@@ -952,7 +956,9 @@ fn guest_config_is_written_into_the_overlay_before_each_boot() {
     let written = fx.disks.written();
     assert_eq!(written.len(), 1);
     let (image, files) = &written[0];
-    assert_eq!(image, &fx.paths.vm_dir(&vm.id).join("overlay.ext4"));
+    let drive = fx.paths.vm_dir(&vm.id).join("config.tar");
+    assert_eq!(image, &drive);
+    assert!(drive.is_file(), "the drive exists while the VM runs");
     assert_eq!(text(files, "/etc/hostname").as_deref(), Some("web\n"));
     assert!(
         text(files, "/etc/systemd/network/10-banger-eth0.network")
@@ -978,6 +984,7 @@ fn guest_config_is_written_into_the_overlay_before_each_boot() {
 
     // A changed setting reaches the guest at its next start.
     fx.lifecycle.stop(&vm.id).unwrap();
+    assert!(!drive.exists(), "a stopped VM has no config drive");
     fx.lifecycle
         .set(
             &vm.id,

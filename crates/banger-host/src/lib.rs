@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod config;
+pub mod config_drive;
 pub mod disk;
 pub mod doctor;
 pub mod net;

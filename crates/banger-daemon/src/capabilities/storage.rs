@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use banger_host::disk::{Disks, GuestFile, WORK_LABEL};
+use banger_host::config_drive::GuestFile;
+use banger_host::disk::{Disks, WORK_LABEL};
 
 use crate::capability::{Capability, CapabilityError, Result, VmContext};
 use crate::guest::{GuestConfig, GuestMount};
@@ -43,14 +44,8 @@ impl Capability for StorageCapability {
 
     fn write_guest(&self, _vm: &VmRecord, ctx: &VmContext, files: &[GuestFile]) -> Result<()> {
         self.disks
-            .write_files(&ctx.dir.join(vm_files::OVERLAY), "/upper", files)
-            .map_err(|e| {
-                CapabilityError::caused(
-                    "storage",
-                    "writing the guest configuration into the overlay",
-                    e,
-                )
-            })
+            .write_config_drive(&ctx.dir.join(vm_files::CONFIG_DRIVE), files)
+            .map_err(|e| CapabilityError::caused("storage", "writing the guest configuration", e))
     }
 
     fn provision(&self, vm: &VmRecord, ctx: &VmContext) -> Result<()> {
