@@ -5,8 +5,8 @@
 pub mod api;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -86,6 +86,24 @@ impl Firecracker {
     }
 }
 
+/// The socket file exists from Firecracker's `bind`, but connections are
+/// refused until its `listen`: a refused connect is retried briefly.
+fn open_api(socket: &Path, child: &mut Child) -> std::result::Result<api::Session, api::ApiError> {
+    let deadline = Instant::now() + SOCKET_TIMEOUT;
+    loop {
+        match api::Session::connect(socket, API_TIMEOUT) {
+            Err(api::ApiError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline
+                    && matches!(child.try_wait(), Ok(None)) =>
+            {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Vmm for Firecracker {
     fn name(&self) -> &'static str {
         "firecracker"
@@ -147,10 +165,30 @@ impl Vmm for Firecracker {
         ) {
             return fail(&mut child, err);
         }
-        for (step, path, body) in Self::requests(spec) {
-            if let Err(source) = api::call(&socket, "PUT", &path, Some(&body), API_TIMEOUT) {
+        let mut session = match open_api(&socket, &mut child) {
+            Ok(session) => session,
+            Err(source) => {
+                let step = "opening its API";
                 return fail(&mut child, VmmError::Configure { step, source });
             }
+        };
+        // The configuration goes out in one write; InstanceStart only once
+        // every part of it was accepted.
+        let requests = Self::requests(spec);
+        let Some(((start_step, start_path, start_body), configure)) = requests.split_last() else {
+            unreachable!("the request sequence ends with InstanceStart");
+        };
+        let batch: Vec<(&str, &Value)> = configure
+            .iter()
+            .map(|(_, path, body)| (path.as_str(), body))
+            .collect();
+        if let Err((failed, source)) = session.call_all("PUT", &batch) {
+            let step = configure[failed].0;
+            return fail(&mut child, VmmError::Configure { step, source });
+        }
+        if let Err(source) = session.call("PUT", start_path, Some(start_body)) {
+            let step = *start_step;
+            return fail(&mut child, VmmError::Configure { step, source });
         }
         Ok(process::launched(child))
     }

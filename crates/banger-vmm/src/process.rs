@@ -54,18 +54,13 @@ fn signal_name(signal: i32) -> String {
     name.to_owned()
 }
 
-/// Makes the child the leader of a new session, so signals aimed at
-/// bangerd's process group or terminal never reach the VM.
+/// Puts the child in a process group of its own, so signals aimed at
+/// bangerd's group (a Ctrl-C where it runs in the foreground) never reach the
+/// VM. bangerd itself has no terminal (the CLI starts it with `setsid`).
+/// A process group rather than a session keeps `posix_spawn`, which starts
+/// Firecracker about 1.3 ms sooner than fork and exec.
 pub fn detach(command: &mut Command) {
-    // SAFETY: setsid is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    command.process_group(0);
 }
 
 pub fn send_signal(pid: u32, signal: i32) -> std::io::Result<()> {
@@ -132,7 +127,7 @@ pub fn wait_for_path(
     child: &mut Child,
     timeout: Duration,
 ) -> Result<bool, ExitStatus> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
     loop {
         if path.exists() {
             return Ok(true);
@@ -140,10 +135,16 @@ pub fn wait_for_path(
         if let Ok(Some(status)) = child.try_wait() {
             return Err(status);
         }
-        if Instant::now() > deadline {
+        let waited = start.elapsed();
+        if waited > timeout {
             return Ok(false);
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Firecracker's socket appears about 1 ms after spawn: polls start
+        // at 100 µs and back off to 5 ms, so at most a quarter of the wait
+        // is spent asleep after the path appeared.
+        std::thread::sleep(
+            (waited / 4).clamp(Duration::from_micros(100), Duration::from_millis(5)),
+        );
     }
 }
 
@@ -227,6 +228,19 @@ mod tests {
         );
         assert_eq!(ExitReason::Signal(9).describe(), "killed by SIGKILL");
         assert_eq!(ExitReason::Clean.describe(), "clean shutdown");
+    }
+
+    #[test]
+    fn detached_children_lead_their_own_process_group() {
+        let mut command = Command::new("sleep");
+        command.arg("5");
+        detach(&mut command);
+        let mut child = command.spawn().unwrap();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: getpgid has no memory-safety preconditions.
+        let group = unsafe { libc::getpgid(pid) };
+        kill_child(&mut child);
+        assert_eq!(group, pid);
     }
 
     #[test]
