@@ -48,7 +48,7 @@ unit:
 ## bench: latency and memory figures, each next to a baseline from the same run
 bench:
 	$(CARGO) build --release --bins
-	./target/release/banger-bench
+	./target/release/banger-bench $(BENCH)
 
 ## runtime: build ./runtime from Debian packages (idempotent; needs root)
 runtime:
