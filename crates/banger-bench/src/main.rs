@@ -686,7 +686,12 @@ fn middle(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = ["measure (median unless said)", "banger", "baseline", "ratio"];
+    let headers = [
+        "measure (median unless said)",
+        "banger",
+        "baseline",
+        "ratio",
+    ];
     let cells: Vec<[&str; 4]> = rows
         .iter()
         .map(|r| [r.what.as_str(), &r.value, &r.baseline, &r.ratio])

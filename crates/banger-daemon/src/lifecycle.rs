@@ -13,7 +13,7 @@ use banger_host::{Paths, procfs};
 use banger_proto::validate::{self, ValidationError, format_size};
 use banger_proto::{CreateVmParams, DiskUsage, Image, PingResult, SetVmParams, VmState, VmStats};
 use banger_vmm::process::{ExitReason, send_signal, wait_child, wait_foreign};
-use banger_vmm::{Drive, LaunchSpec, Launched, Vmm};
+use banger_vmm::{Drive, LaunchSpec, Launched, Prepared, Vmm};
 use thiserror::Error;
 
 use crate::capability::{self, Capability, CapabilityError, VmContext};
@@ -454,6 +454,9 @@ impl Lifecycle {
                 tracing::error!(dir = %removal.display(), error = %e, "rollback could not remove the VM directory");
             }
         });
+        // The VMM starts up while the disks are made; if they fail, dropping
+        // `prepared` kills it before the directory goes.
+        let prepared = self.prepare_vmm(record, "creating")?;
         let ctx = VmContext {
             dir,
             base_rootfs: image.rootfs.clone(),
@@ -472,7 +475,7 @@ impl Lifecycle {
                 this.undo_quietly(c.name(), c.deprovision(&deprovision, &ctx_copy));
             }
         });
-        let pid = self.boot(record, image, "creating")?;
+        let pid = self.boot(record, image, "creating", Some(prepared))?;
         let this = self.clone();
         let booted = record.clone();
         undo.push("stop the VMM", move || {
@@ -564,9 +567,15 @@ impl Lifecycle {
         record: &mut VmRecord,
         image: &Image,
         action: &'static str,
+        prepared: Option<Prepared>,
     ) -> Result<u32> {
         let backend = self.backend(&record.vmm);
         record.vmm = backend.name().to_owned();
+        // Started before the guest config and the TAP, so they overlap.
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            None => self.prepare_vmm(record, action)?,
+        };
         let ctx = VmContext {
             dir: self.vm_dir(&record.id),
             base_rootfs: image.rootfs.clone(),
@@ -597,7 +606,7 @@ impl Lifecycle {
             forget_config();
             LifecycleError::capability(action, &record.name, e)
         })?;
-        let launched = match backend.launch(&spec) {
+        let launched = match backend.launch_prepared(&spec, prepared) {
             Ok(launched) => launched,
             Err(e) => {
                 forget_config();
@@ -618,6 +627,13 @@ impl Lifecycle {
         record.exit_reason = None;
         self.watch(record.id.clone(), launched);
         Ok(pid)
+    }
+
+    fn prepare_vmm(&self, record: &VmRecord, action: &'static str) -> Result<Prepared> {
+        let dir = self.vm_dir(&record.id);
+        self.backend(&record.vmm)
+            .prepare(&dir, &record.id, &dir.join(vm_files::VMM_LOG))
+            .map_err(|e| LifecycleError::step(action, &record.name, "starting the VMM", e))
     }
 
     /// Releases what a running VM held, newest first; failures are logged,
@@ -759,7 +775,7 @@ impl Lifecycle {
         self.preflight("start", &record)?;
         record.state = VmState::Starting;
         self.store.update_vm(&record)?;
-        match self.boot(&mut record, &image, "starting") {
+        match self.boot(&mut record, &image, "starting", None) {
             Ok(_) => {
                 record.state = VmState::Running;
                 record.last_error = None;

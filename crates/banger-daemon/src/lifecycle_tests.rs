@@ -283,7 +283,12 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
             "starting the VMM",
             Box::new(|fx| fx.vmm.fail_on(FakeOp::Launch)),
         ),
+        (
+            "starting the VMM",
+            Box::new(|fx| fx.vmm.fail_on(FakeOp::Prepare)),
+        ),
     ];
+    let existing: Vec<u32> = fx.vmm.prepared();
     for (step, inject) in injections {
         inject(&fx);
         let err = fx
@@ -315,6 +320,12 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
             fx.dns.lookup("doomed").is_none(),
             "no DNS record left after {step:?}"
         );
+        for pid in fx.vmm.prepared() {
+            assert!(
+                existing.contains(&pid) || !procfs::is_running(pid, None),
+                "the VMM started early for doomed (pid {pid}) is gone after {step:?}"
+            );
+        }
         fx.disks.clear_failures();
         fx.vmm.clear_failures();
         fx.network.clear_failures();

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::process::{detach, send_signal};
-use crate::{LaunchSpec, Launched, Result, Vmm, VmmError};
+use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
 /// On SIGTERM (our stand-in for Ctrl-Alt-Del) the "guest" powers off
 /// cleanly. It touches `$1` once the trap is set, as Firecracker opens its
@@ -24,6 +24,7 @@ const MARKER: &str = "banger-fake-vmm";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FakeOp {
+    Prepare,
     Launch,
     Shutdown,
 }
@@ -33,6 +34,7 @@ pub struct FakeVmm {
     fail: Mutex<HashSet<FakeOp>>,
     ignore_shutdown: AtomicBool,
     launches: Mutex<Vec<LaunchSpec>>,
+    prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
 }
 
@@ -59,6 +61,11 @@ impl FakeVmm {
         *self.checks.lock().expect("checks lock") = checks;
     }
 
+    /// The PID of every process `prepare` started, launched or not.
+    pub fn prepared(&self) -> Vec<u32> {
+        self.prepared.lock().expect("prepared lock").clone()
+    }
+
     pub fn launches(&self) -> Vec<LaunchSpec> {
         self.launches.lock().expect("launches lock").clone()
     }
@@ -77,22 +84,44 @@ impl Vmm for FakeVmm {
         "fake"
     }
 
-    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
-        self.check(FakeOp::Launch)?;
-        let ready = spec.vm_dir.join(READY_FILE);
+    /// Starts the "guest" early, as Firecracker's process is.
+    fn prepare(&self, vm_dir: &Path, vm_id: &str, _log_path: &Path) -> Result<Prepared> {
+        self.check(FakeOp::Prepare)?;
+        let ready = vm_dir.join(READY_FILE);
         let _ = std::fs::remove_file(&ready);
         let mut command = Command::new("sh");
         command
             .args(["-c", GUEST_SCRIPT, MARKER])
             .arg(&ready)
-            .arg(&spec.vm_id)
+            .arg(vm_id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         detach(&mut command);
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| VmmError::Spawn("sh".into(), e))?;
+        self.prepared
+            .lock()
+            .expect("prepared lock")
+            .push(child.id());
+        Ok(Prepared::started(child, vec![ready]))
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        self.launch_prepared(spec, Prepared::default())
+    }
+
+    fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
+        self.check(FakeOp::Launch)?;
+        let mut child = match prepared.take() {
+            Some(child) => child,
+            None => self
+                .prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path)?
+                .take()
+                .expect("the fake's prepare always starts the process"),
+        };
+        let ready = spec.vm_dir.join(READY_FILE);
         let ready_wait = std::time::Duration::from_secs(5);
         if let Err(err) = crate::process::await_ready(
             &mut child,

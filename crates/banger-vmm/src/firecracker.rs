@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::process::{self, detach};
-use crate::{LaunchSpec, Launched, Result, Vmm, VmmError};
+use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
 pub const API_SOCKET: &str = "firecracker.sock";
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,30 +126,47 @@ impl Vmm for Firecracker {
         ]
     }
 
-    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+    /// Spawns Firecracker on its API socket, without waiting for it.
+    fn prepare(&self, vm_dir: &Path, vm_id: &str, log_path: &Path) -> Result<Prepared> {
         if !self.binary.is_file() {
             return Err(VmmError::BinaryMissing(self.binary.clone()));
         }
-        let socket = spec.vm_dir.join(API_SOCKET);
+        let socket = vm_dir.join(API_SOCKET);
         // Firecracker refuses to start on an existing socket path; a leftover
         // one can only be from a dead VMM of this VM.
         let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(&spec.vsock_path);
-        let (log, log_err) = process::log_files(&spec.log_path)?;
+        let (log, log_err) = process::log_files(log_path)?;
         let mut command = Command::new(&self.binary);
         command
             .arg("--api-sock")
             .arg(&socket)
             .arg("--id")
-            .arg(&spec.vm_id)
-            .current_dir(&spec.vm_dir)
+            .arg(vm_id)
+            .current_dir(vm_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
         detach(&mut command);
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
+        Ok(Prepared::started(child, vec![socket]))
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        self.launch_prepared(spec, Prepared::default())
+    }
+
+    fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
+        let mut child = match prepared.take() {
+            Some(child) => child,
+            None => self
+                .prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path)?
+                .take()
+                .expect("Firecracker's prepare always starts the process"),
+        };
+        let socket = spec.vm_dir.join(API_SOCKET);
+        let _ = std::fs::remove_file(&spec.vsock_path);
         let fail = |child: &mut std::process::Child, err: VmmError| {
             process::kill_child(child);
             let _ = std::fs::remove_file(&socket);

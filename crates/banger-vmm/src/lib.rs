@@ -95,13 +95,61 @@ pub struct Launched {
     pub child: Option<std::process::Child>,
 }
 
+/// A VMM process started ahead of its configuration (see [`Vmm::prepare`]).
+/// Dropped unused, as when a later step of a create fails, it kills and
+/// reaps the process and removes the files it made.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    child: Option<std::process::Child>,
+    files: Vec<PathBuf>,
+}
+
+impl Prepared {
+    pub fn started(child: std::process::Child, files: Vec<PathBuf>) -> Self {
+        Self {
+            child: Some(child),
+            files,
+        }
+    }
+
+    /// The process, now the caller's to configure or to kill.
+    pub fn take(mut self) -> Option<std::process::Child> {
+        self.files.clear();
+        self.child.take()
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_child(&mut child);
+            for file in &self.files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
 pub trait Vmm: Send + Sync + fmt::Debug {
     /// `firecracker`, `qemu`, ...: stored on each VM.
     fn name(&self) -> &'static str;
 
+    /// Starts what needs neither the VM's disks nor its network
+    /// (Firecracker: its process, up to its API socket), so that starting
+    /// overlaps banger's own work on them. The default starts nothing.
+    fn prepare(&self, _vm_dir: &Path, _vm_id: &str, _log_path: &Path) -> Result<Prepared> {
+        Ok(Prepared::default())
+    }
+
     /// Starts and configures the VMM and boots the guest. On error no
     /// process of this VM remains.
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
+
+    /// [`Vmm::launch`], taking over what [`Vmm::prepare`] started.
+    fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
+        drop(prepared);
+        self.launch(spec)
+    }
 
     /// Asks the guest to power off; returns without waiting.
     fn request_shutdown(&self, vm_dir: &Path, pid: u32) -> Result<()>;
