@@ -16,7 +16,7 @@ use banger_proto::{CreateVmParams, Image, VmState};
 use banger_vmm::firecracker::Firecracker;
 
 const RUNS: usize = 40;
-const CREATE_RUNS: usize = 15;
+const CREATE_RUNS: usize = 31;
 
 #[derive(Debug)]
 struct Row {
@@ -276,7 +276,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         by_hand.push(firecracker_by_hand(&binary, tmp.path(), &kernel, &rootfs)?);
     }
     // Creating a KVM VM on this PVM host sometimes costs one or two extra
-    // 3.2 ms scheduler ticks, on both sides at random; a median of 15 can
+    // 3.2 ms scheduler ticks, on both sides at random; a median can
     // land a tick apart. The best run is each side's own cost (noise only
     // adds), so the target compares those; the medians are shown too.
     let (best_ours, best_by_hand) = (
@@ -284,13 +284,13 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         by_hand.iter().copied().min().unwrap_or_default(),
     );
     rows.push(Row::timed(
-        "vm create up to VMM start, best of 15 (target <= 1.2x)",
+        "vm create up to VMM start, best of 31 (target <= 1.2x)",
         best_ours,
         "firecracker --config-file",
         best_by_hand,
     ));
     rows.push(Row::timed(
-        "vm create up to VMM start, median of 15",
+        "vm create up to VMM start, median of 31",
         middle(ours),
         "firecracker --config-file",
         middle(by_hand),
