@@ -103,6 +103,14 @@ impl Client {
 
     /// The result's JSON text as the daemon wrote it.
     pub fn call_raw(&mut self, method: &str, params: impl Serialize) -> Result<String> {
+        let id = self.send(method, params)?;
+        let mut line = Vec::new();
+        self.read_line_into(&mut line)?;
+        self.result_of(&line, id)
+    }
+
+    /// Sends a request; returns its id.
+    fn send(&mut self, method: &str, params: impl Serialize) -> Result<u64> {
         let params = serde_json::to_value(params).map_err(ClientError::Decode)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -110,18 +118,26 @@ impl Client {
             serde_json::to_vec(&Request::new(id, method, params)).map_err(ClientError::Decode)?;
         line.push(b'\n');
         self.writer.write_all(&line).map_err(ClientError::Io)?;
-        let mut buf = Vec::new();
+        Ok(id)
+    }
+
+    fn read_line_into(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         let read = (&mut self.reader)
             .take(MAX_MESSAGE_BYTES as u64 * 64)
-            .read_until(b'\n', &mut buf)
+            .read_until(b'\n', buf)
             .map_err(ClientError::Io)?;
         if read == 0 {
             return Err(ClientError::Closed);
         }
-        if let Some(result) = Response::success_result(&buf, id) {
+        Ok(())
+    }
+
+    /// The result of a whole response line, or its error.
+    fn result_of(&self, line: &[u8], id: u64) -> Result<String> {
+        if let Some(result) = Response::success_result(line, id) {
             return String::from_utf8(result.to_vec()).map_err(|_| ClientError::NotUtf8);
         }
-        let response: Response = serde_json::from_slice(&buf).map_err(ClientError::Decode)?;
+        let response: Response = serde_json::from_slice(line).map_err(ClientError::Decode)?;
         if let Some(error) = response.error {
             return Err(ClientError::Rpc(error));
         }
@@ -132,9 +148,88 @@ impl Client {
         Ok(raw)
     }
 
+    /// Like [`Client::call_raw`], but a successful result is copied to `out`
+    /// as it arrives, never held whole: `vm list --json` with a thousand
+    /// VMs costs one 64 KiB buffer instead of three copies of the list.
+    pub fn call_raw_to(
+        &mut self,
+        method: &str,
+        params: impl Serialize,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        let id = self.send(method, params)?;
+        let prefix = Response::success_prefix(id);
+        let mut head = Vec::new();
+        while head.len() < prefix.len() && !head.contains(&b'\n') {
+            let chunk = self.reader.fill_buf().map_err(ClientError::Io)?;
+            if chunk.is_empty() {
+                return Err(ClientError::Closed);
+            }
+            let take = chunk.len().min(prefix.len() - head.len());
+            head.extend_from_slice(&chunk[..take]);
+            self.reader.consume(take);
+        }
+        if head == prefix.as_bytes() {
+            return copy_rest_of_result(&mut self.reader, out).map_err(|e| match e {
+                StreamError::Io(e) => ClientError::Io(e),
+                StreamError::Closed => ClientError::Closed,
+            });
+        }
+        if !head.contains(&b'\n') {
+            self.read_line_into(&mut head)?;
+        }
+        let raw = self.result_of(&head, id)?;
+        out.write_all(raw.as_bytes()).map_err(ClientError::Io)
+    }
+
     pub fn call<T: DeserializeOwned>(&mut self, method: &str, params: impl Serialize) -> Result<T> {
         let raw = self.call_raw(method, params)?;
         serde_json::from_str(&raw).map_err(ClientError::Decode)
+    }
+}
+
+#[derive(Debug)]
+enum StreamError {
+    Io(std::io::Error),
+    Closed,
+}
+
+/// Copies the rest of a success line (after its prefix) to `out`, less the
+/// envelope's closing `}` and the newline. Compact JSON has no raw newline,
+/// so the first one ends the line; the last byte seen is held back until
+/// the next chunk shows whether it was that `}`.
+fn copy_rest_of_result(reader: &mut impl BufRead, out: &mut impl Write) -> Result<(), StreamError> {
+    let mut held: Option<u8> = None;
+    let mut copied: u64 = 0;
+    loop {
+        let chunk = reader.fill_buf().map_err(StreamError::Io)?;
+        if chunk.is_empty() {
+            return Err(StreamError::Closed);
+        }
+        let end = chunk.iter().position(|b| *b == b'\n');
+        let body = &chunk[..end.unwrap_or(chunk.len())];
+        if let Some((last, rest)) = body.split_last() {
+            if let Some(byte) = held.replace(*last) {
+                out.write_all(&[byte]).map_err(StreamError::Io)?;
+            }
+            out.write_all(rest).map_err(StreamError::Io)?;
+        }
+        copied += body.len() as u64;
+        let used = end.map_or(chunk.len(), |e| e + 1);
+        reader.consume(used);
+        if end.is_some() {
+            // What is held is the envelope's `}`.
+            return if held == Some(b'}') {
+                Ok(())
+            } else {
+                Err(StreamError::Closed)
+            };
+        }
+        if copied > MAX_MESSAGE_BYTES as u64 * 64 {
+            return Err(StreamError::Io(std::io::Error::other(
+                "bangerd's answer is larger than 64 MiB",
+            )));
+        }
     }
 }
 
@@ -227,5 +322,36 @@ fn wait_for_other_daemon(paths: &Paths) -> Result<Client> {
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streamed(line: &[u8], capacity: usize) -> Result<Vec<u8>, StreamError> {
+        let mut reader = BufReader::with_capacity(capacity, line);
+        let mut out = Vec::new();
+        copy_rest_of_result(&mut reader, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn a_streamed_result_is_the_result_whatever_the_chunks() {
+        let result = br#"[{"name":"a}b","id":"x"},{"name":"c"}]"#;
+        let mut line = result.to_vec();
+        line.extend_from_slice(b"}\n");
+        for capacity in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(
+                streamed(&line, capacity).unwrap(),
+                result,
+                "chunks of {capacity}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_or_malformed_line_is_an_error() {
+        assert!(matches!(streamed(b"[1,2", 3), Err(StreamError::Closed)));
+        assert!(matches!(streamed(b"[1,2]\n", 3), Err(StreamError::Closed)));
     }
 }

@@ -31,6 +31,24 @@ pub fn print_raw_json(raw: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A method's result as the daemon wrote it, streamed to a pipe, or
+/// pretty-printed for a terminal.
+pub fn print_raw_json_of(
+    client: &mut crate::client::Client,
+    method: &str,
+    params: impl Serialize,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return print_raw_json(&client.call_raw(method, params)?);
+    }
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
+    client.call_raw_to(method, params, &mut out)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
 /// Left-aligned columns separated by two spaces, like `docker ps`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -58,9 +58,14 @@ impl Response {
     /// passed through as it came. `None` for anything else (an error, or a
     /// line this shape does not fit), which the caller then parses in full.
     pub fn success_result(line: &[u8], id: u64) -> Option<&[u8]> {
-        let prefix = format!(r#"{{"jsonrpc":"{JSONRPC_VERSION}","id":{id},"result":"#);
         let line = line.strip_suffix(b"\n").unwrap_or(line);
-        line.strip_prefix(prefix.as_bytes())?.strip_suffix(b"}")
+        line.strip_prefix(Self::success_prefix(id).as_bytes())?
+            .strip_suffix(b"}")
+    }
+
+    /// What a success line to request `id` starts with, up to its result.
+    pub fn success_prefix(id: u64) -> String {
+        format!(r#"{{"jsonrpc":"{JSONRPC_VERSION}","id":{id},"result":"#)
     }
 
     pub fn failure(id: Value, error: RpcError) -> Self {

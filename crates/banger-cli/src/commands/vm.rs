@@ -56,7 +56,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         VmCommand::List(flags) => {
             if flags.json {
-                output::print_raw_json(&ctx.client()?.call_raw(method::VM_LIST, Value::Null)?)?;
+                output::print_raw_json_of(&mut ctx.client()?, method::VM_LIST, Value::Null)?;
             } else {
                 let vms: Vec<VmSummary> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
                 print!("{}", output::vm_table(&vms, output::now()));
