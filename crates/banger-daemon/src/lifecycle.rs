@@ -592,33 +592,12 @@ impl Lifecycle {
             c.write_guest(record, &ctx, &files)
                 .map_err(|e| LifecycleError::capability(action, &record.name, e))?;
         }
-        let forget_config = || {
-            let _ = std::fs::remove_file(ctx.dir.join(vm_files::CONFIG_DRIVE));
-        };
-        let mut spec = self.launch_spec(record, image);
-        let attached = record.clone();
-        capability::forward(
-            self.capabilities.iter().map(AsRef::as_ref),
-            |c| c.attach(&attached, &mut spec),
-            |c| self.undo_quietly(c.name(), c.detach(&attached)),
-        )
-        .map_err(|e| {
-            forget_config();
-            LifecycleError::capability(action, &record.name, e)
-        })?;
-        let launched = match backend.launch_prepared(&spec, prepared) {
-            Ok(launched) => launched,
-            Err(e) => {
-                forget_config();
-                self.detach_all(record);
-                return Err(LifecycleError::step(
-                    action,
-                    &record.name,
-                    "starting the VMM",
-                    e,
-                ));
-            }
-        };
+        let launched = self
+            .attach_and_launch(record, image, backend.as_ref(), action, prepared)
+            .inspect_err(|_| {
+                // The config drive exists only while the VM runs.
+                let _ = std::fs::remove_file(ctx.dir.join(vm_files::CONFIG_DRIVE));
+            })?;
         let pid = launched.pid;
         record.pid = Some(pid);
         record.pid_start_time = Some(launched.start_time);
@@ -627,6 +606,29 @@ impl Lifecycle {
         record.exit_reason = None;
         self.watch(record.id.clone(), launched);
         Ok(pid)
+    }
+
+    /// Every capability's attachment, then the VMM; on failure nothing
+    /// stays attached and no process remains.
+    fn attach_and_launch(
+        &self,
+        record: &VmRecord,
+        image: &Image,
+        backend: &dyn Vmm,
+        action: &'static str,
+        prepared: Prepared,
+    ) -> Result<Launched> {
+        let mut spec = self.launch_spec(record, image);
+        capability::forward(
+            self.capabilities.iter().map(AsRef::as_ref),
+            |c| c.attach(record, &mut spec),
+            |c| self.undo_quietly(c.name(), c.detach(record)),
+        )
+        .map_err(|e| LifecycleError::capability(action, &record.name, e))?;
+        backend.launch_prepared(&spec, prepared).map_err(|e| {
+            self.detach_all(record);
+            LifecycleError::step(action, &record.name, "starting the VMM", e)
+        })
     }
 
     fn prepare_vmm(&self, record: &VmRecord, action: &'static str) -> Result<Prepared> {

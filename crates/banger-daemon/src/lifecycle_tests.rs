@@ -119,6 +119,16 @@ impl Fixture {
     }
 
     /// Everything a failed action must leave untouched.
+    /// Every VMM `prepare` started since `before` was taken has ended.
+    fn assert_early_vmms_gone(&self, before: &[u32], after: &str) {
+        for pid in self.vmm.prepared() {
+            assert!(
+                before.contains(&pid) || !procfs::is_running(pid, None),
+                "a VMM started ahead (pid {pid}) is still running after {after}"
+            );
+        }
+    }
+
     fn snapshot(&self) -> (Vec<VmRecord>, Vec<PathBuf>) {
         let mut files = Vec::new();
         let mut pending = vec![self.paths.vms_dir.clone()];
@@ -320,12 +330,7 @@ fn a_failure_at_each_create_step_rolls_everything_back() {
             fx.dns.lookup("doomed").is_none(),
             "no DNS record left after {step:?}"
         );
-        for pid in fx.vmm.prepared() {
-            assert!(
-                existing.contains(&pid) || !procfs::is_running(pid, None),
-                "the VMM started early for doomed (pid {pid}) is gone after {step:?}"
-            );
-        }
+        fx.assert_early_vmms_gone(&existing, step);
         fx.disks.clear_failures();
         fx.vmm.clear_failures();
         fx.network.clear_failures();
@@ -1011,4 +1016,29 @@ fn guest_config_is_written_to_the_config_drive_before_each_boot() {
         2,
         "rendered again for the new boot"
     );
+}
+
+#[test]
+fn a_failed_start_leaves_no_config_drive_and_no_early_vmm() {
+    let fx = fixture();
+    let vm = fx.create("web");
+    fx.lifecycle.stop(&vm.id).unwrap();
+    let drive = fx.paths.vm_dir(&vm.id).join("config.tar");
+    let earlier = fx.vmm.prepared();
+    for inject in [
+        Box::new(|fx: &Fixture| fx.network.fail_on(NetOp::CreateTap)) as Box<dyn Fn(&Fixture)>,
+        Box::new(|fx: &Fixture| fx.vmm.fail_on(FakeOp::Launch)),
+    ] {
+        inject(&fx);
+        fx.lifecycle.start(&vm.id).unwrap_err();
+        assert!(
+            !drive.exists(),
+            "the config drive went with the failed boot"
+        );
+        fx.assert_early_vmms_gone(&earlier, "a failed start");
+        fx.network.clear_failures();
+        fx.vmm.clear_failures();
+    }
+    fx.lifecycle.start(&vm.id).unwrap();
+    assert!(drive.is_file());
 }

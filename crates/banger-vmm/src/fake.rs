@@ -108,19 +108,10 @@ impl Vmm for FakeVmm {
         Ok(Prepared::started(child, vec![ready]))
     }
 
-    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
-        self.launch_prepared(spec, Prepared::default())
-    }
-
     fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
         self.check(FakeOp::Launch)?;
-        let mut child = match prepared.take() {
-            Some(child) => child,
-            None => self
-                .prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path)?
-                .take()
-                .expect("the fake's prepare always starts the process"),
-        };
+        let mut child =
+            prepared.into_child_or(|| self.prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path))?;
         let ready = spec.vm_dir.join(READY_FILE);
         let ready_wait = std::time::Duration::from_secs(5);
         if let Err(err) = crate::process::await_ready(

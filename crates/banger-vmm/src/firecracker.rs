@@ -153,18 +153,9 @@ impl Vmm for Firecracker {
         Ok(Prepared::started(child, vec![socket]))
     }
 
-    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
-        self.launch_prepared(spec, Prepared::default())
-    }
-
     fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
-        let mut child = match prepared.take() {
-            Some(child) => child,
-            None => self
-                .prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path)?
-                .take()
-                .expect("Firecracker's prepare always starts the process"),
-        };
+        let mut child =
+            prepared.into_child_or(|| self.prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path))?;
         let socket = spec.vm_dir.join(API_SOCKET);
         let _ = std::fs::remove_file(&spec.vsock_path);
         let fail = |child: &mut std::process::Child, err: VmmError| {

@@ -112,10 +112,22 @@ impl Prepared {
         }
     }
 
-    /// The process, now the caller's to configure or to kill.
-    pub fn take(mut self) -> Option<std::process::Child> {
-        self.files.clear();
-        self.child.take()
+    /// The process, now the caller's to configure or to kill; when nothing
+    /// was started ahead (a plain [`Vmm::launch`]), the one `start` starts.
+    pub fn into_child_or(
+        mut self,
+        start: impl FnOnce() -> Result<Prepared>,
+    ) -> Result<std::process::Child> {
+        let mut prepared = if self.child.is_some() {
+            std::mem::take(&mut self)
+        } else {
+            start()?
+        };
+        prepared.files.clear();
+        Ok(prepared
+            .child
+            .take()
+            .expect("a backend's prepare that launch relies on starts a process"))
     }
 }
 
@@ -141,14 +153,13 @@ pub trait Vmm: Send + Sync + fmt::Debug {
         Ok(Prepared::default())
     }
 
-    /// Starts and configures the VMM and boots the guest. On error no
-    /// process of this VM remains.
-    fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
+    /// Starts and configures the VMM and boots the guest, taking over what
+    /// [`Vmm::prepare`] started. On error no process of this VM remains.
+    fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched>;
 
-    /// [`Vmm::launch`], taking over what [`Vmm::prepare`] started.
-    fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
-        drop(prepared);
-        self.launch(spec)
+    /// [`Vmm::launch_prepared`] with nothing started ahead.
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        self.launch_prepared(spec, Prepared::default())
     }
 
     /// Asks the guest to power off; returns without waiting.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use banger_proto::check::Check;
 
 use crate::process::{self, detach};
-use crate::{LaunchSpec, Launched, Result, Vmm, VmmError};
+use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const VHOST_SOCKET: &str = "vhost-vsock.sock";
@@ -185,7 +185,8 @@ impl Vmm for Qemu {
         ]
     }
 
-    fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+    /// Nothing starts ahead: QEMU's command line needs the drives and TAP.
+    fn launch_prepared(&self, spec: &LaunchSpec, _prepared: Prepared) -> Result<Launched> {
         if !self.binary.is_file() {
             return Err(VmmError::BinaryMissing(self.binary.clone()));
         }
