@@ -291,78 +291,204 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Each seed command line parses into the command and values it names:
+    /// the parsed tree's debug form holds every expected `field: value`.
     #[test]
-    fn every_seed_command_parses() {
-        let accepted: &[&[&str]] = &[
-            &["vm", "create", "--name", "calm-otter", "--disk-size", "16G"],
-            &["vm", "create", "--name", "web", "--nat"],
-            &["vm", "create"],
-            &[
-                "vm",
-                "create",
-                "--image",
-                "docker-dev",
-                "--vcpu",
-                "4",
-                "--memory",
-                "2048",
-                "--json",
-            ],
-            &["vm", "list"],
-            &["vm", "list", "--json"],
-            &["vm", "show", "calm-otter"],
-            &["vm", "show", "calm-otter", "--json"],
-            &["vm", "stats", "calm-otter"],
-            &["vm", "ssh", "calm-otter"],
-            &["vm", "ssh", "calm-otter", "--", "uname", "-a"],
-            &["vm", "stop", "calm-otter"],
-            &["vm", "start", "calm-otter"],
-            &[
-                "vm",
-                "start",
-                "calm-otter",
-                "--wait",
-                "--wait-timeout",
-                "60",
-            ],
-            &["vm", "create", "--name", "calm-otter", "--wait"],
-            &["vm", "restart", "calm-otter"],
-            &["vm", "kill", "--signal", "TERM", "calm-otter"],
-            &["vm", "delete", "calm-otter"],
-            &[
-                "vm",
-                "set",
-                "calm-otter",
-                "--memory",
-                "2048",
-                "--vcpu",
-                "4",
-                "--disk-size",
-                "32G",
-            ],
-            &["vm", "stop", "calm-otter", "buildbox", "api-1"],
-            &["vm", "kill", "--signal", "KILL", "aa12bb34", "cc56dd78"],
-            &["vm", "set", "--nat", "web-1", "web-2", "web-3"],
-            &["vm", "set", "web", "--nat"],
-            &["vm", "set", "web", "--no-nat"],
-            &["tui"],
-            &["daemon", "status"],
-            &["daemon", "status", "--json"],
-            &["daemon", "socket"],
-            &["daemon", "stop"],
-            &["doctor"],
-            &["doctor", "--json"],
-            &["image", "list"],
-            &["image", "list", "--json"],
-            &["image", "build", "--name", "docker-dev", "--docker"],
-            &["image", "show", "docker-dev"],
-            &["image", "delete", "docker-dev"],
-            &["completions", "bash"],
-            &["completions", "zsh"],
+    fn every_seed_command_parses_to_its_values() {
+        let accepted: &[(&[&str], &[&str])] = &[
+            (
+                &["vm", "create", "--name", "calm-otter", "--disk-size", "16G"],
+                &[
+                    "Create(",
+                    "name: Some(\"calm-otter\")",
+                    "disk_size: Some(\"16G\")",
+                    "nat: false",
+                    "wait: false",
+                ],
+            ),
+            (
+                &["vm", "create", "--name", "web", "--nat"],
+                &["name: Some(\"web\")", "nat: true"],
+            ),
+            (
+                &["vm", "create"],
+                &[
+                    "Create(",
+                    "name: None",
+                    "image: None",
+                    "vcpu: None",
+                    "memory: None",
+                ],
+            ),
+            (
+                &[
+                    "vm",
+                    "create",
+                    "--image",
+                    "docker-dev",
+                    "--vcpu",
+                    "4",
+                    "--memory",
+                    "2048",
+                    "--json",
+                ],
+                &[
+                    "image: Some(\"docker-dev\")",
+                    "vcpu: Some(4)",
+                    "memory: Some(2048)",
+                    "json: true",
+                ],
+            ),
+            (&["vm", "create", "--vmm", "qemu"], &["vmm: Some(\"qemu\")"]),
+            (&["vm", "list"], &["List(JsonFlag { json: false })"]),
+            (&["vm", "ls", "--json"], &["List(JsonFlag { json: true })"]),
+            (
+                &["vm", "show", "calm-otter"],
+                &["Show(", "vm: \"calm-otter\"", "json: false"],
+            ),
+            (
+                &["vm", "show", "calm-otter", "--json"],
+                &["Show(", "json: true"],
+            ),
+            (
+                &["vm", "stats", "calm-otter"],
+                &["Stats(", "vm: \"calm-otter\""],
+            ),
+            (
+                &["vm", "ssh", "calm-otter"],
+                &["Ssh(", "vm: \"calm-otter\"", "command: []"],
+            ),
+            (
+                &["vm", "ssh", "calm-otter", "--", "uname", "-a"],
+                &["command: [\"uname\", \"-a\"]"],
+            ),
+            (
+                &["vm", "stop", "calm-otter"],
+                &["Stop(", "vms: [\"calm-otter\"]"],
+            ),
+            (
+                &["vm", "start", "calm-otter"],
+                &["Start(", "wait: false", "wait_timeout: 300"],
+            ),
+            (
+                &[
+                    "vm",
+                    "start",
+                    "calm-otter",
+                    "--wait",
+                    "--wait-timeout",
+                    "60",
+                ],
+                &["Start(", "wait: true", "wait_timeout: 60"],
+            ),
+            (
+                &["vm", "create", "--name", "calm-otter", "--wait"],
+                &["wait: true", "wait_timeout: 300"],
+            ),
+            (
+                &["vm", "restart", "calm-otter"],
+                &["Restart(", "vms: [\"calm-otter\"]"],
+            ),
+            (
+                &["vm", "kill", "--signal", "TERM", "calm-otter"],
+                &["Kill(", "signal: \"TERM\""],
+            ),
+            (
+                &["vm", "kill", "calm-otter"],
+                &["Kill(", "signal: \"KILL\""],
+            ),
+            (
+                &["vm", "delete", "calm-otter"],
+                &["Delete(", "vms: [\"calm-otter\"]"],
+            ),
+            (&["vm", "rm", "a", "b"], &["Delete(", "vms: [\"a\", \"b\"]"]),
+            (
+                &[
+                    "vm",
+                    "set",
+                    "calm-otter",
+                    "--memory",
+                    "2048",
+                    "--vcpu",
+                    "4",
+                    "--disk-size",
+                    "32G",
+                ],
+                &[
+                    "Set(",
+                    "memory: Some(2048)",
+                    "vcpu: Some(4)",
+                    "disk_size: Some(\"32G\")",
+                    "nat: false",
+                    "no_nat: false",
+                ],
+            ),
+            (
+                &["vm", "stop", "calm-otter", "buildbox", "api-1"],
+                &["vms: [\"calm-otter\", \"buildbox\", \"api-1\"]"],
+            ),
+            (
+                &["vm", "kill", "--signal", "KILL", "aa12bb34", "cc56dd78"],
+                &["signal: \"KILL\"", "vms: [\"aa12bb34\", \"cc56dd78\"]"],
+            ),
+            (
+                &["vm", "set", "--nat", "web-1", "web-2", "web-3"],
+                &["nat: true", "vms: [\"web-1\", \"web-2\", \"web-3\"]"],
+            ),
+            (
+                &["vm", "set", "web", "--nat"],
+                &["nat: true", "no_nat: false"],
+            ),
+            (
+                &["vm", "set", "web", "--no-nat"],
+                &["nat: false", "no_nat: true"],
+            ),
+            (&["tui"], &["Tui"]),
+            (
+                &["daemon", "status"],
+                &["Daemon(Status(JsonFlag { json: false }))"],
+            ),
+            (
+                &["daemon", "status", "--json"],
+                &["Daemon(Status(JsonFlag { json: true }))"],
+            ),
+            (&["daemon", "socket"], &["Daemon(Socket)"]),
+            (&["daemon", "stop"], &["Daemon(Stop)"]),
+            (&["doctor"], &["Doctor(JsonFlag { json: false })"]),
+            (&["doctor", "--json"], &["Doctor(JsonFlag { json: true })"]),
+            (
+                &["image", "list"],
+                &["Image(List(JsonFlag { json: false }))"],
+            ),
+            (
+                &["image", "list", "--json"],
+                &["Image(List(JsonFlag { json: true }))"],
+            ),
+            (
+                &["image", "build", "--name", "docker-dev", "--docker"],
+                &["Build(", "name: \"docker-dev\"", "docker: true"],
+            ),
+            (
+                &["image", "show", "docker-dev"],
+                &["Image(Show(", "image: \"docker-dev\""],
+            ),
+            (
+                &["image", "delete", "docker-dev"],
+                &["Image(Delete(", "image: \"docker-dev\""],
+            ),
+            (&["completions", "bash"], &["Completions { shell: Bash }"]),
+            (&["completions", "zsh"], &["Completions { shell: Zsh }"]),
         ];
-        for args in accepted {
-            if let Err(e) = parse(args) {
-                panic!("{args:?} should parse: {e}");
+        for (args, expected) in accepted {
+            let parsed = match parse(args) {
+                Ok(cli) => format!("{:?}", cli.command),
+                Err(e) => panic!("{args:?} should parse: {e}"),
+            };
+            for needle in *expected {
+                assert!(
+                    parsed.contains(needle),
+                    "{args:?} parsed as {parsed}, missing {needle}"
+                );
             }
         }
     }

@@ -267,6 +267,16 @@ fn concurrent_first_commands_share_one_daemon() {
     }
     let pid = world.daemon_pid().unwrap();
     assert!(support::process_alive(pid));
+    // A daemon that replaced another would log its own "bangerd ready"
+    // line: exactly one may have become ready, and it is the one serving.
+    let log = std::fs::read_to_string(world.log_file()).unwrap();
+    let ready: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["fields"]["message"] == "bangerd ready")
+        .collect();
+    assert_eq!(ready.len(), 1, "one daemon became ready:\n{log}");
+    assert_eq!(ready[0]["fields"]["pid"], pid, "{log}");
 }
 
 #[test]
@@ -305,11 +315,56 @@ fn version_and_completions() {
         world.ok(&["--version"]),
         format!("banger {}\n", env!("CARGO_PKG_VERSION"))
     );
-    let script = world.ok(&["completions", "bash"]);
+    // Each shell's script registers banger's completer and knows the
+    // command tree down to the flags of a nested command.
+    let bash = world.ok(&["completions", "bash"]);
+    assert!(bash.contains("_banger()"), "a completion function");
     assert!(
-        script.contains("banger") && script.contains("vm"),
-        "bash completion script"
+        bash.lines()
+            .any(|l| l.trim_start().starts_with("complete -F _banger ")
+                && l.trim_end().ends_with(" banger")),
+        "registered for banger"
     );
+    for word in [
+        "create",
+        "ssh",
+        "--wait-timeout",
+        "--disk-size",
+        "--no-nat",
+        "completions",
+    ] {
+        assert!(bash.contains(word), "bash completes {word}");
+    }
+    let zsh = world.ok(&["completions", "zsh"]);
+    assert!(
+        zsh.starts_with("#compdef banger"),
+        "{}",
+        &zsh[..zsh.len().min(80)]
+    );
+    assert!(zsh.contains("--wait-timeout") && zsh.contains("restart"));
+    let fish = world.ok(&["completions", "fish"]);
+    assert!(
+        fish.lines()
+            .filter(|l| l.starts_with("complete "))
+            .all(|l| l.starts_with("complete -c banger ")),
+        "every fish completion is for banger"
+    );
+    assert!(fish.contains("-l wait-timeout") && fish.contains("-a \"create\""));
+    // A reader that goes away (`| head`) is no crash.
+    let mut child = world
+        .command(support::BANGER)
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    let out = world.banger(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad input");
+    assert!(stderr(&out).contains("tcsh"), "{}", stderr(&out));
     assert!(!world.socket().exists(), "neither starts the daemon");
 }
 

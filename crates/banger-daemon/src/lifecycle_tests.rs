@@ -386,7 +386,43 @@ fn stop_falls_back_to_signals_when_the_guest_ignores_shutdown() {
         "waited for the guest first"
     );
     assert_eq!(stopped.state, VmState::Stopped);
+    assert_eq!(
+        stopped.exit_reason.as_deref(),
+        Some("the guest did not power off within 2s; stopped with SIGTERM")
+    );
     assert!(!procfs::is_running(vm.pid.unwrap(), None));
+    let stored = fx.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!(stored.exit_reason, stopped.exit_reason);
+}
+
+#[test]
+fn stop_ends_with_sigkill_when_the_vmm_ignores_sigterm() {
+    let fx = fixture();
+    fx.vmm.ignore_shutdown(true);
+    fx.vmm.ignore_sigterm(true);
+    let vm = fx.create("wedged");
+    let started = Instant::now();
+    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    assert!(
+        started.elapsed() >= QUICK.graceful + QUICK.term,
+        "both earlier rungs were waited for"
+    );
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert_eq!(
+        stopped.exit_reason.as_deref(),
+        Some(
+            "the guest did not power off within 2s and the VMM ignored SIGTERM; stopped with SIGKILL"
+        )
+    );
+    assert!(!procfs::is_running(vm.pid.unwrap(), None));
+}
+
+#[test]
+fn stop_of_a_guest_that_powers_off_is_clean() {
+    let fx = fixture();
+    let vm = fx.create("polite");
+    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    assert_eq!(stopped.exit_reason.as_deref(), Some("clean shutdown"));
 }
 
 #[test]
@@ -773,16 +809,11 @@ fn refs_resolve_by_name_then_unique_prefix() {
 /// namespace (root only): devices and rules exist exactly while they should.
 #[test]
 fn real_network_follows_the_vm_lifecycle() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0
-        || std::process::Command::new("iptables")
-            .arg("-V")
-            .output()
-            .is_err()
-    {
-        eprintln!(
-            "SKIPPED: real_network_follows_the_vm_lifecycle needs root and iptables (CI has both)"
-        );
+    if !banger_testkit::require(
+        banger_testkit::is_root() && banger_testkit::have_tool("iptables"),
+        "real_network_follows_the_vm_lifecycle",
+        "needs root and iptables (CI has both)",
+    ) {
         return;
     }
     use banger_host::net::HostNetwork;

@@ -180,40 +180,35 @@ impl Store {
             .transpose()
     }
 
+    /// Runs `change` in one transaction: every write it makes lands, or
+    /// none does (an error, a panic or a killed daemon rolls it back).
+    pub fn write<T>(&self, change: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let writer = Writer {
+            tx: &tx,
+            vms_changed: std::cell::Cell::new(false),
+        };
+        let out = change(&writer)?;
+        let vms_changed = writer.vms_changed.get();
+        tx.commit()?;
+        if vms_changed {
+            self.vms_changed();
+        }
+        Ok(out)
+    }
+
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
-            &format!(
-                "INSERT INTO vms ({VM_COLUMNS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-            ),
-            rusqlite::params_from_iter(vm_params(vm)),
-        )?;
-        self.vms_changed();
-        Ok(())
+        self.write(|w| w.insert_vm(vm))
     }
 
     /// Writes every column of an existing VM row.
     pub fn update_vm(&self, vm: &VmRecord) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
-            "UPDATE vms SET name = ?2, state = ?3, image = ?4, vmm = ?5, vcpu = ?6,
-                memory_mib = ?7, disk_size_bytes = ?8, nat = ?9, guest_ip = ?10, tap = ?11,
-                vsock_cid = ?12, vsock_path = ?13, pid = ?14, pid_start_time = ?15,
-                created_at = ?16, started_at = ?17, stopped_at = ?18, exit_reason = ?19,
-                last_error = ?20
-             WHERE id = ?1",
-            rusqlite::params_from_iter(vm_params(vm)),
-        )?;
-        self.vms_changed();
-        Ok(())
+        self.write(|w| w.update_vm(vm))
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<()> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM vms WHERE id = ?1", [id])?;
-        self.vms_changed();
-        Ok(())
+        self.write(|w| w.delete_vm(id))
     }
 
     pub fn list_images(&self) -> Result<Vec<Image>> {
@@ -234,7 +229,64 @@ impl Store {
 
     /// Inserts or replaces an image by name.
     pub fn put_image(&self, image: &Image) -> Result<()> {
-        self.conn().execute(
+        self.write(|w| w.put_image(image))
+    }
+
+    pub fn delete_image(&self, name: &str) -> Result<()> {
+        self.write(|w| w.delete_image(name))
+    }
+
+    pub fn images_in_use(&self, name: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([name], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// The writes of one [`Store::write`] transaction.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    vms_changed: std::cell::Cell<bool>,
+}
+
+impl Writer<'_> {
+    pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
+        self.tx.execute(
+            &format!(
+                "INSERT INTO vms ({VM_COLUMNS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            ),
+            rusqlite::params_from_iter(vm_params(vm)),
+        )?;
+        self.vms_changed.set(true);
+        Ok(())
+    }
+
+    pub fn update_vm(&self, vm: &VmRecord) -> Result<()> {
+        self.tx.execute(
+            "UPDATE vms SET name = ?2, state = ?3, image = ?4, vmm = ?5, vcpu = ?6,
+                memory_mib = ?7, disk_size_bytes = ?8, nat = ?9, guest_ip = ?10, tap = ?11,
+                vsock_cid = ?12, vsock_path = ?13, pid = ?14, pid_start_time = ?15,
+                created_at = ?16, started_at = ?17, stopped_at = ?18, exit_reason = ?19,
+                last_error = ?20
+             WHERE id = ?1",
+            rusqlite::params_from_iter(vm_params(vm)),
+        )?;
+        self.vms_changed.set(true);
+        Ok(())
+    }
+
+    pub fn delete_vm(&self, id: &str) -> Result<()> {
+        self.tx.execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        self.vms_changed.set(true);
+        Ok(())
+    }
+
+    pub fn put_image(&self, image: &Image) -> Result<()> {
+        self.tx.execute(
             &format!("INSERT OR REPLACE INTO images ({IMAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
             params![
                 image.name,
@@ -251,17 +303,9 @@ impl Store {
     }
 
     pub fn delete_image(&self, name: &str) -> Result<()> {
-        self.conn()
+        self.tx
             .execute("DELETE FROM images WHERE name = ?1", [name])?;
         Ok(())
-    }
-
-    pub fn images_in_use(&self, name: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
-        let rows = stmt.query_map([name], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 
@@ -497,6 +541,31 @@ pub(crate) mod tests {
         assert!(store.list_images().unwrap().is_empty());
     }
 
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let store = Store::open_in_memory().unwrap();
+        let generation = store.vms_generation();
+        let err = store
+            .write(|w| {
+                w.insert_vm(&sample_vm("aa", "first"))?;
+                w.insert_vm(&sample_vm("aa", "same-id"))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+        assert_eq!(store.vm_count().unwrap(), 0, "the first insert rolled back");
+        assert_eq!(store.vms_generation(), generation);
+        let mut second = sample_vm("bb", "second");
+        second.vsock_cid = Some(4);
+        store
+            .write(|w| {
+                w.insert_vm(&sample_vm("aa", "first"))?;
+                w.insert_vm(&second)
+            })
+            .unwrap();
+        assert_eq!(store.vm_count().unwrap(), 2);
+        assert!(store.vms_generation() > generation);
+    }
+
     /// The child half of `killed_writer_leaves_database_consistent`: writes
     /// pairs of rows in transactions until it is killed.
     #[test]
@@ -507,21 +576,16 @@ pub(crate) mod tests {
         };
         let store = Store::open(Path::new(&path)).unwrap();
         for i in 0u64.. {
-            let conn = store.conn();
-            let tx = conn.unchecked_transaction().unwrap();
-            for half in ["a", "b"] {
-                let mut vm = sample_vm(&format!("{i}{half}"), &format!("vm-{i}-{half}"));
-                vm.vsock_cid = None;
-                tx.execute(
-                    &format!(
-                        "INSERT INTO vms ({VM_COLUMNS}) VALUES
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-                    ),
-                    rusqlite::params_from_iter(vm_params(&vm)),
-                )
+            store
+                .write(|w| {
+                    for half in ["a", "b"] {
+                        let mut vm = sample_vm(&format!("{i}{half}"), &format!("vm-{i}-{half}"));
+                        vm.vsock_cid = None;
+                        w.insert_vm(&vm)?;
+                    }
+                    Ok(())
+                })
                 .unwrap();
-            }
-            tx.commit().unwrap();
         }
     }
 

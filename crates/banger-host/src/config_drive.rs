@@ -228,11 +228,11 @@ mod tests {
     }
 
     fn have_tar() -> bool {
-        let found = Command::new("tar").arg("--version").output().is_ok();
-        if !found {
-            eprintln!("SKIPPED: GNU tar is not installed (apt-get install tar)");
-        }
-        found
+        banger_testkit::require(
+            banger_testkit::have_tool("tar"),
+            "config drive tests with GNU tar",
+            "GNU tar is not installed (apt-get install tar)",
+        )
     }
 
     #[test]

@@ -355,7 +355,7 @@ pub fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     target.set_len(len)?;
     let end =
         i64::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let (src, dst) = (source.as_raw_fd(), target.as_raw_fd());
+    let src = source.as_raw_fd();
     let mut offset: i64 = 0;
     while offset < end {
         // SAFETY: lseek on a descriptor we own; results are checked.
@@ -372,21 +372,67 @@ pub fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
         if hole < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let (mut from_offset, mut to_offset) = (data, data);
-        while from_offset < hole {
-            let chunk = usize::try_from(hole - from_offset).unwrap_or(usize::MAX);
-            // SAFETY: both descriptors are open; the offsets are ours and updated by the kernel.
-            let copied = unsafe {
-                libc::copy_file_range(src, &mut from_offset, dst, &mut to_offset, chunk, 0)
-            };
-            if copied < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if copied == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-        }
+        copy_extent(&source, &target, data, hole)?;
         offset = hole;
+    }
+    Ok(())
+}
+
+/// Copies bytes `start..end` of `source` to the same offsets of `target`:
+/// in the kernel with `copy_file_range`, or through a buffer where the two
+/// files sit on filesystems it cannot copy between (`EXDEV`, e.g. state and
+/// cache dirs on different mounts) or that lack it.
+fn copy_extent(
+    source: &std::fs::File,
+    target: &std::fs::File,
+    start: i64,
+    end: i64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (src, dst) = (source.as_raw_fd(), target.as_raw_fd());
+    let (mut from_offset, mut to_offset) = (start, start);
+    while from_offset < end {
+        let chunk = usize::try_from(end - from_offset).unwrap_or(usize::MAX);
+        // SAFETY: both descriptors are open; the offsets are ours and updated by the kernel.
+        let copied =
+            unsafe { libc::copy_file_range(src, &mut from_offset, dst, &mut to_offset, chunk, 0) };
+        if copied < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
+                    copy_extent_buffered(source, target, from_offset, end)
+                }
+                _ => Err(err),
+            };
+        }
+        if copied == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+    }
+    Ok(())
+}
+
+fn copy_extent_buffered(
+    source: &std::fs::File,
+    target: &std::fs::File,
+    start: i64,
+    end: i64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let (mut offset, end) = (
+        u64::try_from(start).map_err(invalid)?,
+        u64::try_from(end).map_err(invalid)?,
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    while offset < end {
+        let want = usize::try_from((end - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let read = source.read_at(&mut buf[..want], offset)?;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        target.write_all_at(&buf[..read], offset)?;
+        offset += read as u64;
     }
     Ok(())
 }
@@ -563,16 +609,12 @@ mod tests {
     }
 
     fn have_e2fsprogs() -> bool {
-        let found = std::process::Command::new("mkfs.ext4")
-            .arg("-V")
-            .output()
-            .is_ok();
-        if !found {
-            eprintln!(
-                "SKIPPED: e2fsprogs is not installed (apt-get install e2fsprogs); .ci/run installs it"
-            );
-        }
-        found
+        banger_testkit::require(
+            banger_testkit::missing_tool(&["mkfs.ext4", "debugfs", "e2fsck", "resize2fs"])
+                .is_none(),
+            "e2fsprogs disk tests",
+            "e2fsprogs is not installed (apt-get install e2fsprogs; .ci/run installs it)",
+        )
     }
 
     /// A base image whose /root holds files owned by uid 1000, as `mkfs.ext4 -d`
@@ -858,15 +900,83 @@ mod tests {
         assert!(meta.blocks() * 512 < 1 << 20, "holes stay holes");
     }
 
+    /// State and cache on different filesystems: `copy_file_range` says
+    /// `EXDEV` there, and the buffered fallback copies the data extents.
+    #[test]
+    fn sparse_copy_crosses_filesystems() {
+        let shm = tempfile::tempdir_in("/dev/shm");
+        let tmp = tempfile::tempdir().unwrap();
+        let other_device = shm.as_ref().is_ok_and(|shm| {
+            shm.path().metadata().unwrap().dev() != tmp.path().metadata().unwrap().dev()
+        });
+        if !banger_testkit::require(
+            other_device,
+            "sparse_copy_crosses_filesystems",
+            "needs /dev/shm on another filesystem than the temp dir",
+        ) {
+            return;
+        }
+        let shm = shm.unwrap();
+        let from = shm.path().join("from");
+        let file = std::fs::File::create(&from).unwrap();
+        file.set_len(1 << 30).unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"start", 0).unwrap();
+        file.write_all_at(b"middle", 512 << 20).unwrap();
+        drop(file);
+        let to = tmp.path().join("to");
+        sparse_copy(&from, &to).unwrap();
+        let copied = std::fs::File::open(&to).unwrap();
+        let mut buf = [0u8; 6];
+        copied.read_exact_at(&mut buf, 512 << 20).unwrap();
+        assert_eq!(&buf, b"middle");
+        copied.read_exact_at(&mut buf[..5], 0).unwrap();
+        assert_eq!(&buf[..5], b"start");
+        let meta = copied.metadata().unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        assert!(meta.blocks() * 512 < 1 << 20, "holes stay holes");
+    }
+
+    #[test]
+    fn buffered_extent_copy_writes_only_the_extent() {
+        let tmp = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::FileExt;
+        let source = std::fs::File::create(tmp.path().join("s")).unwrap();
+        source.write_all_at(&vec![7u8; 3 << 20], 0).unwrap();
+        let source = std::fs::File::open(tmp.path().join("s")).unwrap();
+        let target = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(tmp.path().join("t"))
+            .unwrap();
+        target.set_len(3 << 20).unwrap();
+        copy_extent_buffered(&source, &target, 1 << 20, (2 << 20) + 5).unwrap();
+        let mut buf = vec![0u8; 3 << 20];
+        target.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf[..1 << 20].iter().all(|b| *b == 0));
+        assert!(buf[1 << 20..(2 << 20) + 5].iter().all(|b| *b == 7));
+        assert!(buf[(2 << 20) + 5..].iter().all(|b| *b == 0));
+    }
+
     #[test]
     fn failed_format_leaves_no_file() {
         let tmp = tempfile::tempdir().unwrap();
         let runner = crate::process::RecordingRunner::new();
         runner.answer("mkfs.ext4", None, 1, "", "no space");
-        let disks = Ext4Disks::new(Arc::new(runner), tmp.path().join("cache"));
+        let cache = tmp.path().join("cache");
+        let disks = Ext4Disks::new(Arc::new(runner), cache.clone());
         let path = tmp.path().join("overlay.ext4");
         let err = disks.create_overlay(&path, 1 << 30).unwrap_err();
         assert!(err.to_string().contains("formatting"), "{err}");
         assert!(!path.exists());
+        // The failed build happened in the template cache: neither the
+        // half-built template nor its staging tree may stay there.
+        for dir in ["templates", "scratch"] {
+            let left: Vec<_> = std::fs::read_dir(cache.join(dir))
+                .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{dir}/ keeps {left:?}");
+        }
     }
 }

@@ -411,6 +411,7 @@ mod tests {
                 sys: self.root().join("sys"),
                 proc_dir: self.root().join("proc"),
                 euid: 0,
+                access: crate::probe::Access::Kernel,
             };
             let config = Config {
                 runtime_dir: Some(self.root().join("runtime")),

@@ -744,6 +744,36 @@ mod tests {
                 .any(|l| l.contains("-A BANGER-FORWARD -i banger0 -s 172.30.0.2/32")),
             "{lines:#?}"
         );
+        let appended = lines.iter().filter(|l| l.contains(" -A ")).count();
+        assert_eq!(
+            appended, 3,
+            "one MASQUERADE and two FORWARD rules: {lines:#?}"
+        );
+    }
+
+    #[test]
+    fn nat_rules_already_present_are_not_added_again() {
+        let runner = Arc::new(RecordingRunner::new());
+        // Every check (-L, -C) answers 0: chains, jumps and rules exist.
+        let net = IpTablesNetwork::new(runner.clone(), false);
+        let rule = NatRule {
+            vm_id: "abc".into(),
+            guest_ip: Ipv4Addr::new(172, 30, 0, 2),
+        };
+        net.add_nat(&rule).unwrap();
+        net.add_nat(&rule).unwrap();
+        let lines = runner.lines();
+        let checks = lines.iter().filter(|l| l.contains(" -C ")).count();
+        assert_eq!(
+            checks,
+            2 * (2 + 3),
+            "two jump and three rule checks per call: {lines:#?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.starts_with("sysctl")
+                || !(l.contains(" -A ") || l.contains(" -I ") || l.contains(" -N "))),
+            "nothing is added: {lines:#?}"
+        );
     }
 
     #[test]

@@ -20,6 +20,50 @@ pub struct Probe {
     /// `/proc`
     pub proc_dir: PathBuf,
     pub euid: u32,
+    /// How file access is decided: the kernel's `access(2)` on the real
+    /// host; the mode bits for a given user in tests, since the tests run
+    /// as root (CI), for whom `access(2)` allows nearly everything.
+    pub access: Access,
+}
+
+/// Who decides whether this user may read, write or run a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// `access(2)` for the real user of this process.
+    Kernel,
+    /// The owner, group and other bits, for `uid` with the groups `gids`.
+    ModeBits { uid: u32, gids: Vec<u32> },
+}
+
+impl Access {
+    /// Whether `mode` (`R_OK | W_OK | X_OK` bits) is allowed on `path`.
+    pub fn allows(&self, path: &Path, mode: libc::c_int) -> bool {
+        match self {
+            Self::Kernel => {
+                let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+                    return false;
+                };
+                // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
+                unsafe { libc::access(c_path.as_ptr(), mode) == 0 }
+            }
+            Self::ModeBits { uid, gids } => {
+                use std::os::unix::fs::MetadataExt;
+                let Ok(meta) = std::fs::metadata(path) else {
+                    return false;
+                };
+                let shift = if meta.uid() == *uid {
+                    6
+                } else if gids.contains(&meta.gid()) {
+                    3
+                } else {
+                    0
+                };
+                let granted = (meta.mode() >> shift) & 0o7;
+                let wanted = u32::try_from(mode & 0o7).unwrap_or(0o7);
+                granted & wanted == wanted
+            }
+        }
+    }
 }
 
 impl Probe {
@@ -36,6 +80,7 @@ impl Probe {
             proc_dir: "/proc".into(),
             // SAFETY: geteuid has no preconditions and cannot fail.
             euid: unsafe { libc::geteuid() },
+            access: Access::Kernel,
         }
     }
 
@@ -44,7 +89,7 @@ impl Probe {
         self.path
             .iter()
             .map(|dir| dir.join(name))
-            .find(|p| is_executable(p))
+            .find(|p| p.is_file() && self.access.allows(p, libc::X_OK))
     }
 
     /// A program a feature needs.
@@ -66,7 +111,7 @@ impl Probe {
         if !path.exists() {
             return Check::fail(name, "does not exist", missing_fix);
         }
-        if accessible(&path, libc::R_OK | libc::W_OK) {
+        if self.access.allows(&path, libc::R_OK | libc::W_OK) {
             Check::pass(name, "readable and writable")
         } else {
             Check::fail(
@@ -93,18 +138,6 @@ impl Probe {
     }
 }
 
-fn is_executable(path: &Path) -> bool {
-    path.is_file() && accessible(path, libc::X_OK)
-}
-
-fn accessible(path: &Path, mode: libc::c_int) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::access(c_path.as_ptr(), mode) == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +151,23 @@ mod tests {
             sys: dir.join("sys"),
             proc_dir: dir.join("proc"),
             euid: 1000,
+            access: Access::ModeBits {
+                uid: 1000,
+                gids: vec![1000],
+            },
+        }
+    }
+
+    /// A probe for a user who owns none of the test's files, whoever runs
+    /// the tests.
+    fn stranger_probe(dir: &Path) -> Probe {
+        Probe {
+            euid: 4242,
+            access: Access::ModeBits {
+                uid: 4242,
+                gids: vec![4242],
+            },
+            ..probe(dir)
         }
     }
 
@@ -155,6 +205,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(probe.device("kvm", "x", "y").status, CheckStatus::Pass);
+    }
+
+    /// Debian's /dev/kvm is root:kvm 0660: a user outside group kvm gets
+    /// the access fix, one in it passes. Decided from the mode bits for uid
+    /// 1000, so it holds when the tests run as root.
+    #[test]
+    fn a_device_this_user_cannot_use_names_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("dev")).unwrap();
+        let kvm = tmp.path().join("dev/kvm");
+        std::fs::write(&kvm, "").unwrap();
+        std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let mut probe = stranger_probe(tmp.path());
+        let check = probe.device("kvm", "enable KVM", "add the user to group kvm");
+        assert_eq!(check.status, CheckStatus::Fail);
+        assert_eq!(
+            check.message(),
+            "/dev/kvm: not readable and writable by uid 4242: add the user to group kvm"
+        );
+        let group = std::os::unix::fs::MetadataExt::gid(&kvm.metadata().unwrap());
+        probe.access = Access::ModeBits {
+            uid: 4242,
+            gids: vec![4242, group],
+        };
+        assert_eq!(probe.device("kvm", "x", "y").status, CheckStatus::Pass);
+        std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            probe.device("kvm", "x", "y").status,
+            CheckStatus::Fail,
+            "read-only for the group is not enough"
+        );
+    }
+
+    #[test]
+    fn a_tool_this_user_cannot_run_is_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("bin")).unwrap();
+        let tool = tmp.path().join("bin/ip");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o744)).unwrap();
+        let probe = stranger_probe(tmp.path());
+        assert_eq!(probe.find("ip"), None, "only the owner's bit is executable");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(probe.find("ip"), Some(tool));
     }
 
     #[test]

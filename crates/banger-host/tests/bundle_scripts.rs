@@ -18,18 +18,15 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn tools_present() -> bool {
-    let ok = ["tar", "python3", "curl", "sha256sum"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!(
-            "SKIPPED: bundle script tests need tar, python3, curl and sha256sum (make deps installs them)"
-        );
-    }
-    ok
+    let missing = banger_testkit::missing_tool(&["tar", "python3", "curl", "sha256sum"]);
+    banger_testkit::require(
+        missing.is_none(),
+        "bundle script tests",
+        &format!(
+            "{} is missing (make deps installs tar, python3, curl and sha256sum)",
+            missing.unwrap_or_default()
+        ),
+    )
 }
 
 /// A small bundle: a manifest, a file, a nested file and a sparse image.

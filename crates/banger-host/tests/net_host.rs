@@ -12,22 +12,21 @@ use banger_host::net::{HostNetwork, IpTablesNetwork, NatRule, Pool};
 use banger_host::process::{Cmd, NetnsRunner, Runner};
 
 pub fn namespace(tag: &str) -> Option<Arc<NetnsRunner>> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: real-host network test {tag}: needs root (CI runs as root)");
+    let test = format!("real-host network test {tag}");
+    if !banger_testkit::require(
+        banger_testkit::is_root(),
+        &test,
+        "needs root (CI runs as root)",
+    ) {
         return None;
     }
-    for tool in ["ip", "iptables", "iptables-save", "sysctl"] {
-        if std::process::Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!(
-                "SKIPPED: real-host network test {tag}: {tool} is missing (apt-get install iproute2 iptables procps)"
-            );
-            return None;
-        }
+    let missing = banger_testkit::missing_tool(&["ip", "iptables", "iptables-save", "sysctl"]);
+    let why = format!(
+        "{} is missing (apt-get install iproute2 iptables procps)",
+        missing.unwrap_or_default()
+    );
+    if !banger_testkit::require(missing.is_none(), &test, &why) {
+        return None;
     }
     let name = format!("banger-test-{}-{tag}", std::process::id());
     Some(Arc::new(

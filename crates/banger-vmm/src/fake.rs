@@ -17,6 +17,10 @@ use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 const GUEST_SCRIPT: &str = "trap 'kill $sleeper 2>/dev/null; exit 0' TERM; : > \"$1\"; \
     sleep 1000000 & sleeper=$!; wait $sleeper";
 
+/// A VMM process that ignores SIGTERM, as a wedged one would: only SIGKILL
+/// ends it. Short sleeps, so nothing outlives the killed shell for long.
+const STUBBORN_SCRIPT: &str = "trap '' TERM; : > \"$1\"; while :; do sleep 1; done";
+
 pub const READY_FILE: &str = "fake-vmm.ready";
 
 /// Marks a fake VMM's process so `responds` can tell it from a recycled PID.
@@ -33,6 +37,7 @@ pub enum FakeOp {
 pub struct FakeVmm {
     fail: Mutex<HashSet<FakeOp>>,
     ignore_shutdown: AtomicBool,
+    ignore_sigterm: AtomicBool,
     launches: Mutex<Vec<LaunchSpec>>,
     prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
@@ -54,6 +59,11 @@ impl FakeVmm {
     /// The guest ignores shutdown requests, as a hung guest would.
     pub fn ignore_shutdown(&self, ignore: bool) {
         self.ignore_shutdown.store(ignore, Ordering::SeqCst);
+    }
+
+    /// VMM processes started from now on ignore SIGTERM.
+    pub fn ignore_sigterm(&self, ignore: bool) {
+        self.ignore_sigterm.store(ignore, Ordering::SeqCst);
     }
 
     /// What `checks` reports, for preflight tests.
@@ -89,9 +99,14 @@ impl Vmm for FakeVmm {
         self.check(FakeOp::Prepare)?;
         let ready = vm_dir.join(READY_FILE);
         let _ = std::fs::remove_file(&ready);
+        let script = if self.ignore_sigterm.load(Ordering::SeqCst) {
+            STUBBORN_SCRIPT
+        } else {
+            GUEST_SCRIPT
+        };
         let mut command = Command::new("sh");
         command
-            .args(["-c", GUEST_SCRIPT, MARKER])
+            .args(["-c", script, MARKER])
             .arg(&ready)
             .arg(vm_id)
             .stdin(Stdio::null())

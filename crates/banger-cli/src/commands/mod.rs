@@ -37,8 +37,14 @@ impl Context {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "banger", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            // Generated into memory first: clap_complete panics on a write
+            // error, and `banger completions bash | head` closes the pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "banger", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Vm(command) => vm::run(command, &Context::from_env()?),
         Command::Image(command) => image::run(command, &Context::from_env()?),
