@@ -16,12 +16,16 @@ deps:
 	scripts/deps.sh
 
 ## build: release binaries, copied to ./banger and ./bangerd (the source-checkout layout),
-## and a fresh static banger-vsock-pingd in ./runtime when the bundle exists
+## and a fresh static banger-vsock-pingd in ./runtime, with its bundle.json entry, when
+## the bundle exists (images keep the copy baked into them: make runtime rebuilds those)
 build:
 	$(CARGO) build --release --bins
 	install -m 0755 target/release/banger ./banger
 	install -m 0755 target/release/bangerd ./bangerd
-	@if [ -d $(RUNTIME_DIR) ]; then scripts/runtime/build-pingd.sh $(RUNTIME_DIR)/banger-vsock-pingd; fi
+	@if [ -f $(RUNTIME_DIR)/bundle.json ]; then \
+		scripts/runtime/build-pingd.sh $(RUNTIME_DIR)/banger-vsock-pingd && \
+		scripts/runtime/write-manifest.sh --refresh $(RUNTIME_DIR) vsock_ping_helper banger-vsock-pingd; \
+	fi
 
 ## install: banger and bangerd into $(BINDIR), the runtime bundle into $(LIBDIR); never downloads
 install: build

@@ -4,6 +4,18 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 export PATH="$HOME/.cargo/bin:$PATH"
+# banger needs Rust 1.95+ (edition 2024); Debian's cargo package is older.
+need_rust="1.95"
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo is not installed: install Rust $need_rust or newer with rustup" >&2
+    echo "      (curl --proto '=https' -sSf https://sh.rustup.rs | sh), then run make deps again" >&2
+    exit 1
+fi
+have_rust=$(cargo --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need_rust" "$have_rust" | sort -V | head -n1)" != "$need_rust" ]; then
+    echo "deps: cargo $have_rust is too old: banger needs Rust $need_rust or newer (rustup update)" >&2
+    exit 1
+fi
 apt-get update -qq
 # e2fsprogs: ext4 images; iproute2, iptables, procps: TAPs, NAT, sysctl;
 # mmdebstrap, busybox-static, lz4, cpio, kmod: the runtime bundle build;

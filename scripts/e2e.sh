@@ -109,6 +109,7 @@ check "hostname is e2e-a" test "$(in_vm e2e-a hostname)" = e2e-a
 check "/ is an overlay over the read-only base" test "$(in_vm e2e-a findmnt -n -o FSTYPE /)" = overlay
 size=$(in_vm e2e-a df --output=size -BM /root | tail -n1 | tr -dc 0-9)
 check "/root is the work disk at about 2G (${size}M)" test "${size:-0}" -gt 1800 -a "${size:-0}" -le 2048
+check "/root is mounted from the disk labelled banger-work" test "$(in_vm e2e-a findmnt -n -o LABEL /root)" = banger-work
 check "the guest resolves e2e-a.vm" in_vm e2e-a getent hosts e2e-a.vm
 check "the ping responder is active" test "$(in_vm e2e-a systemctl is-active banger-vsock-pingd)" = active
 
@@ -125,7 +126,17 @@ EOF
 )
 check "e2e-a.vm resolves to $ip_a through bangerd's DNS ($dns)" test "$resolved" = "$ip_a"
 check "the guest IP answers SSH directly" test "$(ssh -i "$bundle/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 "root@$ip_a" hostname)" = e2e-a
-check "NAT rules exist for e2e-a" test "$(iptables-save | grep -c "banger:")" -ge 3
+id_a=$("$banger" vm show e2e-a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# This daemon's rules for e2e-a, by their tag banger:<daemon>:<vm id>: one
+# MASQUERADE and two FORWARD rules, whatever other daemons have.
+nat_rules() { iptables-save | grep -cE -- "--comment \"?banger:[^: ]+:$1\"? "; }
+check "exactly e2e-a's three NAT rules exist ($(nat_rules "$id_a"))" test "$(nat_rules "$id_a")" = 3
+# NAT proven from the guest: an HTTP answer from the host of the guest's
+# own apt source, through the gateway's MASQUERADE.
+mirror=$(in_vm e2e-a "grep -rhoE '^deb +https?://[^/ ]+' /etc/apt/sources.list | head -n1 | sed -E 's|.*://||'")
+probe="exec 3<>/dev/tcp/$mirror/80 && printf 'HEAD / HTTP/1.0\\r\\nHost: $mirror\\r\\n\\r\\n' >&3 && head -c 8 <&3"
+answer=$(in_vm e2e-a "timeout 20 bash -c \"$probe\"")
+check "e2e-a reaches its apt mirror ${mirror:-?} through NAT (${answer:-no answer})" grep -q '^HTTP/1' <<<"$answer"
 
 say "== 4. the post-SSH reminder over vsock"
 reminder=$("$banger" vm ssh e2e-a -- true 2>&1 >/dev/null | tail -n1)
@@ -146,7 +157,8 @@ check "vm set --disk-size 3G on the stopped VM" "$banger" vm set e2e-a --disk-si
 check "vm start e2e-a after the resize" "$banger" vm start e2e-a
 check "e2e-a answers SSH after the resize" wait_ssh e2e-a
 size=$(in_vm e2e-a df --output=size -BM /root | tail -n1 | tr -dc 0-9)
-check "/root grew to about 3G (${size}M)" test "${size:-0}" -gt 2800
+check "/root grew to about 3G (${size}M)" test "${size:-0}" -gt 2800 -a "${size:-0}" -le 3072
+check "/root is still the banger-work disk" test "$(in_vm e2e-a findmnt -n -o LABEL /root)" = banger-work
 check "the /root file is still there after the resize" test "$(in_vm e2e-a cat /root/e2e-root)" = kept
 
 say "== 6. a second VM reaches e2e-a by name"
@@ -154,6 +166,9 @@ check "vm create e2e-b" "$banger" vm create --name e2e-b --disk-size 2G
 check "e2e-b boots to SSH" wait_ssh e2e-b
 check "e2e-b resolves e2e-a.vm" test "$(in_vm e2e-b getent hosts e2e-a.vm | cut -d' ' -f1)" = "$ip_a"
 check "e2e-b reaches e2e-a over the bridge" in_vm e2e-b ping -c1 -W5 e2e-a.vm
+id_b=$("$banger" vm show e2e-b --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+check "e2e-b, created without --nat, has no NAT rule" test "$(nat_rules "$id_b")" = 0
+check "e2e-a still has its three" test "$(nat_rules "$id_a")" = 3
 
 say "== 7. bangerd killed with SIGKILL; the next command restarts it"
 old=$(cat "$XDG_RUNTIME_DIR/banger/bangerd.pid")
@@ -175,8 +190,8 @@ for id in $ids; do
     [ -e "$state/vms/$id" ] && { say "      files of $id remain"; leftover=1; }
 done
 check "no process or file of the VMs remains" test "$leftover" = 0
-check "no TAP with banger's prefix remains" test "$(ip -o link show | grep -c ' bg-')" = 0
-check "no iptables rule of the VMs remains" test "$(iptables-save | grep -c 'banger:')" = 0
+check "no TAP of the VMs remains" test "$(ip -o link show | grep -cE " bg-(${id_a:0:10}|${id_b:0:10})[:@]")" = 0
+check "no iptables rule of the VMs remains" test "$(nat_rules "$id_a")" = 0 -a "$(nat_rules "$id_b")" = 0
 check "no vsock socket remains" test -z "$(find "$state/vms" -name '*.sock' 2>/dev/null)"
 
 say "== 9. make install: the installed binaries find their bundle without the checkout"

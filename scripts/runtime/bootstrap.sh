@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make runtime-bundle: installs ./runtime from the archive a manifest names.
 # The archive's SHA-256 is checked before anything is extracted; the new
-# tree replaces the old one in a single rename, so an interrupted bootstrap
-# leaves the old bundle intact.
+# tree is swapped with the old one in a single atomic exchange
+# (renameat2 RENAME_EXCHANGE), so an interrupted bootstrap leaves the old
+# bundle intact and no moment is without one.
 #
 # Usage: bootstrap.sh MANIFEST OUT_DIR
 #   url may be a relative path (to the manifest's directory), an absolute
@@ -42,8 +43,18 @@ rm -rf "$new" && mkdir -p "$new"
 tar -xzf "$archive" -C "$new" --sparse 2>/dev/null || tar -xzf "$archive" -C "$new" || { rm -rf "$new"; die "$archive is not a complete tar.gz archive; nothing was changed"; }
 [ -f "$new/bundle.json" ] || { rm -rf "$new"; die "$archive has no bundle.json: not a banger runtime bundle; nothing was changed"; }
 if [ -e "$out" ]; then
-    mv "$out" "$out.old.$$"
+    # One renameat2(RENAME_EXCHANGE): there is never a moment without a
+    # bundle at $out. $new then holds the old tree, which is removed.
+    python3 - "$new" "$out" <<'PY' || die "could not swap $new into $out; the old bundle is untouched and the new one is at $new"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+new, out = (os.fsencode(p) for p in sys.argv[1:3])
+if libc.renameat2(AT_FDCWD, new, AT_FDCWD, out, RENAME_EXCHANGE) != 0:
+    sys.exit(f"renameat2: {os.strerror(ctypes.get_errno())}")
+PY
+    rm -rf "$new"
+else
+    mv -T "$new" "$out"
 fi
-mv "$new" "$out"
-rm -rf "$out.old.$$"
 echo "runtime bundle installed in $out"

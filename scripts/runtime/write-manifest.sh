@@ -2,7 +2,28 @@
 # Writes $1/bundle.json: schema version, kernel version, and for each file
 # its path (relative to the bundle) and SHA-256. Absent optional files are
 # left out; banger validates the manifest when it loads the bundle.
+#
+# write-manifest.sh --refresh BUNDLE_DIR KEY FILE rewrites one entry only
+# (make build refreshes the guest helper without re-hashing the images).
 set -euo pipefail
+if [ "${1:-}" = "--refresh" ]; then
+    dir=${2:?usage: write-manifest.sh --refresh BUNDLE_DIR KEY FILE}
+    key=${3:?usage: write-manifest.sh --refresh BUNDLE_DIR KEY FILE}
+    file=${4:?usage: write-manifest.sh --refresh BUNDLE_DIR KEY FILE}
+    sum=$(sha256sum "$dir/$file" | cut -d' ' -f1)
+    python3 - "$dir/bundle.json" "$key" "$file" "$sum" <<'PY'
+import json, os, sys
+path, key, file, sha = sys.argv[1:5]
+with open(path) as f:
+    manifest = json.load(f)
+manifest["files"][key] = {"path": file, "sha256": sha}
+with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=2)
+    f.write("\n")
+os.replace(path + ".tmp", path)
+PY
+    exit 0
+fi
 out=${1:?usage: write-manifest.sh BUNDLE_DIR KERNEL_VERSION}
 kver=${2:?usage: write-manifest.sh BUNDLE_DIR KERNEL_VERSION}
 cd "$out"

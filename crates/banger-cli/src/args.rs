@@ -7,10 +7,15 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "banger",
     version,
-    about = "Persistent Firecracker development VMs on your workstation",
-    long_about = "Persistent Firecracker development VMs on your workstation.\n\n\
+    about = "Persistent Firecracker (or QEMU) development VMs on your workstation",
+    long_about = "Persistent development VMs on your workstation, on Firecracker where KVM can \
+        boot guests and on QEMU's software emulation everywhere else (vmm in config.toml, or \
+        vm create --vmm).\n\n\
         Each VM boots a shared read-only base image with its own copy-on-write overlay and a \
-        persistent /root work disk. The CLI starts the bangerd daemon when needed."
+        persistent /root work disk. The vm and image commands start the bangerd daemon when \
+        needed.\n\n\
+        Exit codes: 0 success, 1 failure, 2 bad input (nothing was changed), 3 no daemon \
+        running (daemon status)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -233,7 +238,7 @@ pub struct ImageTarget {
 
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
-    /// Print the daemon's PID, socket, log path and DNS listener
+    /// Print the daemon's PID, socket, log path, DNS listener and VMM backend (exits 3 when none runs)
     Status(JsonFlag),
     /// Print the daemon's socket path
     Socket,
@@ -248,7 +253,7 @@ fn parse_name(text: &str) -> Result<String, String> {
 }
 
 fn parse_size(text: &str) -> Result<String, String> {
-    validate::size_bytes(text)
+    validate::disk_size(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
 }
@@ -526,6 +531,9 @@ mod tests {
             (&["vm", "create", "--name", "Bad_Name"], "Bad_Name"),
             (&["vm", "create", "--disk-size", "0G"], "16G"),
             (&["vm", "create", "--disk-size", "lots"], "lots"),
+            (&["vm", "create", "--disk-size", "1K"], "at least 256M"),
+            (&["vm", "set", "x", "--disk-size", "255M"], "at least 256M"),
+            (&["vm", "create", "--name", "web-"], "ending with '-'"),
             (&["vm", "create", "--vcpu", "0"], "1 to 32"),
             (&["vm", "create", "--vcpu", "64"], "1 to 32"),
             (&["vm", "create", "--memory", "64"], "at least 128"),

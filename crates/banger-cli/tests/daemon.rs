@@ -295,6 +295,24 @@ fn a_daemon_that_cannot_start_is_reported_with_its_log() {
 }
 
 #[test]
+fn an_ssh_key_without_its_public_half_stops_the_daemon_with_the_fix() {
+    let world = World::new();
+    let key = world.home().join("id_test");
+    std::fs::write(&key, "private\n").unwrap();
+    world.write_config(&format!("ssh_key_path = \"{}\"\n", key.display()));
+    let out = world.banger(&["vm", "list"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("has no readable public key {}.pub", key.display()))
+            && err.contains("ssh-keygen -y -f"),
+        "{err}"
+    );
+    std::fs::write(world.home().join("id_test.pub"), "ssh-ed25519 AAAA t\n").unwrap();
+    world.ok(&["vm", "list"]);
+}
+
+#[test]
 fn unimplemented_commands_fail_and_say_so() {
     let world = World::new();
     for args in [&["tui"][..], &["image", "build", "--name", "x"]] {

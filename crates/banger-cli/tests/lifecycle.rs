@@ -237,12 +237,20 @@ fn generated_names_and_create_errors() {
     );
     let out = world.banger(&["vm", "create", "--name", name]);
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "a conflict is no bad input");
     let out = world.banger(&["vm", "create", "--image", "nope"]);
     assert!(
         stderr(&out).contains("no image named \"nope\""),
         "{}",
         stderr(&out)
     );
+    // Bad input the daemon finds (an image whose file is gone) exits 2,
+    // as the CLI's own refusals do.
+    let rootfs = world.home().join("bundle/rootfs.ext4");
+    std::fs::rename(&rootfs, rootfs.with_extension("moved")).unwrap();
+    let out = world.banger(&["vm", "create", "--name", "orphan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    std::fs::rename(rootfs.with_extension("moved"), &rootfs).unwrap();
     daemon
         .disks
         .fail_on(banger_host::disk::DiskOp::CreateWorkDisk);

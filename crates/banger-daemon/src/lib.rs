@@ -49,12 +49,16 @@ pub struct Deps {
 
 impl Deps {
     /// The real host: Firecracker and e2fsprogs.
-    pub fn host(paths: &Paths, config: &Config, runtime_dir: Option<&std::path::Path>) -> Self {
+    pub fn host(
+        paths: &Paths,
+        config: &Config,
+        runtime_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let probe = banger_host::probe::Probe::host();
         let firecracker = banger_host::doctor::firecracker_binary(&probe, config, runtime_dir)
             .unwrap_or_else(|| PathBuf::from("firecracker"));
         let (backends, vmm_reason) = choose_backends(config, firecracker);
-        Self {
+        Ok(Self {
             backends,
             vmm_reason,
             disks: Arc::new(Ext4Disks::new(
@@ -66,8 +70,8 @@ impl Deps {
                     .with_owner(&paths.instance_tag()),
             ),
             stop_timeouts: lifecycle::StopTimeouts::default(),
-            public_keys: public_keys(config, runtime_dir),
-        }
+            public_keys: public_keys(config, runtime_dir)?,
+        })
     }
 }
 
@@ -79,12 +83,7 @@ fn choose_backends(config: &Config, firecracker: PathBuf) -> (Vec<Arc<dyn Vmm>>,
     let qemu_binary = probe
         .find("qemu-system-x86_64")
         .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
-    let helper = probe
-        .find("vhost-device-vsock")
-        .or_else(|| {
-            Some(PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/vhost-device-vsock"))
-                .filter(|p| p.is_file())
-        })
+    let helper = banger_host::doctor::vsock_helper_binary(&probe)
         .unwrap_or_else(|| PathBuf::from("vhost-device-vsock"));
     let fc: Arc<dyn Vmm> = Arc::new(Firecracker::new(firecracker.clone()));
     let qemu: Arc<dyn Vmm> = Arc::new(banger_vmm::qemu::Qemu::new(qemu_binary, helper));
@@ -112,23 +111,32 @@ fn choose_backends(config: &Config, firecracker: PathBuf) -> (Vec<Arc<dyn Vmm>>,
     }
 }
 
-/// The `.pub` of the key `banger vm ssh` uses.
-fn public_keys(config: &Config, runtime_dir: Option<&std::path::Path>) -> Vec<String> {
-    let private = config
-        .ssh_key_path
-        .clone()
-        .or_else(|| runtime_dir.map(|d| d.join("id_ed25519")));
-    let Some(private) = private else {
-        return Vec::new();
+/// The `.pub` of the key `banger vm ssh` uses, authorized for root in
+/// every guest. A key without its `.pub` is an error: guests would boot
+/// with no key and `vm ssh` could never log in.
+fn public_keys(
+    config: &Config,
+    runtime_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<String>> {
+    let (private, setting) = match (&config.ssh_key_path, runtime_dir) {
+        (Some(path), _) => (path.clone(), "ssh_key_path in config.toml"),
+        (None, Some(dir)) if dir.join("id_ed25519").exists() => {
+            (dir.join("id_ed25519"), "the runtime bundle's key")
+        }
+        (None, _) => return Ok(Vec::new()),
     };
     let public = PathBuf::from(format!("{}.pub", private.display()));
-    match std::fs::read_to_string(&public) {
-        Ok(key) => vec![key.trim().to_owned()],
-        Err(e) => {
-            tracing::warn!(key = %public.display(), error = %e, "no public key to authorize in guests");
-            Vec::new()
-        }
-    }
+    let key = std::fs::read_to_string(&public).with_context(|| {
+        format!(
+            "{} ({setting}) has no readable public key {}: guests would get no key for `vm ssh`; \
+             create it with `ssh-keygen -y -f {} > {}`",
+            private.display(),
+            public.display(),
+            private.display(),
+            public.display()
+        )
+    })?;
+    Ok(vec![key.trim().to_owned()])
 }
 
 /// Parses `bangerd`'s arguments, loads config, logs to `bangerd.log`, and
@@ -191,7 +199,7 @@ fn start() -> anyhow::Result<()> {
             None
         }
     };
-    let deps = Deps::host(&paths, &config, runtime_dir.as_deref());
+    let deps = Deps::host(&paths, &config, runtime_dir.as_deref())?;
     runtime.block_on(run(paths, config, runtime_dir, deps))
 }
 

@@ -349,7 +349,7 @@ impl Lifecycle {
         let memory_mib = params.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         validate::memory_mib(memory_mib)?;
         let disk_size = match &params.disk_size {
-            Some(text) => validate::size_bytes(text)?,
+            Some(text) => validate::disk_size(text)?,
             None => DEFAULT_DISK_SIZE,
         };
         let image_name = params
@@ -892,7 +892,7 @@ impl Lifecycle {
         let disk_size = params
             .disk_size
             .as_deref()
-            .map(validate::size_bytes)
+            .map(validate::disk_size)
             .transpose()?;
         self.locks.with(id, || {
             let old = self.record(id)?;

@@ -91,9 +91,17 @@ struct ConfigFile {
     default_modules_dir: Option<PathBuf>,
     default_packages_file: Option<PathBuf>,
     vmm: Option<VmmChoice>,
-    dns_listen: Option<SocketAddr>,
+    dns_listen: Option<String>,
     guest_ip_pool: Option<String>,
 }
+
+/// Why banger refuses a key of the Go original that it does not use, rather
+/// than ignore it: a setting that silently does nothing is worse than an
+/// error that names it.
+const UNUSED_BY_NATIVE_BUILDS: &str =
+    "banger runs no customize script (image builds are native): remove the key";
+const READ_BY_IMAGE_BUILD: &str =
+    "it is read by `banger image build`, which is not implemented yet: remove the key";
 
 /// Settings in force: file values, environment overrides applied, relative
 /// paths resolved against the config directory, `~/` against HOME.
@@ -105,14 +113,12 @@ pub struct Config {
     pub firecracker_bin: Option<PathBuf>,
     pub ssh_key_path: Option<PathBuf>,
     pub namegen_path: Option<PathBuf>,
-    pub customize_script: Option<PathBuf>,
+    /// Where doctor looks for the guest helper (images carry their own copy).
     pub vsock_ping_helper_path: Option<PathBuf>,
     pub default_rootfs: Option<PathBuf>,
-    pub default_base_rootfs: Option<PathBuf>,
     pub default_kernel: Option<PathBuf>,
     pub default_initrd: Option<PathBuf>,
     pub default_modules_dir: Option<PathBuf>,
-    pub default_packages_file: Option<PathBuf>,
     pub vmm: VmmChoice,
     pub dns_listen: SocketAddr,
     /// IPv4 CIDR: the bridge takes the first address, guests the rest.
@@ -155,24 +161,64 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
+        let key_error = |key: &str, message: String| {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().trim_start_matches('"').starts_with(key))
+                .map_or(1, |i| i + 1);
+            ConfigError::Parse {
+                path: path.into(),
+                line,
+                key: Some(key.into()),
+                message,
+            }
+        };
+        for (key, set, why) in [
+            (
+                "customize_script",
+                file.customize_script.is_some(),
+                UNUSED_BY_NATIVE_BUILDS,
+            ),
+            (
+                "default_base_rootfs",
+                file.default_base_rootfs.is_some(),
+                READ_BY_IMAGE_BUILD,
+            ),
+            (
+                "default_packages_file",
+                file.default_packages_file.is_some(),
+                READ_BY_IMAGE_BUILD,
+            ),
+        ] {
+            if set {
+                return Err(key_error(key, why.to_owned()));
+            }
+        }
         if let Some(pool) = &file.guest_ip_pool
             && let Err(e) = crate::net::Pool::parse(pool)
         {
-            let line = text
-                .lines()
-                .position(|l| l.trim_start().starts_with("guest_ip_pool"))
-                .map_or(1, |i| i + 1);
-            return Err(ConfigError::Parse {
-                path: path.into(),
-                line,
-                key: Some("guest_ip_pool".into()),
-                message: e.to_string(),
-            });
+            return Err(key_error("guest_ip_pool", e.to_string()));
         }
+        let dns_listen = match &file.dns_listen {
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                key_error(
+                    "dns_listen",
+                    format!(
+                        "invalid address {text:?}: use IP:PORT, like {DEFAULT_DNS_LISTEN} (port 0 picks a free port)"
+                    ),
+                )
+            })?),
+            None => None,
+        };
         let base = path.parent().unwrap_or(Path::new("/"));
-        Ok(Self::from_file(file, base, home))
+        let mut config = Self::from_file(file, base, home);
+        if let Some(addr) = dns_listen {
+            config.dns_listen = addr;
+        }
+        Ok(config)
     }
 
+    /// The file's paths resolved; `dns_listen` (checked in `parse`) is the default.
     fn from_file(file: ConfigFile, base: &Path, home: &Path) -> Self {
         let resolve = |p: Option<PathBuf>| p.map(|p| resolve_path(&p, base, home));
         Self {
@@ -181,20 +227,15 @@ impl Config {
             firecracker_bin: resolve(file.firecracker_bin),
             ssh_key_path: resolve(file.ssh_key_path),
             namegen_path: resolve(file.namegen_path),
-            customize_script: resolve(file.customize_script),
             vsock_ping_helper_path: resolve(file.vsock_ping_helper_path),
             default_rootfs: resolve(file.default_rootfs),
-            default_base_rootfs: resolve(file.default_base_rootfs),
             default_kernel: resolve(file.default_kernel),
             default_initrd: resolve(file.default_initrd),
             default_modules_dir: resolve(file.default_modules_dir),
-            default_packages_file: resolve(file.default_packages_file),
             vmm: file.vmm.unwrap_or_default(),
-            dns_listen: file.dns_listen.unwrap_or_else(|| {
-                DEFAULT_DNS_LISTEN
-                    .parse()
-                    .expect("the default DNS address parses")
-            }),
+            dns_listen: DEFAULT_DNS_LISTEN
+                .parse()
+                .expect("the default DNS address parses"),
             guest_ip_pool: file
                 .guest_ip_pool
                 .unwrap_or_else(|| DEFAULT_GUEST_IP_POOL.to_owned()),
@@ -252,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn every_seed_key_is_accepted() {
+    fn every_used_seed_key_is_accepted() {
         let config = parse(
             r#"
 log_level = "debug"
@@ -260,14 +301,11 @@ runtime_dir = "/opt/banger"
 firecracker_bin = "/usr/bin/firecracker"
 ssh_key_path = "~/.ssh/id_ed25519"
 namegen_path = "names.txt"
-customize_script = "/opt/customize.sh"
 vsock_ping_helper_path = "/opt/pingd"
 default_rootfs = "/r/rootfs-docker.ext4"
-default_base_rootfs = "/r/rootfs.ext4"
 default_kernel = "/r/vmlinux"
 default_initrd = "/r/initrd.img"
 default_modules_dir = "/r/modules"
-default_packages_file = "/r/packages.apt"
 vmm = "qemu"
 dns_listen = "127.0.0.1:5353"
 guest_ip_pool = "10.50.0.0/24"
@@ -290,6 +328,30 @@ guest_ip_pool = "10.50.0.0/24"
         assert_eq!(config.vmm, VmmChoice::Qemu);
         assert_eq!(config.dns_listen.to_string(), "127.0.0.1:5353");
         assert_eq!(config.guest_ip_pool, "10.50.0.0/24");
+        assert_eq!(
+            config.default_kernel.as_deref(),
+            Some(Path::new("/r/vmlinux"))
+        );
+    }
+
+    #[test]
+    fn seed_keys_banger_does_not_use_are_refused_with_the_reason() {
+        for (key, reason) in [
+            ("customize_script", "image builds are native"),
+            ("default_base_rootfs", "not implemented yet"),
+            ("default_packages_file", "not implemented yet"),
+        ] {
+            let msg = parse(&format!("log_level = \"info\"\n{key} = \"/x\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("line 2")
+                    && msg.contains(&format!("key `{key}`"))
+                    && msg.contains(reason),
+                "{msg}"
+            );
+            assert!(msg.contains("remove the key"), "{msg}");
+        }
     }
 
     #[test]
@@ -323,12 +385,12 @@ guest_ip_pool = "10.50.0.0/24"
             "{msg}"
         );
         assert!(msg.contains("debug") && msg.contains("error"), "{msg}");
-        let msg = parse("dns_listen = \"localhost\"\n")
+        let msg = parse("\ndns_listen = \"localhost\"\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            msg.contains("line 1") && msg.contains("dns_listen"),
-            "{msg}"
+        assert_eq!(
+            msg,
+            "/home/u/.config/banger/config.toml line 2, key `dns_listen`: invalid address \"localhost\": use IP:PORT, like 127.0.0.1:42069 (port 0 picks a free port)"
         );
         let msg = parse("vmm = 3\n").unwrap_err().to_string();
         assert!(msg.contains("key `vmm`"), "{msg}");

@@ -86,6 +86,12 @@ pub fn firecracker_binary(
         .or_else(|| probe.find("firecracker"))
 }
 
+/// The `vhost-device-vsock` the qemu backend runs (`cargo install` puts
+/// it in `~/.cargo/bin`, which the probe's PATH includes).
+pub fn vsock_helper_binary(probe: &Probe) -> Option<PathBuf> {
+    probe.find("vhost-device-vsock")
+}
+
 fn version_of(binary: &Path) -> Option<String> {
     let child = Command::new(binary).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&child.stdout);
@@ -243,29 +249,35 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
     } else {
         Check::warn("hardware virtualization", "CPU shows no vmx/svm flags", "enable virtualization in firmware, or use the qemu backend")
     });
-    checks.push(match probe.find("qemu-system-x86_64") {
+    // The qemu backend: its binary and its vsock helper. Needed (fail)
+    // where KVM cannot boot guests, a fallback (warn) where it can.
+    let qemu_need = |check: Check| {
+        if kvm_usable && check.status == banger_proto::check::CheckStatus::Fail {
+            Check::warn(
+                check.name,
+                format!("{} (only the qemu backend needs it)", check.detail),
+                check.fix.unwrap_or_default(),
+            )
+        } else {
+            check
+        }
+    };
+    checks.push(qemu_need(match probe.find("qemu-system-x86_64") {
         Some(path) => Check::pass("qemu", path.display().to_string()),
-        None if kvm_usable => Check::warn(
-            "qemu",
-            "qemu-system-x86_64 not found",
-            "install qemu-system-x86 for the emulated backend",
-        ),
         None => Check::fail(
             "qemu",
             "qemu-system-x86_64 not found and KVM cannot boot guests here",
             "install qemu-system-x86",
         ),
-    });
-    let vhost = probe.dev.join("vhost-vsock");
-    checks.push(if vhost.exists() {
-        Check::pass("/dev/vhost-vsock", "present")
-    } else {
-        Check::warn(
-            "/dev/vhost-vsock",
-            "missing (Firecracker's vsock is userspace, so the reminder still works under Firecracker)",
-            "sudo modprobe vhost_vsock",
-        )
-    });
+    }));
+    checks.push(qemu_need(match vsock_helper_binary(probe) {
+        Some(path) => Check::pass("vhost-device-vsock", path.display().to_string()),
+        None => Check::fail(
+            "vhost-device-vsock",
+            "not found on PATH or in ~/.cargo/bin (the qemu backend's vsock)",
+            "cargo install vhost-device-vsock (make deps does)",
+        ),
+    }));
 
     // Host tools and privileges for storage, network, NAT, SSH and image builds.
     checks.extend(storage_checks(probe));
@@ -292,9 +304,13 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
         )
     });
     checks.push(dns_port(config.dns_listen, daemon_running));
+    // Only `make runtime` needs these: a warning, never a failure.
     for (tool, purpose) in [
-        ("mmdebstrap", "image builds"),
-        ("busybox", "the initrd build"),
+        ("mmdebstrap", "make runtime: the images"),
+        ("busybox", "make runtime: the initrd"),
+        ("cpio", "make runtime: the initrd"),
+        ("lz4", "make runtime: unpacking the kernel"),
+        ("depmod", "make runtime: the kernel modules"),
     ] {
         let mut check = probe.tool(tool, purpose);
         if check.status == banger_proto::check::CheckStatus::Fail {
@@ -353,14 +369,18 @@ mod tests {
                 "ssh",
                 "mmdebstrap",
                 "busybox",
+                "cpio",
+                "lz4",
+                "depmod",
                 "qemu-system-x86_64",
+                "vhost-device-vsock",
                 "firecracker",
             ] {
                 let path = root.join("bin").join(tool);
                 std::fs::write(&path, "#!/bin/sh\necho 'Firecracker v1.16.1'\n").unwrap();
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
-            for dev in ["dev/kvm", "dev/net/tun", "dev/vhost-vsock"] {
+            for dev in ["dev/kvm", "dev/net/tun"] {
                 std::fs::write(root.join(dev), "").unwrap();
                 std::fs::set_permissions(root.join(dev), std::fs::Permissions::from_mode(0o666))
                     .unwrap();
@@ -411,7 +431,12 @@ mod tests {
                 sys: self.root().join("sys"),
                 proc_dir: self.root().join("proc"),
                 euid: 0,
-                access: crate::probe::Access::Kernel,
+                // File access as an ordinary user decides it, even when the
+                // tests run as root.
+                access: crate::probe::Access::ModeBits {
+                    uid: 4242,
+                    gids: vec![4242],
+                },
             };
             let config = Config {
                 runtime_dir: Some(self.root().join("runtime")),
@@ -501,11 +526,14 @@ mod tests {
                 "modprobe tun",
             ),
             (
-                "dev/vhost-vsock",
-                "/dev/vhost-vsock",
+                "bin/vhost-device-vsock",
+                "vhost-device-vsock",
                 CheckStatus::Warn,
-                "modprobe vhost_vsock",
+                "cargo install vhost-device-vsock",
             ),
+            ("bin/cpio", "cpio", CheckStatus::Warn, "install cpio"),
+            ("bin/lz4", "lz4", CheckStatus::Warn, "install lz4"),
+            ("bin/depmod", "depmod", CheckStatus::Warn, "install kmod"),
             (
                 "runtime/vmlinux",
                 "kernel",
@@ -548,11 +576,12 @@ mod tests {
             std::fs::Permissions::from_mode(0o000),
         )
         .unwrap();
-        // Root can open anything; the access check is for ordinary users.
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            assert_eq!(machine.status("/dev/kvm").0, CheckStatus::Fail);
-        }
+        let (status, message) = machine.status("/dev/kvm");
+        assert_eq!(status, CheckStatus::Fail);
+        assert!(message.contains("group kvm"), "{message}");
+        // KVM unusable: the qemu backend's pieces are needed, not optional.
+        std::fs::remove_file(machine.root().join("bin/vhost-device-vsock")).unwrap();
+        assert_eq!(machine.status("vhost-device-vsock").0, CheckStatus::Fail);
         std::fs::create_dir_all(machine.root().join("sys/module/kvm_pvm")).unwrap();
         let (status, message) = machine.status("hardware virtualization");
         assert_eq!(status, CheckStatus::Warn);

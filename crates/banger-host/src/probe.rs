@@ -71,8 +71,10 @@ impl Probe {
         let mut path: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
-        // Root's tools (e2fsprogs, iptables) live in sbin, which a user's PATH may lack.
+        // Root's tools (e2fsprogs, iptables) live in sbin, which a user's PATH
+        // may lack; `cargo install` (vhost-device-vsock) puts tools in ~/.cargo/bin.
         path.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+        path.extend(std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin")));
         Self {
             path,
             dev: "/dev".into(),

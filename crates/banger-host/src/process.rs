@@ -60,6 +60,10 @@ pub fn package_of(program: &str) -> &'static str {
         "sudo" => "sudo",
         "mmdebstrap" => "mmdebstrap",
         "busybox" => "busybox-static",
+        "lz4" => "lz4",
+        "cpio" => "cpio",
+        "depmod" | "modprobe" => "kmod",
+        "vhost-device-vsock" => "vhost-device-vsock (cargo install vhost-device-vsock)",
         "firecracker" => "Firecracker (not packaged in Debian)",
         _ => "the package that provides it",
     }

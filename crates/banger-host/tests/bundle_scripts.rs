@@ -215,6 +215,111 @@ fn a_bad_checksum_or_archive_changes_nothing() {
     assert!(leftovers.is_empty(), "no half-extracted tree is left");
 }
 
+/// Bootstrapping over an existing bundle swaps the trees in one exchange:
+/// a reader polling the bundle's manifest never finds it missing.
+#[test]
+fn a_new_bundle_replaces_the_old_with_no_gap() {
+    if !tools_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = tmp.path().join("runtime");
+    fake_bundle(&runtime);
+    let archive = tmp.path().join("banger-runtime.tar.gz");
+    let sha = package(&runtime, &archive);
+    let existing = tmp.path().join("existing");
+    std::fs::create_dir_all(&existing).unwrap();
+    std::fs::write(existing.join("bundle.json"), "old").unwrap();
+    std::fs::write(existing.join("stale-file"), "old").unwrap();
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, manifest) = (done.clone(), existing.join("bundle.json"));
+        std::thread::spawn(move || {
+            let (mut looks, mut missing) = (0u64, 0u64);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                looks += 1;
+                if !manifest.exists() {
+                    missing += 1;
+                }
+            }
+            (looks, missing)
+        })
+    };
+    let out = bootstrap(
+        &manifest(tmp.path(), &archive.display().to_string(), &sha),
+        &existing,
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (looks, missing) = watcher.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tree(&existing),
+        tree(&runtime),
+        "the old tree is gone whole"
+    );
+    assert!(looks > 0);
+    assert_eq!(
+        missing, 0,
+        "the bundle was missing in {missing} of {looks} looks"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("existing."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `make build` refreshes the guest helper's manifest entry, so the
+/// bundle still verifies (doctor's checksum check) after a rebuild.
+#[test]
+fn refreshing_one_entry_keeps_the_bundle_verified() {
+    if !tools_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("modules/6.1.0")).unwrap();
+    for (file, body) in [
+        ("vmlinux", "kernel"),
+        ("initrd.img", "initrd"),
+        ("rootfs.ext4", "rootfs"),
+        ("id_ed25519", "key"),
+        ("banger-vsock-pingd", "helper v1"),
+    ] {
+        std::fs::write(dir.join(file), body).unwrap();
+    }
+    let status = Command::new(script("write-manifest.sh"))
+        .arg(dir)
+        .arg("6.1.0")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let verify = || banger_host::bundle::Bundle::load(dir).and_then(|b| b.verify());
+    verify().unwrap();
+    std::fs::write(dir.join("banger-vsock-pingd"), "helper v2").unwrap();
+    let err = verify().unwrap_err().to_string();
+    assert!(err.contains("banger-vsock-pingd"), "{err}");
+    let out = Command::new(script("write-manifest.sh"))
+        .arg("--refresh")
+        .arg(dir)
+        .args(["vsock_ping_helper", "banger-vsock-pingd"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify().unwrap();
+}
+
 fn package_sha(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(out.stdout)

@@ -9,17 +9,22 @@ pub const MIN_MEMORY_MIB: u64 = 128;
 /// 1 TiB of guest memory is far beyond any workstation; larger is a typo.
 pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 pub const MAX_NAME_LEN: usize = 63;
+/// The smallest work disk: an ext4 with a journal, root's files and room to
+/// work. Smaller sizes would only fail later, inside mkfs.
+pub const MIN_DISK_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ValidationError {
     #[error(
-        "invalid VM name {0:?}: use 1 to 63 characters from a-z, 0-9 and '-', not starting with '-' (like calm-otter)"
+        "invalid VM name {0:?}: use 1 to 63 characters from a-z, 0-9 and '-', not starting or ending with '-' (a hostname, like calm-otter)"
     )]
     Name(String),
     #[error(
         "invalid size {0:?}: use a positive whole number with a unit K, M, G or T (like 512M, 16G, 1T)"
     )]
     Size(String),
+    #[error("disk size {0:?} is too small: use at least 256M (like 16G)")]
+    DiskTooSmall(String),
     #[error("invalid vCPU count {0}: use {MIN_VCPU} to {MAX_VCPU}")]
     Vcpu(u32),
     #[error(
@@ -36,6 +41,7 @@ pub fn vm_name(name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('-')
+        && !name.ends_with('-')
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -72,6 +78,15 @@ pub fn size_bytes(text: &str) -> Result<u64, ValidationError> {
         return Err(bad());
     }
     value.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// A work disk's size: [`size_bytes`], at least [`MIN_DISK_BYTES`].
+pub fn disk_size(text: &str) -> Result<u64, ValidationError> {
+    let bytes = size_bytes(text)?;
+    if bytes < MIN_DISK_BYTES {
+        return Err(ValidationError::DiskTooSmall(text.to_owned()));
+    }
+    Ok(bytes)
 }
 
 /// Formats bytes the way a user would write them back (`16G`, `1536M`).
@@ -169,6 +184,7 @@ mod tests {
         for bad in [
             "",
             "-lead",
+            "trail-",
             "Calm",
             "under_score",
             "dot.name",
@@ -216,6 +232,23 @@ mod tests {
         }
         let msg = size_bytes("junk").unwrap_err().to_string();
         assert!(msg.contains("\"junk\"") && msg.contains("16G"), "{msg}");
+    }
+
+    #[test]
+    fn disks_have_a_minimum_size() {
+        assert_eq!(disk_size("256M"), Ok(MIN_DISK_BYTES));
+        assert_eq!(disk_size("16G"), Ok(16 << 30));
+        for small in ["1K", "255M", "64K"] {
+            assert_eq!(
+                disk_size(small),
+                Err(ValidationError::DiskTooSmall(small.to_owned()))
+            );
+        }
+        assert_eq!(
+            disk_size("1K").unwrap_err().to_string(),
+            "disk size \"1K\" is too small: use at least 256M (like 16G)"
+        );
+        assert_eq!(disk_size("x"), Err(ValidationError::Size("x".into())));
     }
 
     #[test]

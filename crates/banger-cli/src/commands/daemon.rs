@@ -30,7 +30,7 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                         }))?;
                     } else {
                         println!(
-                            "bangerd is not running (socket {}); any banger command starts it.",
+                            "bangerd is not running (socket {}); the vm and image commands start it (doctor, completions and daemon do not).",
                             socket.display()
                         );
                     }
