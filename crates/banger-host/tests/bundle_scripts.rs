@@ -157,19 +157,47 @@ fn package_then_bootstrap_gives_the_same_tree_from_every_url_form() {
     server.join().unwrap();
 }
 
+/// A packaged bundle and an older one already installed at `existing`.
+struct Installed {
+    tmp: tempfile::TempDir,
+    runtime: PathBuf,
+    archive: PathBuf,
+    sha: String,
+    existing: PathBuf,
+}
+
+impl Installed {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = tmp.path().join("runtime");
+        fake_bundle(&runtime);
+        let archive = tmp.path().join("banger-runtime.tar.gz");
+        let sha = package(&runtime, &archive);
+        let existing = tmp.path().join("existing");
+        std::fs::create_dir_all(&existing).unwrap();
+        std::fs::write(existing.join("bundle.json"), "old").unwrap();
+        Self {
+            tmp,
+            runtime,
+            archive,
+            sha,
+            existing,
+        }
+    }
+}
+
 #[test]
 fn a_bad_checksum_or_archive_changes_nothing() {
     if !tools_present() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let runtime = tmp.path().join("runtime");
-    fake_bundle(&runtime);
-    let archive = tmp.path().join("banger-runtime.tar.gz");
-    let sha = package(&runtime, &archive);
-    let existing = tmp.path().join("existing");
-    std::fs::create_dir_all(&existing).unwrap();
-    std::fs::write(existing.join("bundle.json"), "old").unwrap();
+    let Installed {
+        tmp,
+        runtime: _,
+        archive,
+        sha,
+        existing,
+    } = Installed::new();
     let before = tree(&existing);
 
     let wrong = "0".repeat(64);
@@ -222,14 +250,13 @@ fn a_new_bundle_replaces_the_old_with_no_gap() {
     if !tools_present() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let runtime = tmp.path().join("runtime");
-    fake_bundle(&runtime);
-    let archive = tmp.path().join("banger-runtime.tar.gz");
-    let sha = package(&runtime, &archive);
-    let existing = tmp.path().join("existing");
-    std::fs::create_dir_all(&existing).unwrap();
-    std::fs::write(existing.join("bundle.json"), "old").unwrap();
+    let Installed {
+        tmp,
+        runtime,
+        archive,
+        sha,
+        existing,
+    } = Installed::new();
     std::fs::write(existing.join("stale-file"), "old").unwrap();
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
