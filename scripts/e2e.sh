@@ -67,7 +67,7 @@ wait_ssh() {
 }
 
 cleanup() {
-    "$banger" vm delete e2e-a e2e-b >/dev/null 2>&1
+    "$banger" vm delete e2e-a e2e-b crash2 >/dev/null 2>&1
     "$banger" daemon stop >/dev/null 2>&1
     rm -rf "$world"
 }
@@ -194,7 +194,33 @@ check "no TAP of the VMs remains" test "$(ip -o link show | grep -cE " bg-(${id_
 check "no iptables rule of the VMs remains" test "$(nat_rules "$id_a")" = 0 -a "$(nat_rules "$id_b")" = 0
 check "no vsock socket remains" test -z "$(find "$state/vms" -name '*.sock' 2>/dev/null)"
 
-say "== 9. make install: the installed binaries find their bundle without the checkout"
+say "== 9. bangerd killed in the middle of vm create (BANGER_TEST_CRASH_AT)"
+# The daemon SIGKILLs itself at the named step; the next command starts a
+# new one, which must end what the dead one started.
+"$banger" daemon stop >/dev/null 2>&1
+crashed=""
+for step in create:provisioned boot:launched; do
+    before=$(ls "$state/vms" 2>/dev/null)
+    BANGER_TEST_CRASH_AT=$step "$banger" vm create --name "crash-${step%%:*}" >/dev/null 2>&1
+    new_dirs=$(comm -13 <(printf '%s\n' $before | sort) <(ls "$state/vms" 2>/dev/null | sort))
+    say "      killed at $step, leaving ${new_dirs:-nothing}"
+    crashed="$crashed $new_dirs"
+done
+check "the crash left a VM directory behind to clean up" test -n "${crashed// /}"
+check "the next command starts a daemon that lists neither half-made VM" \
+    test "$("$banger" vm list --json | python3 -c 'import json,sys; print(sum(v["name"].startswith("crash-") for v in json.load(sys.stdin)))')" = 0
+leftover=0
+for id in $crashed; do
+    pgrep -f "$id" >/dev/null && { say "      a process of $id remains: $(pgrep -af "$id")"; leftover=1; }
+    [ -e "$state/vms/$id" ] && { say "      files of $id remain"; leftover=1; }
+    ip -o link show | grep -q " bg-${id:0:10}[:@]" && { say "      the TAP of $id remains"; leftover=1; }
+done
+check "no process, TAP or file of the interrupted creates remains" test "$leftover" = 0
+check "vm create crash2 --wait (takes the freed IP)" "$banger" vm create --name crash2 --disk-size 1G --wait --wait-timeout "$boot_timeout"
+check "crash2's SSH reaches crash2, not a leaked guest" test "$(in_vm crash2 hostname)" = crash2
+check "vm delete crash2" "$banger" vm delete crash2
+
+say "== 10. make install: the installed binaries find their bundle without the checkout"
 prefix="$world/prefix"
 if HOME="$real_home" make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
     source_of_bundle=$(cd / && env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \

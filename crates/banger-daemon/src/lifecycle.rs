@@ -435,6 +435,7 @@ impl Lifecycle {
                 .map_err(|e| LifecycleError::Reserve(e.message, e.source))?;
         }
         self.store.insert_vm(&record)?;
+        crash_point("create:reserved");
         Ok(record)
     }
 
@@ -468,6 +469,7 @@ impl Lifecycle {
             |c| self.undo_quietly(c.name(), c.deprovision(&provisioned, &ctx)),
         )
         .map_err(|e| LifecycleError::capability("creating", &name, e))?;
+        crash_point("create:provisioned");
         let this = self.clone();
         let (deprovision, ctx_copy) = (record.clone(), ctx.clone());
         undo.push("deprovision", move || {
@@ -598,6 +600,7 @@ impl Lifecycle {
                 // The config drive exists only while the VM runs.
                 let _ = std::fs::remove_file(ctx.dir.join(vm_files::CONFIG_DRIVE));
             })?;
+        crash_point("boot:launched");
         let pid = launched.pid;
         record.pid = Some(pid);
         record.pid_start_time = Some(launched.start_time);
@@ -747,6 +750,7 @@ impl Lifecycle {
         let mut files = vec![
             dir.join(banger_vmm::firecracker::API_SOCKET),
             dir.join(vm_files::CONFIG_DRIVE),
+            dir.join(banger_vmm::process::VMM_PID_FILE),
         ];
         files.extend(record.vsock_path.clone());
         for file in files {
@@ -997,15 +1001,35 @@ impl Lifecycle {
     pub fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         for mut record in self.store.list_vms()? {
+            let pid_file = self
+                .vm_dir(&record.id)
+                .join(banger_vmm::process::VMM_PID_FILE);
+            // The stored PID, or, when a daemon died between starting the
+            // VMM and storing its PID, the identity written at its spawn.
+            let recorded = banger_vmm::process::recorded_process(&pid_file);
             let alive = record
                 .pid
-                .filter(|pid| procfs::is_running(*pid, record.pid_start_time));
+                .filter(|pid| procfs::is_running(*pid, record.pid_start_time))
+                .or_else(|| {
+                    let (pid, start_time) = recorded?;
+                    record.pid = Some(pid);
+                    record.pid_start_time = start_time;
+                    Some(pid)
+                });
             match record.state {
                 VmState::Stopped | VmState::Failed => {}
                 VmState::Creating => {
-                    if let Some(pid) = alive {
+                    // Its VMM (if one started) ends before its disks go.
+                    if let Some(pid) = banger_vmm::process::end_recorded(&pid_file) {
+                        tracing::warn!(vm = %record.name, pid, "killed the VMM of an interrupted create");
+                    }
+                    if let Some(pid) =
+                        alive.filter(|pid| procfs::is_running(*pid, record.pid_start_time))
+                    {
                         let _ = send_signal(pid, libc::SIGKILL);
                     }
+                    self.remove_runtime_files(&record);
+                    self.detach_all(&record);
                     let ctx = self.context(&record);
                     for c in self.capabilities.iter().rev() {
                         self.undo_quietly(c.name(), c.deprovision(&record, &ctx));
@@ -1035,7 +1059,9 @@ impl Lifecycle {
                         }
                         Some(pid) => {
                             let _ = send_signal(pid, libc::SIGKILL);
+                            banger_vmm::process::end_recorded(&pid_file);
                             self.remove_runtime_files(&record);
+                            self.detach_all(&record);
                             mark_stopped(
                                 &mut record,
                                 "VMM did not answer when bangerd started; killed".into(),
@@ -1045,6 +1071,7 @@ impl Lifecycle {
                         }
                         None => {
                             self.remove_runtime_files(&record);
+                            self.detach_all(&record);
                             mark_stopped(
                                 &mut record,
                                 "VMM exited while bangerd was not running".into(),
@@ -1081,6 +1108,26 @@ pub struct ReconcileReport {
     pub removed: Vec<String>,
     /// Capabilities that could not reconcile, with why.
     pub failed: Vec<String>,
+}
+
+/// Crash injection for the tests: with `BANGER_TEST_CRASH_AT=<step>`,
+/// bangerd SIGKILLs itself when it reaches that step, as a `kill -9` or a
+/// power cut there would. Steps: `create:reserved` (record written),
+/// `create:provisioned` (disks made), `boot:launched` (VMM running, its PID
+/// not yet stored; create and start).
+pub const CRASH_AT_VAR: &str = "BANGER_TEST_CRASH_AT";
+
+fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var(CRASH_AT_VAR).ok())
+        .as_deref()
+        == Some(step)
+    {
+        tracing::warn!(step, "{CRASH_AT_VAR}: killing bangerd here");
+        let _ = send_signal(std::process::id(), libc::SIGKILL);
+        std::thread::sleep(Duration::from_secs(60));
+    }
 }
 
 fn mark_stopped(record: &mut VmRecord, reason: String) {

@@ -593,6 +593,75 @@ fn reconcile_adopts_live_vms_and_stops_dead_ones() {
     assert!(record.exit_reason.unwrap().contains("status unknown"));
 }
 
+/// A record as a daemon killed after starting the VMM, but before storing
+/// its PID, leaves it: the VMM runs, named only by its pid file.
+fn interrupted(fx: &Fixture, like: &VmRecord, name: &str, state: VmState) -> (VmRecord, u32) {
+    use banger_vmm::Vmm;
+    let mut record = like.clone();
+    record.id = format!("{:0>32}", name.len().to_string() + name);
+    record.name = name.into();
+    record.state = state;
+    record.pid = None;
+    record.pid_start_time = None;
+    record.vsock_cid = Some(90 + u32::try_from(name.len()).unwrap());
+    record.guest_ip = Some(format!("10.219.0.{}", 200 + name.len()));
+    record.tap = Some(banger_host::net::tap_name(&record.id));
+    fx.store.insert_vm(&record).unwrap();
+    let dir = fx.paths.vm_dir(&record.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prepared = fx
+        .vmm
+        .prepare(&dir, &record.id, &dir.join("vmm.log"))
+        .unwrap();
+    let pid = *fx.vmm.prepared().last().unwrap();
+    // The daemon that started it is gone: nothing will kill it on drop.
+    std::mem::forget(prepared);
+    banger_host::net::HostNetwork::create_tap(
+        fx.network.as_ref(),
+        record.tap.as_deref().unwrap(),
+        0,
+    )
+    .unwrap();
+    wait_until("the VMM to run", || procfs::is_running(pid, None));
+    (record, pid)
+}
+
+#[test]
+fn an_interrupted_create_leaves_no_vmm_tap_or_file() {
+    let fx = fixture();
+    let template = fx.create("template");
+    fx.lifecycle.retire();
+    let (half, pid) = interrupted(&fx, &template, "crash1", VmState::Creating);
+
+    let report = fx.new_lifecycle().reconcile().unwrap();
+    assert_eq!(report.removed, ["crash1"]);
+    assert!(
+        !procfs::is_running(pid, None),
+        "the VMM of the create is gone"
+    );
+    assert!(fx.store.get_vm(&half.id).unwrap().is_none());
+    assert!(!fx.paths.vm_dir(&half.id).exists());
+    let taps = banger_host::net::HostNetwork::list_taps(fx.network.as_ref()).unwrap();
+    assert!(!taps.contains(half.tap.as_ref().unwrap()), "{taps:?}");
+}
+
+#[test]
+fn an_interrupted_start_is_adopted_from_its_pid_file() {
+    let fx = fixture();
+    let template = fx.create("template");
+    fx.lifecycle.retire();
+    let (half, pid) = interrupted(&fx, &template, "booting", VmState::Starting);
+
+    let fresh = fx.new_lifecycle();
+    let report = fresh.reconcile().unwrap();
+    assert!(report.adopted.contains(&"booting".to_owned()), "{report:?}");
+    let adopted = fx.store.get_vm(&half.id).unwrap().unwrap();
+    assert_eq!((adopted.state, adopted.pid), (VmState::Running, Some(pid)));
+    let stopped = fresh.stop(&half.id).unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert!(!procfs::is_running(pid, None));
+}
+
 #[test]
 fn twenty_vms_in_parallel_without_error_or_leak() {
     let fx = fixture();

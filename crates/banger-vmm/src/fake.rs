@@ -113,9 +113,11 @@ impl Vmm for FakeVmm {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         detach(&mut command);
-        let child = command
-            .spawn()
-            .map_err(|e| VmmError::Spawn("sh".into(), e))?;
+        let child = crate::process::spawn_recorded(
+            &mut command,
+            &vm_dir.join(crate::process::VMM_PID_FILE),
+        )
+        .map_err(|e| VmmError::Spawn("sh".into(), e))?;
         self.prepared
             .lock()
             .expect("prepared lock")

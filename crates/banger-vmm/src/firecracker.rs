@@ -147,8 +147,7 @@ impl Vmm for Firecracker {
             .stdout(log)
             .stderr(log_err);
         detach(&mut command);
-        let child = command
-            .spawn()
+        let child = process::spawn_recorded(&mut command, &vm_dir.join(process::VMM_PID_FILE))
             .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
         Ok(Prepared::started(child, vec![socket]))
     }

@@ -63,6 +63,60 @@ pub fn detach(command: &mut Command) {
     command.process_group(0);
 }
 
+/// The VMM process of a VM, named in its directory (see [`spawn_recorded`]).
+pub const VMM_PID_FILE: &str = "vmm.pid";
+
+/// Spawns `command` and, before anything else can happen, writes its
+/// identity (`<pid> <start time>`) to `pid_file`. A bangerd killed at any
+/// later step leaves that identity on disk, so the next one can find and
+/// end the process. If the identity cannot be written, the process is
+/// killed: nothing runs that a restarted daemon could not find.
+pub fn spawn_recorded(command: &mut Command, pid_file: &Path) -> std::io::Result<Child> {
+    let mut child = command.spawn()?;
+    if let Err(e) = record_pid(pid_file, child.id()) {
+        kill_child(&mut child);
+        return Err(e);
+    }
+    Ok(child)
+}
+
+/// Writes `<pid> <start time>` to `path` under a temporary name and renames
+/// it, so a reader never sees half a line.
+pub fn record_pid(path: &Path, pid: u32) -> std::io::Result<()> {
+    let start_time = procfs::stat(pid).map(|s| s.start_time).unwrap_or(0);
+    let tmp = path.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{pid} {start_time}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The process `path` names, if it still runs as that same process (its
+/// start time matches; a file with only a PID is trusted as it is).
+pub fn recorded_process(path: &Path) -> Option<(u32, Option<u64>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let start_time = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .filter(|t| *t != 0);
+    procfs::is_running(pid, start_time).then_some((pid, start_time))
+}
+
+/// Ends the process `path` names (SIGKILL) if it still runs, waits up to
+/// five seconds for it to go, and removes the file. Returns the PID ended.
+pub fn end_recorded(path: &Path) -> Option<u32> {
+    let ended = recorded_process(path).map(|(pid, start_time)| {
+        let _ = send_signal(pid, libc::SIGKILL);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while procfs::is_running(pid, start_time) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        pid
+    });
+    let _ = std::fs::remove_file(path);
+    ended
+}
+
 pub fn send_signal(pid: u32, signal: i32) -> std::io::Result<()> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;

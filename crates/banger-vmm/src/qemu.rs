@@ -127,8 +127,7 @@ impl Qemu {
             .stdout(out)
             .stderr(err);
         detach(&mut command);
-        let mut child = command
-            .spawn()
+        let mut child = process::spawn_recorded(&mut command, &spec.vm_dir.join(VHOST_PID))
             .map_err(|e| VmmError::Spawn(self.vsock_helper.clone(), e))?;
         if let Err(err) = process::await_ready(
             &mut child,
@@ -140,7 +139,6 @@ impl Qemu {
             process::kill_child(&mut child);
             return Err(err);
         }
-        let _ = std::fs::write(spec.vm_dir.join(VHOST_PID), child.id().to_string());
         Ok(child)
     }
 }
@@ -202,13 +200,14 @@ impl Vmm for Qemu {
             .stdout(out)
             .stderr(err);
         detach(&mut command);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                process::kill_child(&mut helper);
-                return Err(VmmError::Spawn(self.binary.clone(), e));
-            }
-        };
+        let mut child =
+            match process::spawn_recorded(&mut command, &spec.vm_dir.join(process::VMM_PID_FILE)) {
+                Ok(child) => child,
+                Err(e) => {
+                    process::kill_child(&mut helper);
+                    return Err(VmmError::Spawn(self.binary.clone(), e));
+                }
+            };
         if let Err(err) = process::await_ready(
             &mut child,
             &qmp_socket,
@@ -239,25 +238,18 @@ impl Vmm for Qemu {
     }
 
     fn cleanup(&self, vm_dir: &Path) {
-        let pid_file = vm_dir.join(VHOST_PID);
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
-            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("vhost-device-vsock"));
-            if ours {
-                // Wait for it, so nothing of the VM outlives its delete.
-                let _ = process::send_signal(pid, libc::SIGTERM);
-                let deadline = std::time::Instant::now() + Duration::from_secs(2);
-                while banger_host::procfs::is_running(pid, None)
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if banger_host::procfs::is_running(pid, None) {
-                    let _ = process::send_signal(pid, libc::SIGKILL);
-                }
+        // The helper recorded at its spawn, if it is still that process.
+        if let Some((pid, start_time)) = process::recorded_process(&vm_dir.join(VHOST_PID)) {
+            // Wait for it, so nothing of the VM outlives its delete.
+            let _ = process::send_signal(pid, libc::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while banger_host::procfs::is_running(pid, start_time)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if banger_host::procfs::is_running(pid, start_time) {
+                let _ = process::send_signal(pid, libc::SIGKILL);
             }
         }
         for file in [VHOST_PID, VHOST_SOCKET, QMP_SOCKET] {
