@@ -218,6 +218,15 @@ done
 check "no process, TAP or file of the interrupted creates remains" test "$leftover" = 0
 check "vm create crash2 --wait (takes the freed IP)" "$banger" vm create --name crash2 --disk-size 1G --wait --wait-timeout "$boot_timeout"
 check "crash2's SSH reaches crash2, not a leaked guest" test "$(in_vm crash2 hostname)" = crash2
+# QEMU turns SIGTERM into exit status 0; banger still records a kill.
+pid_c=$("$banger" vm show crash2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+kill -TERM "$pid_c"
+for _ in $(seq 50); do
+    state_c=$("$banger" vm show crash2 --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["state"], "|", v.get("exit_reason"))')
+    case "$state_c" in stopped*) break ;; esac
+    sleep 0.2
+done
+check "QEMU ended by SIGTERM from outside is recorded as such ($state_c)" test "$state_c" = "stopped | killed by SIGTERM"
 check "vm delete crash2" "$banger" vm delete crash2
 
 say "== 10. make install: the installed binaries find their bundle without the checkout"

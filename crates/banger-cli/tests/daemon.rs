@@ -313,6 +313,71 @@ fn an_ssh_key_without_its_public_half_stops_the_daemon_with_the_fix() {
 }
 
 #[test]
+fn the_state_is_private_to_the_daemon_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    // As an older banger left it: readable by everyone.
+    let disk = world.state_dir().join("vms/0123abcd/overlay.ext4");
+    std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    std::fs::write(&disk, "guest disk").unwrap();
+    for (path, mode) in [
+        (world.state_dir(), 0o755),
+        (disk.parent().unwrap().to_path_buf(), 0o755),
+        (disk.clone(), 0o644),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    world.ok(&["vm", "list"]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&world.state_dir()), 0o700);
+    assert_eq!(mode(disk.parent().unwrap()), 0o700);
+    assert_eq!(mode(&disk), 0o600);
+    // Files the daemon made itself are private from the start.
+    assert_eq!(mode(&world.state_dir().join("banger.db")), 0o600);
+    assert_eq!(mode(&world.log_file()), 0o600);
+    let log = std::fs::read_to_string(world.log_file()).unwrap();
+    assert!(log.contains("removed group and other access"), "{log}");
+}
+
+/// A flood of idle connections gets a clear refusal past the cap, and
+/// costs the daemon nothing once they go.
+#[test]
+fn connections_past_the_cap_are_refused_and_the_daemon_recovers() {
+    use std::io::{BufRead, BufReader};
+    let world = World::new();
+    world.ok(&["vm", "list"]);
+    let held: Vec<std::os::unix::net::UnixStream> = (0..banger_daemon::server::MAX_CONNECTIONS)
+        .map(|_| {
+            let stream = std::os::unix::net::UnixStream::connect(world.socket()).unwrap();
+            // Served once, so it surely holds a slot; then a partial
+            // message, as a slow or hostile client leaves it.
+            std::io::Write::write_all(
+                &mut &stream,
+                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.status\"}\n",
+            )
+            .unwrap();
+            let mut answer = String::new();
+            BufReader::new(&stream).read_line(&mut answer).unwrap();
+            assert!(answer.contains("\"result\""), "{answer}");
+            std::io::Write::write_all(&mut &stream, b"{\"jsonrpc\":").unwrap();
+            stream
+        })
+        .collect();
+    let extra = std::os::unix::net::UnixStream::connect(world.socket()).unwrap();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&extra)
+        .read_line(&mut line)
+        .expect("the refusal arrives");
+    assert!(line.contains("connections already"), "{line}");
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    world.ok(&["vm", "list"]);
+}
+
+#[test]
 fn unimplemented_commands_fail_and_say_so() {
     let world = World::new();
     for args in [&["tui"][..], &["image", "build", "--name", "x"]] {

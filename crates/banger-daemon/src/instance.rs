@@ -26,6 +26,9 @@ pub enum InstanceError {
     StaleSocket(PathBuf, #[source] std::io::Error),
 }
 
+/// How long a new daemon waits for one that is letting go of the lock.
+const EXITING_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Held for the daemon's whole life. The PID file is never unlinked: a
 /// second daemon could otherwise lock an orphaned inode while a third
 /// locks the new file.
@@ -45,23 +48,36 @@ impl InstanceLock {
             .mode(0o600)
             .open(pid_file)
             .map_err(|e| InstanceError::Open(pid_file.into(), e))?;
-        // SAFETY: the descriptor is valid for the life of `file`; flock does not retain it.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = match pid.trim() {
-                    "" => "unknown".to_owned(),
-                    p => p.to_owned(),
-                };
-                return Err(InstanceError::AlreadyRunning {
-                    pid,
-                    socket: socket.into(),
-                });
+        // A holder empties the PID file as it lets go (see `Drop`): a locked,
+        // empty file is a daemon on its way out, worth a short wait (as when
+        // `banger daemon stop` is followed at once by another command).
+        let deadline = std::time::Instant::now() + EXITING_HOLDER_WAIT;
+        loop {
+            // SAFETY: the descriptor is valid for the life of `file`; flock does not retain it.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
             }
-            return Err(InstanceError::Lock(pid_file.into(), err));
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(InstanceError::Lock(pid_file.into(), err));
+            }
+            let mut pid = String::new();
+            let _ = file.seek(SeekFrom::Start(0));
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim().to_owned();
+            if pid.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            return Err(InstanceError::AlreadyRunning {
+                pid: if pid.is_empty() {
+                    "unknown, stopping".into()
+                } else {
+                    pid
+                },
+                socket: socket.into(),
+            });
         }
         let write = |file: &mut File| -> std::io::Result<()> {
             file.set_len(0)?;
@@ -113,5 +129,30 @@ mod tests {
         assert!(msg.contains("bangerd.sock"), "{msg}");
         drop(first);
         InstanceLock::acquire(&pid_file, &socket).unwrap();
+    }
+
+    /// `daemon stop` then another command at once: the old daemon has
+    /// emptied its PID file but not yet closed it. The new one waits for it.
+    #[test]
+    fn a_holder_on_its_way_out_is_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pid_file = tmp.path().join("bangerd.pid");
+        let socket = tmp.path().join("bangerd.sock");
+        let first = InstanceLock::acquire(&pid_file, &socket).unwrap();
+        first.file.set_len(0).unwrap(); // what Drop does before the descriptor closes
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let started = std::time::Instant::now();
+        let second = InstanceLock::acquire(&pid_file, &socket).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        releaser.join().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap().trim(),
+            std::process::id().to_string(),
+            "the new holder's PID is written, not erased by the old one"
+        );
+        drop(second);
     }
 }

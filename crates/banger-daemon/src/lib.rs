@@ -183,10 +183,27 @@ fn start() -> anyhow::Result<()> {
     let paths = Paths::from_env().context("working out banger's directories")?;
     let config = Config::load(&paths.config_file, &paths.home, |v| std::env::var_os(v))
         .context("loading configuration")?;
+    // Everything bangerd and its VMMs create is its user's alone: guest
+    // disks hold SSH host keys, and the store and logs what users typed.
+    banger_host::privacy::restrict_umask();
     paths
         .ensure_daemon_dirs()
         .context("preparing banger's directories")?;
     init_logging(&paths, config.log_level)?;
+    for dir in [&paths.state_dir, &paths.cache_dir] {
+        match banger_host::privacy::make_private(dir) {
+            Ok(changed) if !changed.is_empty() => tracing::warn!(
+                dir = %dir.display(),
+                count = changed.len(),
+                first = %changed[0].display(),
+                "removed group and other access from files others could read"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "could not make banger's files private")
+            }
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -38,7 +38,7 @@ pub enum LifecycleError {
     NameTaken(String),
     #[error("no VM named {0:?} and no VM ID starts with it: see `banger vm list`")]
     NotFound(String),
-    #[error("{vm_ref:?} matches several VMs ({}): use the name or more of the ID", .candidates.join(", "))]
+    #[error("{vm_ref:?} matches several VMs ({}): use a longer ID prefix or the full ID", .candidates.join(", "))]
     Ambiguous {
         vm_ref: String,
         candidates: Vec<String>,
@@ -286,23 +286,33 @@ impl Lifecycle {
         if vm_ref.is_empty() {
             return Err(LifecycleError::NotFound(String::new()));
         }
+        // A full ID is unambiguous. A name that is also the start of
+        // another VM's ID is not: saying which was meant beats guessing.
+        let mut by_name = None;
         let mut by_prefix = Vec::new();
         for vm in vms {
-            if vm.name == vm_ref {
+            if vm.id == vm_ref {
                 return Ok(vm);
             }
-            if vm.id.starts_with(vm_ref) {
+            if vm.name == vm_ref {
+                by_name = Some(vm);
+            } else if vm.id.starts_with(vm_ref) {
                 by_prefix.push(vm);
             }
         }
-        match by_prefix.len() {
-            0 => Err(LifecycleError::NotFound(vm_ref.to_owned())),
-            1 => Ok(by_prefix.remove(0)),
-            _ => Err(LifecycleError::Ambiguous {
-                vm_ref: vm_ref.to_owned(),
-                candidates: by_prefix
+        let label = |vm: &VmRecord, how: &str| {
+            format!("{} ({how} {})", vm.name, &vm.id[..8.min(vm.id.len())])
+        };
+        match (by_name, by_prefix.len()) {
+            (Some(vm), 0) => Ok(vm),
+            (None, 0) => Err(LifecycleError::NotFound(validate::clip(vm_ref))),
+            (None, 1) => Ok(by_prefix.remove(0)),
+            (named, _) => Err(LifecycleError::Ambiguous {
+                vm_ref: validate::clip(vm_ref),
+                candidates: named
                     .iter()
-                    .map(|vm| format!("{} ({})", vm.name, &vm.id[..8.min(vm.id.len())]))
+                    .map(|vm| label(vm, "its name; ID"))
+                    .chain(by_prefix.iter().map(|vm| label(vm, "ID")))
                     .collect(),
             }),
         }
@@ -607,7 +617,7 @@ impl Lifecycle {
         record.started_at = Some(now());
         record.stopped_at = None;
         record.exit_reason = None;
-        self.watch(record.id.clone(), launched);
+        self.watch(record, launched);
         Ok(pid)
     }
 
@@ -650,7 +660,7 @@ impl Lifecycle {
     }
 
     /// A thread per running VMM that records its exit, whenever it happens.
-    fn watch(self: &Arc<Self>, id: String, launched: Launched) {
+    fn watch(self: &Arc<Self>, record: &VmRecord, launched: Launched) {
         let Launched {
             pid,
             start_time,
@@ -658,13 +668,19 @@ impl Lifecycle {
         } = launched;
         self.exits.register(pid);
         let this = self.clone();
+        let id = record.id.clone();
+        let backend = self.backend(&record.vmm);
+        // What the VMM logs from here on explains its exit (see `explain_exit`).
+        let log = self.vm_dir(&record.id).join(vm_files::VMM_LOG);
+        let log_offset = std::fs::metadata(&log).map_or(0, |m| m.len());
         let spawned = std::thread::Builder::new()
             .name(format!("vm-exit-{pid}"))
             .spawn(move || {
-                let reason = match child {
+                let status = match child {
                     Some(child) => wait_child(child),
                     None => wait_foreign(pid, Some(start_time)),
                 };
+                let reason = backend.explain_exit(status, &log_since(&log, log_offset));
                 this.exits.post(pid, reason.clone());
                 this.record_exit(&id, pid, &reason);
                 this.exits.mark_handled(pid);
@@ -1047,7 +1063,7 @@ impl Lifecycle {
                             self.store.update_vm(&record)?;
                             let start_time = record.pid_start_time.unwrap_or(0);
                             self.watch(
-                                record.id.clone(),
+                                &record,
                                 Launched {
                                     pid,
                                     start_time,
@@ -1128,6 +1144,23 @@ fn crash_point(step: &str) {
         let _ = send_signal(std::process::id(), libc::SIGKILL);
         std::thread::sleep(Duration::from_secs(60));
     }
+}
+
+/// What a VMM appended to its log after `offset` (at most the last 64 KiB).
+fn log_since(log: &std::path::Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let start = offset.max(len.saturating_sub(64 << 10));
+    let mut text = String::new();
+    if file.seek(SeekFrom::Start(start)).is_ok() {
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    text
 }
 
 fn mark_stopped(record: &mut VmRecord, reason: String) {

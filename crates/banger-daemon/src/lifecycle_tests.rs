@@ -663,6 +663,32 @@ fn an_interrupted_start_is_adopted_from_its_pid_file() {
 }
 
 #[test]
+fn a_name_that_is_another_vms_id_prefix_is_ambiguous() {
+    let fx = fixture();
+    let first = fx.create("first");
+    let clash = fx.create(&first.id[..6]);
+    let err = fx.lifecycle.resolve(&first.id[..6]).unwrap_err();
+    assert!(matches!(err, LifecycleError::Ambiguous { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{} (its name; ID {})", clash.name, &clash.id[..8]))
+            && text.contains(&format!("first (ID {})", &first.id[..8]))
+            && text.contains("full ID"),
+        "{text}"
+    );
+    assert_eq!(fx.lifecycle.resolve(&first.id).unwrap().name, "first");
+    assert_eq!(fx.lifecycle.resolve(&clash.id).unwrap().name, clash.name);
+    assert_eq!(fx.lifecycle.resolve("first").unwrap().id, first.id);
+    let huge = "f".repeat(900_000);
+    let text = fx.lifecycle.resolve(&huge).unwrap_err().to_string();
+    assert!(
+        text.len() < 200 && text.contains("(900000 bytes)"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+}
+
+#[test]
 fn twenty_vms_in_parallel_without_error_or_leak() {
     let fx = fixture();
     let names: Vec<String> = (0..20).map(|i| format!("par-{i}")).collect();
@@ -869,7 +895,7 @@ fn refs_resolve_by_name_then_unique_prefix() {
     assert_eq!(fx.lifecycle.resolve("cc5").unwrap().name, "api-1");
     let msg = fx.lifecycle.resolve("aa12").unwrap_err().to_string();
     assert!(
-        msg.contains("calm-otter (aa12bb34)") && msg.contains("buildbox (aa12ff00)"),
+        msg.contains("calm-otter (ID aa12bb34)") && msg.contains("buildbox (ID aa12ff00)"),
         "{msg}"
     );
 }

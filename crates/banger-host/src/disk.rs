@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -131,7 +132,13 @@ impl Ext4Disks {
     fn build_overlay(&self, path: &Path, size: u64) -> Result<()> {
         let stage = self.staging()?;
         for dir in ["upper", "work"] {
-            std::fs::create_dir(stage.0.join(dir))
+            // `upper/` becomes the guest's `/`: 0755 whatever the daemon's
+            // umask (077), or the guest's services cannot reach any file.
+            let path = stage.0.join(dir);
+            std::fs::create_dir(&path)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                })
                 .map_err(|e| DiskError::Scratch(stage.0.clone(), e))?;
         }
         self.format(path, size, OVERLAY_LABEL, &stage.0)
@@ -144,7 +151,10 @@ impl Ext4Disks {
         let dir = self
             .scratch
             .join(format!("stage-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir(&dir).map_err(|e| DiskError::Scratch(dir.clone(), e))?;
+        // The staging dir is a filesystem's root: its mode, not the umask's.
+        std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| DiskError::Scratch(dir.clone(), e))?;
         Ok(Staging(dir))
     }
 

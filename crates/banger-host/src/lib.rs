@@ -9,6 +9,7 @@ pub mod disk;
 pub mod doctor;
 pub mod net;
 pub mod paths;
+pub mod privacy;
 pub mod probe;
 pub mod process;
 pub mod procfs;

@@ -37,6 +37,22 @@ pub enum ValidationError {
     Signal(String),
 }
 
+/// Longest user input echoed whole in an error (and so in the log).
+pub const ECHO_LIMIT: usize = 80;
+
+/// `text` as errors and logs echo it: whole up to [`ECHO_LIMIT`] bytes,
+/// else its start and its length, so a 900 KB argument is not repeated.
+pub fn clip(text: &str) -> String {
+    if text.len() <= ECHO_LIMIT {
+        return text.to_owned();
+    }
+    let mut end = 64;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 pub fn vm_name(name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -48,14 +64,14 @@ pub fn vm_name(name: &str) -> Result<(), ValidationError> {
     if ok {
         Ok(())
     } else {
-        Err(ValidationError::Name(name.to_owned()))
+        Err(ValidationError::Name(clip(name)))
     }
 }
 
 /// Parses `512M`, `16G`, `1T` (binary units; a trailing `B` or `iB` is allowed)
 /// into bytes. Bare numbers are refused: a disk of 16 bytes is never meant.
 pub fn size_bytes(text: &str) -> Result<u64, ValidationError> {
-    let bad = || ValidationError::Size(text.to_owned());
+    let bad = || ValidationError::Size(clip(text));
     let trimmed = text.trim();
     let upper = trimmed.to_ascii_uppercase();
     let without_b = upper
@@ -84,7 +100,7 @@ pub fn size_bytes(text: &str) -> Result<u64, ValidationError> {
 pub fn disk_size(text: &str) -> Result<u64, ValidationError> {
     let bytes = size_bytes(text)?;
     if bytes < MIN_DISK_BYTES {
-        return Err(ValidationError::DiskTooSmall(text.to_owned()));
+        return Err(ValidationError::DiskTooSmall(clip(text)));
     }
     Ok(bytes)
 }
@@ -146,7 +162,7 @@ const SIGNALS: &[(&str, i32)] = &[
 
 /// Parses a signal name (`TERM`, `sigterm`) or number (`15`) into its number.
 pub fn signal(text: &str) -> Result<i32, ValidationError> {
-    let bad = || ValidationError::Signal(text.to_owned());
+    let bad = || ValidationError::Signal(clip(text));
     let upper = text.trim().to_ascii_uppercase();
     if let Ok(number) = upper.parse::<i32>() {
         return if (1..=64).contains(&number) {
@@ -232,6 +248,24 @@ mod tests {
         }
         let msg = size_bytes("junk").unwrap_err().to_string();
         assert!(msg.contains("\"junk\"") && msg.contains("16G"), "{msg}");
+    }
+
+    #[test]
+    fn long_input_is_echoed_clipped() {
+        assert_eq!(clip("calm-otter"), "calm-otter");
+        let huge = "é".repeat(450_000);
+        let clipped = clip(&huge);
+        assert!(clipped.len() < 100, "{clipped}");
+        assert!(clipped.ends_with("… (900000 bytes)"), "{clipped}");
+        let err = vm_name(&huge).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        assert!(
+            size_bytes(&"9".repeat(10_000))
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 300
+        );
     }
 
     #[test]

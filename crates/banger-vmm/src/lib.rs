@@ -173,6 +173,13 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// exited (helper processes, sockets).
     fn cleanup(&self, _vm_dir: &Path) {}
 
+    /// The exit as the backend knows it, given what the VMM wrote to its
+    /// log while it ran: a VMM that turns a signal into a clean exit says
+    /// so there. The default trusts the exit status.
+    fn explain_exit(&self, reason: process::ExitReason, _output: &str) -> process::ExitReason {
+        reason
+    }
+
     /// What the host needs to run this backend (preflight and doctor).
     fn checks(&self) -> Vec<banger_proto::check::Check> {
         Vec::new()

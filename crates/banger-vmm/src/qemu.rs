@@ -237,6 +237,23 @@ impl Vmm for Qemu {
         qmp(&vm_dir.join(QMP_SOCKET), "query-status").is_ok_and(|answer| answer.contains("return"))
     }
 
+    /// QEMU catches SIGTERM, SIGINT and SIGHUP, logs `terminating on
+    /// signal N from pid P` and exits 0: that is a kill from outside, not a
+    /// clean shutdown of the guest.
+    fn explain_exit(&self, reason: process::ExitReason, output: &str) -> process::ExitReason {
+        if reason != process::ExitReason::Clean {
+            return reason;
+        }
+        output
+            .lines()
+            .rev()
+            .find_map(|line| {
+                let rest = line.split("terminating on signal ").nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .map_or(reason, process::ExitReason::Signal)
+    }
+
     fn cleanup(&self, vm_dir: &Path) {
         // The helper recorded at its spawn, if it is still that process.
         if let Some((pid, start_time)) = process::recorded_process(&vm_dir.join(VHOST_PID)) {
@@ -262,6 +279,30 @@ impl Vmm for Qemu {
 mod tests {
     use super::*;
     use crate::{Drive, NetSpec};
+
+    #[test]
+    fn a_signal_qemu_turned_into_exit_0_is_reported_as_the_signal() {
+        use process::ExitReason;
+        let qemu = Qemu::new("q".into(), "v".into());
+        let output = "char device redirected\nqemu-system-x86_64: terminating on signal 15 from pid 4242 (bash)\n";
+        assert_eq!(
+            qemu.explain_exit(ExitReason::Clean, output),
+            ExitReason::Signal(15)
+        );
+        assert_eq!(
+            qemu.explain_exit(ExitReason::Clean, output).describe(),
+            "killed by SIGTERM"
+        );
+        assert_eq!(
+            qemu.explain_exit(ExitReason::Clean, "guest powered off\n"),
+            ExitReason::Clean
+        );
+        assert_eq!(
+            qemu.explain_exit(ExitReason::Signal(9), output),
+            ExitReason::Signal(9),
+            "a real signal exit stays as it is"
+        );
+    }
 
     #[test]
     fn a_failed_power_off_request_says_so() {
