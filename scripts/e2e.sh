@@ -19,8 +19,13 @@ real_home=$HOME
 export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
 unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
 mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
-# The e2e VMs use the qemu backend whatever the host offers.
-printf 'vmm = "qemu"\n' > "$HOME/.config/banger/config.toml"
+# The e2e VMs use the qemu backend whatever the host offers, and a bridge,
+# pool and DNS port of their own: the suite runs beside anyone's banger
+# daemon on this host without sharing an address with it.
+bridge="bge2e-$(( $$ % 100000 ))"
+pool="10.218.$(( $$ % 200 + 20 )).0/24"
+printf 'vmm = "qemu"\nbridge = "%s"\nguest_ip_pool = "%s"\ndns_listen = "127.0.0.1:0"\n' "$bridge" "$pool" \
+    > "$HOME/.config/banger/config.toml"
 state="$HOME/.local/state/banger"
 export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
 
@@ -66,9 +71,19 @@ wait_ssh() {
     return 1
 }
 
+neighbour="$world/neighbour"
+as_neighbour() {
+    HOME="$neighbour" XDG_RUNTIME_DIR="$neighbour/run" "$banger" "$@"
+}
+
 cleanup() {
     "$banger" vm delete e2e-a e2e-b crash2 >/dev/null 2>&1
     "$banger" daemon stop >/dev/null 2>&1
+    if [ -d "$neighbour" ]; then
+        as_neighbour vm delete e2e-neighbour >/dev/null 2>&1
+        as_neighbour daemon stop >/dev/null 2>&1
+    fi
+    ip link del "$bridge" 2>/dev/null
     rm -rf "$world"
 }
 trap cleanup EXIT
@@ -100,6 +115,18 @@ for image in rootfs.ext4 rootfs-docker.ext4; do
     check "$image authorizes the bundle's key for root" test "$(debugfs -R 'cat /root/.ssh/authorized_keys' "$bundle/$image" 2>/dev/null)" = "$(cat "$bundle/id_ed25519.pub")"
 done
 
+say "== 0b. a neighbour: another user's daemon with a running VM on the default bridge"
+# Unless some banger daemon already owns banger0 (then it is the neighbour),
+# one is made here, with a running VM whose IP the suite must never take.
+owner=$(ip -o -d link show dev banger0 2>/dev/null | grep -o 'alias banger:[^ ]*' | cut -d: -f2)
+if [ -n "$owner" ]; then
+    say "      banger0 belongs to daemon $owner already: it is the neighbour"
+else
+    mkdir -p "$neighbour/run" "$neighbour/.config/banger"
+    printf 'vmm = "qemu"\n' > "$neighbour/.config/banger/config.toml"
+    check "the neighbour creates a VM on banger0" as_neighbour vm create --name e2e-neighbour --disk-size 1G --memory 512 --vcpu 1
+fi
+
 say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH"
 check "vm create e2e-a --wait (boots to SSH)" "$banger" vm create --name e2e-a --disk-size 2G --nat --wait --wait-timeout "$boot_timeout"
 check "vm ssh works" wait_ssh e2e-a
@@ -125,6 +152,8 @@ print(".".join(map(str, s.recv(512)[-4:])))
 EOF
 )
 check "e2e-a.vm resolves to $ip_a through bangerd's DNS ($dns)" test "$resolved" = "$ip_a"
+check "e2e-a's IP $ip_a is in the suite's own pool $pool" test "${ip_a%.*}" = "${pool%.*/*}"
+check "e2e-a's TAP is on the suite's own bridge $bridge" sh -c "ip -o link show | grep ' bg-' | grep -q 'master $bridge'"
 check "the guest IP answers SSH directly" test "$(ssh -i "$bundle/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 "root@$ip_a" hostname)" = e2e-a
 id_a=$("$banger" vm show e2e-a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 # This daemon's rules for e2e-a, by their tag banger:<daemon>:<vm id>: one
@@ -228,6 +257,15 @@ for _ in $(seq 50); do
 done
 check "QEMU ended by SIGTERM from outside is recorded as such ($state_c)" test "$state_c" = "stopped | killed by SIGTERM"
 check "vm delete crash2" "$banger" vm delete crash2
+
+if [ -d "$neighbour/run" ]; then
+    neighbour_vm=$(as_neighbour vm show e2e-neighbour --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["state"], v["guest_ip"], v["id"])')
+    say "      the neighbour's VM: $neighbour_vm"
+    read -r n_state n_ip n_id <<<"$neighbour_vm"
+    check "the neighbour's VM still runs, untouched by the suite" test "$n_state" = running
+    check "its TAP is still on banger0" sh -c "ip -o link show dev bg-${n_id:0:10} | grep -q 'master banger0'"
+    check "the neighbour deletes its VM" as_neighbour vm delete e2e-neighbour
+fi
 
 say "== 10. make install: the installed binaries find their bundle without the checkout"
 prefix="$world/prefix"

@@ -67,7 +67,8 @@ impl Deps {
             )),
             network: Arc::new(
                 IpTablesNetwork::for_this_user(Arc::new(HostRunner))
-                    .with_owner(&paths.instance_tag()),
+                    .with_owner(&paths.instance_tag())
+                    .with_bridge(&config.bridge),
             ),
             stop_timeouts: lifecycle::StopTimeouts::default(),
             public_keys: public_keys(config, runtime_dir)?,

@@ -622,7 +622,8 @@ fn interrupted(fx: &Fixture, like: &VmRecord, name: &str, state: VmState) -> (Vm
         0,
     )
     .unwrap();
-    wait_until("the VMM to run", || procfs::is_running(pid, None));
+    // Exec'd, so its command line is the fake VMM's (as `responds` checks).
+    wait_until("the VMM to run", || fx.vmm.responds(&dir, pid));
     (record, pid)
 }
 

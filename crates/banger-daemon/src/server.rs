@@ -90,14 +90,22 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 
 /// Tells a connection over [`MAX_CONNECTIONS`] why it is closed.
 async fn refuse(mut stream: UnixStream) {
-    let error = RpcError::new(
+    let text = error_line(
         ErrorKind::Unavailable,
         format!("bangerd is serving {MAX_CONNECTIONS} connections already: try again shortly"),
     );
-    let mut text = serde_json::to_vec(&Response::failure(Value::Null, error))
-        .expect("an error response always encodes");
-    text.push(b'\n');
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&text)).await;
+}
+
+/// A whole error response line, for a connection about to be closed.
+fn error_line(kind: ErrorKind, message: String) -> Vec<u8> {
+    let mut text = serde_json::to_vec(&Response::failure(
+        Value::Null,
+        RpcError::new(kind, message),
+    ))
+    .expect("an error response always encodes");
+    text.push(b'\n');
+    text
 }
 
 /// One newline-terminated message, or the news that it was too long (its
@@ -196,13 +204,10 @@ async fn handle_connection(
                     ),
                 ),
                 Ok(Some(Frame::Busy)) => {
-                    let error = RpcError::new(
+                    let text = error_line(
                         ErrorKind::Unavailable,
                         format!("bangerd holds {MAX_BUFFERED} bytes of unfinished requests: try again shortly"),
                     );
-                    let mut text = serde_json::to_vec(&Response::failure(Value::Null, error))
-                        .expect("an error response always encodes");
-                    text.push(b'\n');
                     let _ = write.write_all(&text).await;
                     return;
                 }

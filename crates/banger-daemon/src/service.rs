@@ -230,6 +230,9 @@ impl Daemon {
             }
             method::DOCTOR => {
                 let config = self.config.clone();
+                let tag = self.paths.instance_tag();
+                // This daemon serves DNS on its configured address unless it could not bind.
+                let own_dns = self.dns_error.is_none().then_some(config.dns_listen);
                 let checks = tokio::task::spawn_blocking(move || {
                     let probe = banger_host::probe::Probe::host();
                     let exe = std::env::current_exe().unwrap_or_default();
@@ -237,7 +240,8 @@ impl Daemon {
                         probe: &probe,
                         config: &config,
                         exe: &exe,
-                        daemon_running: true,
+                        daemon_dns: own_dns,
+                        instance_tag: &tag,
                     })
                 })
                 .await

@@ -93,6 +93,7 @@ struct ConfigFile {
     vmm: Option<VmmChoice>,
     dns_listen: Option<String>,
     guest_ip_pool: Option<String>,
+    bridge: Option<String>,
 }
 
 /// Why banger refuses a key of the Go original that it does not use, rather
@@ -123,6 +124,8 @@ pub struct Config {
     pub dns_listen: SocketAddr,
     /// IPv4 CIDR: the bridge takes the first address, guests the rest.
     pub guest_ip_pool: String,
+    /// The bridge this daemon's TAPs join; it is this daemon's alone.
+    pub bridge: String,
 }
 
 impl Default for Config {
@@ -199,6 +202,17 @@ impl Config {
         {
             return Err(key_error("guest_ip_pool", e.to_string()));
         }
+        if let Some(bridge) = &file.bridge
+            && !valid_interface_name(bridge)
+        {
+            return Err(key_error(
+                "bridge",
+                format!(
+                    "invalid interface name {:?}: use 1 to 15 characters from a-z, 0-9, '-' and '_' (like banger1)",
+                    banger_proto::validate::clip(bridge)
+                ),
+            ));
+        }
         let dns_listen = match &file.dns_listen {
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
                 key_error(
@@ -239,6 +253,7 @@ impl Config {
             guest_ip_pool: file
                 .guest_ip_pool
                 .unwrap_or_else(|| DEFAULT_GUEST_IP_POOL.to_owned()),
+            bridge: file.bridge.unwrap_or_else(|| crate::net::BRIDGE.to_owned()),
         }
     }
 
@@ -264,6 +279,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A Linux interface name banger accepts: short enough for IFNAMSIZ, and
+/// nothing `ip` would read as an option or a path.
+fn valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn resolve_path(path: &Path, base: &Path, home: &Path) -> PathBuf {
@@ -309,6 +334,7 @@ default_modules_dir = "/r/modules"
 vmm = "qemu"
 dns_listen = "127.0.0.1:5353"
 guest_ip_pool = "10.50.0.0/24"
+bridge = "banger-ci"
 "#,
         )
         .unwrap();
@@ -328,6 +354,8 @@ guest_ip_pool = "10.50.0.0/24"
         assert_eq!(config.vmm, VmmChoice::Qemu);
         assert_eq!(config.dns_listen.to_string(), "127.0.0.1:5353");
         assert_eq!(config.guest_ip_pool, "10.50.0.0/24");
+        assert_eq!(config.bridge, "banger-ci");
+        assert_eq!(parse("").unwrap().bridge, "banger0");
         assert_eq!(
             config.default_kernel.as_deref(),
             Some(Path::new("/r/vmlinux"))
@@ -392,6 +420,15 @@ guest_ip_pool = "10.50.0.0/24"
             msg,
             "/home/u/.config/banger/config.toml line 2, key `dns_listen`: invalid address \"localhost\": use IP:PORT, like 127.0.0.1:42069 (port 0 picks a free port)"
         );
+        for bad in ["a-name-far-too-long", "-x", "Br0", "br 0", ""] {
+            let msg = parse(&format!("bridge = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("key `bridge`") && msg.contains("1 to 15 characters"),
+                "{bad}: {msg}"
+            );
+        }
         let msg = parse("vmm = 3\n").unwrap_err().to_string();
         assert!(msg.contains("key `vmm`"), "{msg}");
         let msg = parse("log_level = \"info\"\nguest_ip_pool = \"10.0.0.1/24\"\n")

@@ -107,8 +107,10 @@ pub struct DoctorInput<'a> {
     pub config: &'a Config,
     /// The running binary, for locating the runtime bundle.
     pub exe: &'a Path,
-    /// Whether a bangerd of ours is running (it holds the DNS port).
-    pub daemon_running: bool,
+    /// Where this user's running bangerd serves DNS, if one runs.
+    pub daemon_dns: Option<SocketAddr>,
+    /// This daemon's tag, which marks the bridge it owns.
+    pub instance_tag: &'a str,
 }
 
 pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
@@ -116,7 +118,8 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
         probe,
         config,
         exe,
-        daemon_running,
+        daemon_dns,
+        instance_tag,
     } = *input;
     let mut checks = Vec::new();
 
@@ -303,7 +306,11 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
             "banger enables it when a VM uses --nat (needs root or sudo)",
         )
     });
-    checks.push(dns_port(config.dns_listen, daemon_running));
+    checks.push(dns_port(config.dns_listen, daemon_dns));
+    if probe.find("ip").is_some() {
+        checks.push(bridge_check(&config.bridge, instance_tag, &IpOutput));
+        checks.push(pool_check(config, &IpOutput));
+    }
     // Only `make runtime` needs these: a warning, never a failure.
     for (tool, purpose) in [
         ("mmdebstrap", "make runtime: the images"),
@@ -321,15 +328,107 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
     checks
 }
 
-fn dns_port(addr: SocketAddr, daemon_running: bool) -> Check {
+fn dns_port(addr: SocketAddr, daemon_dns: Option<SocketAddr>) -> Check {
     let name = format!("DNS {addr}");
     match UdpSocket::bind(addr) {
         Ok(_) => Check::pass(name, "free"),
-        Err(_) if daemon_running => Check::pass(name, "served by bangerd"),
+        Err(_) if daemon_dns == Some(addr) => Check::pass(name, "served by this user's bangerd"),
         Err(e) => Check::warn(
             name,
-            format!("cannot listen: {e}"),
+            match daemon_dns {
+                Some(ours) => format!(
+                    "cannot listen: {e}; another process holds it (this user's bangerd serves {ours})"
+                ),
+                None => {
+                    format!("cannot listen: {e}; another process (another banger daemon?) holds it")
+                }
+            },
             "free the port or set dns_listen in config.toml",
+        ),
+    }
+}
+
+/// What doctor asks `ip`; a seam so the conflict checks are testable.
+pub trait IpQuery {
+    /// `ip -o -d link show dev NAME`, or `None` when there is no such link.
+    fn link(&self, name: &str) -> Option<String>;
+    /// `ip -4 route show`.
+    fn routes(&self) -> String;
+}
+
+/// The real `ip`.
+#[derive(Debug)]
+pub struct IpOutput;
+
+impl IpQuery for IpOutput {
+    fn link(&self, name: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["-o", "-d", "link", "show", "dev", name])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn routes(&self) -> String {
+        Command::new("ip")
+            .args(["-4", "route", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether the bridge is free or this daemon's (see `net::BRIDGE_ALIAS_PREFIX`).
+pub fn bridge_check(bridge: &str, instance_tag: &str, ip: &dyn IpQuery) -> Check {
+    let name = format!("bridge {bridge}");
+    let Some(shown) = ip.link(bridge) else {
+        return Check::pass(name, "not there yet; made at the first VM start");
+    };
+    let owner = shown
+        .split("alias ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|alias| alias.strip_prefix(crate::net::BRIDGE_ALIAS_PREFIX));
+    match owner {
+        Some(owner) if owner == instance_tag => Check::pass(name, "this daemon's"),
+        Some(owner) => Check::fail(
+            name,
+            format!("belongs to another banger daemon ({owner}): its VMs would share your IPs"),
+            "set your own bridge and guest_ip_pool in config.toml (like bridge = \"banger1\", guest_ip_pool = \"10.220.0.0/24\")",
+        ),
+        None => Check::pass(
+            name,
+            "exists, unclaimed (this daemon claims it at its first VM start)",
+        ),
+    }
+}
+
+/// Whether the guest IP pool is clear of the host's other routes (another
+/// daemon's bridge among them).
+pub fn pool_check(config: &Config, ip: &dyn IpQuery) -> Check {
+    let name = format!("guest_ip_pool {}", config.guest_ip_pool);
+    let Ok(pool) = crate::net::Pool::parse(&config.guest_ip_pool) else {
+        return Check::fail(name, "not an IPv4 CIDR", "fix guest_ip_pool in config.toml");
+    };
+    let routes: Vec<String> = ip
+        .routes()
+        .lines()
+        .filter(|l| {
+            !l.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["dev", config.bridge.as_str()])
+        })
+        .map(str::to_owned)
+        .collect();
+    match crate::net::check_pool_against_routes(&pool, &routes) {
+        Ok(()) => Check::pass(name, "clear of the host's routes"),
+        Err(e) => Check::fail(
+            name,
+            e.to_string(),
+            "pick another guest_ip_pool in config.toml",
         ),
     }
 }
@@ -447,7 +546,8 @@ mod tests {
                 probe: &probe,
                 config: &config,
                 exe: &self.root().join("bin/banger"),
-                daemon_running: false,
+                daemon_dns: None,
+                instance_tag: "t1",
             })
         }
 
@@ -592,6 +692,58 @@ mod tests {
         // Without qemu on a PVM host, nothing can boot: that is a fail.
         std::fs::remove_file(machine.root().join("bin/qemu-system-x86_64")).unwrap();
         assert_eq!(machine.status("qemu").0, CheckStatus::Fail);
+    }
+
+    struct FakeIp {
+        link: Option<&'static str>,
+        routes: &'static str,
+    }
+
+    impl IpQuery for FakeIp {
+        fn link(&self, _name: &str) -> Option<String> {
+            self.link.map(str::to_owned)
+        }
+        fn routes(&self) -> String {
+            self.routes.to_owned()
+        }
+    }
+
+    #[test]
+    fn another_daemons_bridge_and_pool_are_named_as_conflicts() {
+        let ip = |link, routes| FakeIp { link, routes };
+        let check = bridge_check("banger0", "t1", &ip(None, ""));
+        assert_eq!(check.status, CheckStatus::Pass);
+        let ours = "5: banger0: <BROADCAST> mtu 1500\\    link/ether 1e:1e brd ff\\    alias banger:t1 bridge";
+        assert_eq!(
+            bridge_check("banger0", "t1", &ip(Some(ours), "")).status,
+            CheckStatus::Pass
+        );
+        let theirs = "5: banger0: <BROADCAST> mtu 1500\\    alias banger:t2 bridge";
+        let check = bridge_check("banger0", "t1", &ip(Some(theirs), ""));
+        assert_eq!(check.status, CheckStatus::Fail);
+        assert!(
+            check.message().contains("another banger daemon (t2)")
+                && check.message().contains("guest_ip_pool"),
+            "{}",
+            check.message()
+        );
+        let config = Config {
+            bridge: "banger1".into(),
+            guest_ip_pool: "10.219.0.0/24".into(),
+            ..Config::default()
+        };
+        let routes = "default via 10.0.0.1 dev eth0\n10.219.0.0/24 dev banger0 proto kernel scope link src 10.219.0.1\n";
+        let check = pool_check(&config, &ip(None, routes));
+        assert_eq!(check.status, CheckStatus::Fail, "{}", check.message());
+        assert!(check.message().contains("banger0"), "{}", check.message());
+        let own = Config {
+            bridge: "banger0".into(),
+            ..config
+        };
+        assert_eq!(
+            pool_check(&own, &ip(None, routes)).status,
+            CheckStatus::Pass
+        );
     }
 
     #[test]

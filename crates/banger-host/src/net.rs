@@ -15,7 +15,10 @@ use thiserror::Error;
 
 use crate::process::{Cmd, ProcessError, Runner};
 
+/// The bridge a daemon uses unless `bridge` in config.toml names another.
 pub const BRIDGE: &str = "banger0";
+/// A bridge's owner, in its interface alias: `banger:<daemon's instance tag>`.
+pub const BRIDGE_ALIAS_PREFIX: &str = "banger:";
 /// Every TAP banger makes is named `bg-<first 10 hex digits of the VM ID>`.
 pub const TAP_PREFIX: &str = "bg-";
 pub const NAT_CHAIN: &str = "BANGER-POSTROUTING";
@@ -42,6 +45,10 @@ pub enum NetError {
         "guest IP pool {pool} overlaps the host route {route}: pick another guest_ip_pool in config.toml"
     )]
     Conflict { pool: String, route: String },
+    #[error(
+        "bridge {bridge} belongs to another banger daemon ({owner}): give this one its own `bridge` and `guest_ip_pool` in config.toml (like bridge = \"banger1\", guest_ip_pool = \"10.220.0.0/24\")"
+    )]
+    BridgeTaken { bridge: String, owner: String },
 }
 
 pub type Result<T, E = NetError> = std::result::Result<T, E>;
@@ -169,8 +176,10 @@ pub trait HostNetwork: Send + Sync + fmt::Debug {
 pub struct IpTablesNetwork {
     runner: Arc<dyn Runner>,
     sudo: bool,
-    /// This daemon's tag in rule comments: it prunes only its own rules.
+    /// This daemon's tag in rule comments and on its bridge: it prunes
+    /// only its own rules and uses only its own bridge.
     owner: String,
+    bridge: String,
 }
 
 impl IpTablesNetwork {
@@ -180,13 +189,38 @@ impl IpTablesNetwork {
             runner,
             sudo,
             owner: "default".into(),
+            bridge: BRIDGE.into(),
         }
+    }
+
+    /// Puts this daemon's TAPs on `bridge` instead of `banger0`.
+    pub fn with_bridge(mut self, bridge: &str) -> Self {
+        self.bridge = bridge.to_owned();
+        self
+    }
+
+    /// Who owns the bridge, from its alias: `None` for a bridge with no
+    /// banger alias (made by an older banger: the first daemon claims it).
+    fn bridge_owner(&self) -> Result<Option<String>> {
+        let shown = self.run("ip", &["-o", "-d", "link", "show", "dev", &self.bridge])?;
+        Ok(shown
+            .split("alias ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|alias| alias.strip_prefix(BRIDGE_ALIAS_PREFIX))
+            .map(str::to_owned))
     }
 
     /// Tags this daemon's rules (see [`crate::Paths::instance_tag`]).
     pub fn with_owner(mut self, owner: &str) -> Self {
         self.owner = owner.to_owned();
         self
+    }
+
+    fn claim_bridge(&self) -> Result<()> {
+        let alias = format!("{BRIDGE_ALIAS_PREFIX}{}", self.owner);
+        self.run("ip", &["link", "set", "dev", &self.bridge, "alias", &alias])?;
+        Ok(())
     }
 
     fn marker(&self) -> String {
@@ -260,7 +294,7 @@ impl IpTablesNetwork {
             ip.clone(),
             "!".into(),
             "-o".into(),
-            BRIDGE.into(),
+            self.bridge.clone(),
             "-m".into(),
             "comment".into(),
             "--comment".into(),
@@ -270,7 +304,7 @@ impl IpTablesNetwork {
         ];
         let outbound = vec![
             "-i".into(),
-            BRIDGE.into(),
+            self.bridge.clone(),
             "-s".into(),
             ip.clone(),
             "-m".into(),
@@ -282,7 +316,7 @@ impl IpTablesNetwork {
         ];
         let inbound = vec![
             "-o".into(),
-            BRIDGE.into(),
+            self.bridge.clone(),
             "-d".into(),
             ip,
             "-m".into(),
@@ -347,15 +381,28 @@ impl HostNetwork for IpTablesNetwork {
     }
 
     fn ensure_bridge(&self, pool: &Pool) -> Result<()> {
-        if !self.link_exists(BRIDGE)? {
-            self.run("ip", &["link", "add", "name", BRIDGE, "type", "bridge"])?;
+        let bridge = self.bridge.as_str();
+        if self.link_exists(bridge)? {
+            match self.bridge_owner()? {
+                Some(owner) if owner == self.owner => {}
+                Some(owner) => {
+                    return Err(NetError::BridgeTaken {
+                        bridge: bridge.to_owned(),
+                        owner,
+                    });
+                }
+                None => self.claim_bridge()?,
+            }
+        } else {
+            self.run("ip", &["link", "add", "name", bridge, "type", "bridge"])?;
+            self.claim_bridge()?;
         }
         let address = format!("{}/{}", pool.gateway(), pool.prefix);
-        let shown = self.run("ip", &["-o", "-4", "addr", "show", "dev", BRIDGE])?;
+        let shown = self.run("ip", &["-o", "-4", "addr", "show", "dev", bridge])?;
         if !shown.split_whitespace().any(|w| w == address) {
-            self.run("ip", &["addr", "replace", &address, "dev", BRIDGE])?;
+            self.run("ip", &["addr", "replace", &address, "dev", bridge])?;
         }
-        self.run("ip", &["link", "set", "dev", BRIDGE, "up"])?;
+        self.run("ip", &["link", "set", "dev", bridge, "up"])?;
         Ok(())
     }
 
@@ -367,7 +414,7 @@ impl HostNetwork for IpTablesNetwork {
                 &["tuntap", "add", "dev", name, "mode", "tap", "user", &uid],
             )?;
         }
-        self.run("ip", &["link", "set", "dev", name, "master", BRIDGE])?;
+        self.run("ip", &["link", "set", "dev", name, "master", &self.bridge])?;
         self.run("ip", &["link", "set", "dev", name, "up"])?;
         Ok(())
     }
@@ -448,7 +495,10 @@ impl HostNetwork for IpTablesNetwork {
         let text = self.run("ip", &["-4", "route", "show"])?;
         Ok(text
             .lines()
-            .filter(|l| !l.contains(&format!("dev {BRIDGE}")))
+            .filter(|l| {
+                !l.contains(&format!("dev {} ", self.bridge))
+                    && !l.ends_with(&format!("dev {}", self.bridge))
+            })
             .map(str::to_owned)
             .collect())
     }

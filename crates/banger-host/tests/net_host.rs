@@ -115,3 +115,64 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
     net.delete_tap("bg-0011223344").unwrap();
     assert!(net.list_taps().unwrap().is_empty());
 }
+
+/// Two daemons on one host: the bridge is the first one's, marked with its
+/// tag; the second is refused it, and its own bridge with an overlapping
+/// pool is refused by the route check, so no address is ever shared.
+#[test]
+fn a_second_daemon_cannot_share_the_bridge_or_the_pool() {
+    let Some(runner) = namespace("owners") else {
+        return;
+    };
+    let first = IpTablesNetwork::new(runner.clone(), false).with_owner("t1");
+    let second = IpTablesNetwork::new(runner.clone(), false).with_owner("t2");
+    let pool = Pool::parse("10.219.0.0/24").unwrap();
+    first.ensure_bridge(&pool).unwrap();
+    let alias = runner
+        .run(&Cmd::new("ip").args(["-o", "-d", "link", "show", "dev", "banger0"]))
+        .unwrap();
+    assert!(alias.contains("alias banger:t1"), "{alias}");
+
+    let err = second.ensure_bridge(&pool).unwrap_err().to_string();
+    assert!(
+        err.contains("bridge banger0 belongs to another banger daemon (t1)")
+            && err.contains("guest_ip_pool"),
+        "{err}"
+    );
+
+    let second = second.with_bridge("banger1");
+    let routes = second.host_routes().unwrap();
+    let conflict = banger_host::net::check_pool_against_routes(&pool, &routes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        conflict.contains("banger0"),
+        "the first daemon's bridge route: {conflict}"
+    );
+    let own_pool = Pool::parse("10.220.0.0/24").unwrap();
+    banger_host::net::check_pool_against_routes(&own_pool, &routes).unwrap();
+    second.ensure_bridge(&own_pool).unwrap();
+    second.create_tap("bg-5566778899", 0).unwrap();
+    let link = runner
+        .run(&Cmd::new("ip").args(["-o", "link", "show", "dev", "bg-5566778899"]))
+        .unwrap();
+    assert!(link.contains("master banger1"), "{link}");
+    // The first daemon still owns and uses its own bridge.
+    first.ensure_bridge(&pool).unwrap();
+
+    // A bridge an older banger made (no alias) is claimed by the first
+    // daemon that uses it.
+    runner
+        .run(&Cmd::new("ip").args(["link", "add", "name", "banger2", "type", "bridge"]))
+        .unwrap();
+    let third = IpTablesNetwork::new(runner.clone(), false)
+        .with_owner("t3")
+        .with_bridge("banger2");
+    third
+        .ensure_bridge(&Pool::parse("10.221.0.0/24").unwrap())
+        .unwrap();
+    let alias = runner
+        .run(&Cmd::new("ip").args(["-o", "-d", "link", "show", "dev", "banger2"]))
+        .unwrap();
+    assert!(alias.contains("alias banger:t3"), "{alias}");
+}

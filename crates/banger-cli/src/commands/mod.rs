@@ -64,12 +64,25 @@ fn doctor(json: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
     .context("loading configuration")?;
     let probe = banger_host::probe::Probe::host();
     let exe = std::env::current_exe().unwrap_or_default();
-    let daemon_running = std::os::unix::net::UnixStream::connect(&ctx.paths.socket).is_ok();
+    // Where this user's daemon, if one runs, serves DNS: a port held by
+    // anything else is not ours.
+    let daemon_dns = crate::client::Client::connect(&ctx.paths.socket)
+        .ok()
+        .and_then(|mut client| {
+            client
+                .call::<banger_proto::DaemonStatus>(
+                    banger_proto::method::DAEMON_STATUS,
+                    serde_json::Value::Null,
+                )
+                .ok()
+        })
+        .and_then(|status| status.dns_listen.parse().ok());
     let checks = banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
         probe: &probe,
         config: &config,
         exe: &exe,
-        daemon_running,
+        daemon_dns,
+        instance_tag: &ctx.paths.instance_tag(),
     });
     if json {
         crate::output::print_json(&checks)?;
