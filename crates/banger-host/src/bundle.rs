@@ -82,8 +82,14 @@ impl Bundle {
             }
             Err(e) => return Err(BundleError::Read(path, e)),
         };
+        Self::parse(dir, &text)
+    }
+
+    /// Checks `text` as `dir`'s manifest: schema, required entries, files present.
+    pub fn parse(dir: &Path, text: &str) -> Result<Self> {
+        let path = dir.join(MANIFEST);
         let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| BundleError::Parse(path.clone(), e))?;
+            serde_json::from_str(text).map_err(|e| BundleError::Parse(path.clone(), e))?;
         if manifest.schema != SCHEMA {
             return Err(BundleError::Schema {
                 path,

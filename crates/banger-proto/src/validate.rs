@@ -78,14 +78,16 @@ pub fn size_bytes(text: &str) -> Result<u64, ValidationError> {
         .strip_suffix("IB")
         .or_else(|| upper.strip_suffix('B'))
         .unwrap_or(&upper);
-    let (digits, unit) = without_b.split_at(without_b.len().saturating_sub(1));
-    let shift = match unit {
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
+    // The unit is the last character, whatever its width in bytes.
+    let mut chars = without_b.chars();
+    let shift = match chars.next_back() {
+        Some('K') => 10,
+        Some('M') => 20,
+        Some('G') => 30,
+        Some('T') => 40,
         _ => return Err(bad()),
     };
+    let digits = chars.as_str();
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -239,6 +241,8 @@ mod tests {
             "",
             "99999999999T",
             "1 G",
+            "4🕴",
+            "🕴",
         ] {
             assert_eq!(
                 size_bytes(bad),
