@@ -84,6 +84,9 @@ cleanup() {
         as_neighbour daemon stop >/dev/null 2>&1
     fi
     ip link del "$bridge" 2>/dev/null
+    # banger0, if the neighbour made it here, goes too: a bridge left with
+    # a dead daemon's tag would be refused to everyone else.
+    [ -n "${neighbour_bridge:-}" ] && ip link del banger0 2>/dev/null
     rm -rf "$world"
 }
 trap cleanup EXIT
@@ -122,6 +125,7 @@ owner=$(ip -o -d link show dev banger0 2>/dev/null | grep -o 'alias banger:[^ ]*
 if [ -n "$owner" ]; then
     say "      banger0 belongs to daemon $owner already: it is the neighbour"
 else
+    ip link show dev banger0 >/dev/null 2>&1 || neighbour_bridge=made-here
     mkdir -p "$neighbour/run" "$neighbour/.config/banger"
     printf 'vmm = "qemu"\n' > "$neighbour/.config/banger/config.toml"
     check "the neighbour creates a VM on banger0" as_neighbour vm create --name e2e-neighbour --disk-size 1G --memory 512 --vcpu 1

@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // `make bench` runs every group; `banger-bench create list` only those.
-    let groups = ["list", "dns", "disks", "create", "boot"];
+    let groups = ["list", "dns", "disks", "create", "boot", "load"];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     if let Some(unknown) = chosen.iter().find(|g| !groups.contains(&g.as_str())) {
         bail!(
@@ -98,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("boot") {
         qemu_boot_rows(&banger, &mut rows)?;
+    }
+    if wanted("load") {
+        load_rows(&banger, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -162,6 +165,64 @@ fn daemon_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         baseline: "-".into(),
         ratio: "-".into(),
     });
+    Ok(())
+}
+
+/// 50 CLI clients running `vm list --json` back to back for 30 s against a
+/// daemon holding 1,000 VMs: every call must succeed; the p99 is reported
+/// next to one client's alone.
+fn load_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const CLIENTS: usize = 50;
+    const SECONDS: u64 = 30;
+    let world = World::new(banger.to_path_buf())?;
+    world.seed_vms(1000)?;
+    world.run(&["vm", "list", "--json"])?;
+    let alone: Vec<Duration> = (0..RUNS)
+        .map(|_| time_command(world.command(&["vm", "list", "--json"])))
+        .collect::<anyhow::Result<_>>()?;
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let world = Arc::new(world);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let world = world.clone();
+            std::thread::spawn(move || {
+                let (mut times, mut errors) = (Vec::new(), Vec::new());
+                while Instant::now() < deadline {
+                    match time_command(world.command(&["vm", "list", "--json"])) {
+                        Ok(took) => times.push(took),
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
+                }
+                (times, errors)
+            })
+        })
+        .collect();
+    let (mut times, mut errors) = (Vec::new(), Vec::new());
+    for client in clients {
+        let (t, e) = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load client panicked"))?;
+        times.extend(t);
+        errors.extend(e);
+    }
+    if let Some(first) = errors.first() {
+        bail!(
+            "{} of {} calls under load failed; the first: {first}",
+            errors.len(),
+            errors.len() + times.len()
+        );
+    }
+    times.sort();
+    let p99 = times[(times.len() - 1) * 99 / 100];
+    rows.push(Row::timed(
+        format!(
+            "vm list --json p99, {CLIENTS} clients for {SECONDS}s, 1,000 VMs ({} calls, 0 errors)",
+            times.len()
+        ),
+        p99,
+        "one client alone, median",
+        middle(alone),
+    ));
     Ok(())
 }
 

@@ -377,6 +377,33 @@ fn connections_past_the_cap_are_refused_and_the_daemon_recovers() {
     world.ok(&["vm", "list"]);
 }
 
+/// The disk under the log is full (here: the log is `/dev/full`, which
+/// fails every write with ENOSPC, and so is the daemon's stderr). The
+/// daemon still answers, and still stops when asked.
+#[test]
+fn a_full_disk_under_the_log_never_wedges_the_daemon() {
+    let world = World::new();
+    std::fs::create_dir_all(world.state_dir()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", world.log_file()).unwrap();
+    for _ in 0..3 {
+        world.ok(&["vm", "list"]);
+        let out = world.banger(&["vm", "show", "nope"]);
+        assert!(
+            stderr(&out).contains("no VM named \"nope\""),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let pid = world.daemon_pid().unwrap();
+    let stopped = world.ok(&["daemon", "stop"]);
+    assert!(stopped.contains("stopped"), "{stopped}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while support::process_alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "the daemon exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn unimplemented_commands_fail_and_say_so() {
     let world = World::new();

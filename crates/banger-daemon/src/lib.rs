@@ -5,11 +5,14 @@ pub mod capabilities;
 pub mod capability;
 pub mod dns;
 pub mod exits;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod guest;
 pub mod images;
 pub mod instance;
 pub mod lifecycle;
 pub mod locks;
+pub mod log_file;
 pub mod namegen;
 pub mod ping;
 pub mod server;
@@ -20,7 +23,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use banger_host::disk::{Disks, Ext4Disks};
@@ -237,7 +240,10 @@ fn init_logging(paths: &Paths, level: LogLevel) -> anyhow::Result<()> {
         .json()
         .with_max_level(level)
         .with_current_span(false)
-        .with_writer(Mutex::new(file))
+        .with_writer(log_file::LogFile::new(file))
+        // Its internal errors go to stderr, which is this same full disk
+        // when it fails, and `eprintln!` would panic there.
+        .log_internal_errors(false)
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }

@@ -63,6 +63,16 @@ pub enum LifecycleError {
     UnknownVmm(String),
     #[error("{name} is running: stop it first with `banger vm stop {name}`")]
     MustBeStopped { name: String },
+    #[error(
+        "{action} needs at least {} free in {} for the disks and the guest's first writes, and {} is free: free space there first",
+        format_size(*.needed), .dir.display(), format_size(*.free)
+    )]
+    NoSpace {
+        action: &'static str,
+        dir: PathBuf,
+        free: u64,
+        needed: u64,
+    },
     #[error("{name} is not running: start it with `banger vm start {name}`")]
     NotRunning { name: String },
     #[error(
@@ -108,6 +118,7 @@ impl LifecycleError {
             | Self::Ambiguous { .. }
             | Self::Shrink { .. }
             | Self::UnknownVmm(_) => K::InvalidInput,
+            Self::NoSpace { .. } => K::Unavailable,
             Self::NameTaken(_) | Self::MustBeStopped { .. } | Self::NotRunning { .. } => {
                 K::Conflict
             }
@@ -203,7 +214,15 @@ pub struct Lifecycle {
     /// next daemon, which adopts the VMs.
     retired: std::sync::atomic::AtomicBool,
     pub stop_timeouts: StopTimeouts,
+    /// Free space a create or a disk growth needs in the state directory.
+    min_free_bytes: u64,
+    crash: Option<Crash>,
 }
+
+/// What creating or growing disks needs free: the templates' copies are a
+/// few MiB, the rest is room for the guest's first writes, so that a new
+/// VM does not start on a disk that is already full.
+pub const MIN_FREE_BYTES: u64 = 1 << 30;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -234,7 +253,60 @@ impl Lifecycle {
             allocation: Mutex::new(()),
             retired: std::sync::atomic::AtomicBool::new(false),
             stop_timeouts: StopTimeouts::default(),
+            min_free_bytes: MIN_FREE_BYTES,
+            crash: std::env::var(CRASH_AT_VAR).ok().map(Crash::Kill),
         })
+    }
+
+    /// Crashes at `step` (tests; see [`Crash`]).
+    pub fn with_crash(mut self: Arc<Self>, crash: Crash) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before use")
+            .crash = Some(crash);
+        self
+    }
+
+    fn crash_point(&self, step: &str) {
+        match &self.crash {
+            Some(Crash::Kill(at)) if at == step => {
+                tracing::warn!(step, "{CRASH_AT_VAR}: killing bangerd here");
+                let _ = send_signal(std::process::id(), libc::SIGKILL);
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Some(Crash::Park(at, parked)) if at == step => {
+                parked.store(true, std::sync::atomic::Ordering::SeqCst);
+                loop {
+                    std::thread::park();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Changes the free space creates and disk growth need (tests).
+    pub fn with_min_free_bytes(mut self: Arc<Self>, bytes: u64) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before use")
+            .min_free_bytes = bytes;
+        self
+    }
+
+    /// Refuses `action` when the state directory's filesystem has less
+    /// than [`MIN_FREE_BYTES`] free, naming both figures.
+    fn check_free_space(&self, action: &'static str) -> Result<()> {
+        let dir = self.paths.vms_dir.clone();
+        let Ok(free) = banger_host::disk::free_bytes(&dir) else {
+            return Ok(()); // unknown: mkfs or the copy will say what failed
+        };
+        if free < self.min_free_bytes {
+            return Err(LifecycleError::NoSpace {
+                action,
+                dir,
+                free,
+                needed: self.min_free_bytes,
+            });
+        }
+        Ok(())
     }
 
     pub fn with_stop_timeouts(mut self: Arc<Self>, timeouts: StopTimeouts) -> Arc<Self> {
@@ -395,6 +467,7 @@ impl Lifecycle {
             last_error: None,
         };
         self.preflight("create", &template)?;
+        self.check_free_space("creating a VM")?;
         let mut record = self.reserve(params.name.as_deref(), template)?;
         let id = record.id.clone();
         let name = record.name.clone();
@@ -445,7 +518,7 @@ impl Lifecycle {
                 .map_err(|e| LifecycleError::Reserve(e.message, e.source))?;
         }
         self.store.insert_vm(&record)?;
-        crash_point("create:reserved");
+        self.crash_point("create:reserved");
         Ok(record)
     }
 
@@ -479,7 +552,7 @@ impl Lifecycle {
             |c| self.undo_quietly(c.name(), c.deprovision(&provisioned, &ctx)),
         )
         .map_err(|e| LifecycleError::capability("creating", &name, e))?;
-        crash_point("create:provisioned");
+        self.crash_point("create:provisioned");
         let this = self.clone();
         let (deprovision, ctx_copy) = (record.clone(), ctx.clone());
         undo.push("deprovision", move || {
@@ -610,7 +683,7 @@ impl Lifecycle {
                 // The config drive exists only while the VM runs.
                 let _ = std::fs::remove_file(ctx.dir.join(vm_files::CONFIG_DRIVE));
             })?;
-        crash_point("boot:launched");
+        self.crash_point("boot:launched");
         let pid = launched.pid;
         record.pid = Some(pid);
         record.pid_start_time = Some(launched.start_time);
@@ -830,6 +903,7 @@ impl Lifecycle {
         };
         record.state = VmState::Stopping;
         self.store.update_vm(&record)?;
+        self.crash_point("stop:stopping");
         let reason = self.shut_down(&record, pid);
         tracing::info!(vm = %record.name, reason = %reason, "VM stopped");
         mark_stopped(&mut record, reason);
@@ -876,24 +950,34 @@ impl Lifecycle {
                 mark_stopped(&mut record, reason);
                 self.store.update_vm(&record)?;
             }
-            let ctx = self.context(&record);
-            for c in self.capabilities.iter().rev() {
-                c.deprovision(&record, &ctx)
-                    .map_err(|e| LifecycleError::capability("deleting", &record.name, e))?;
-            }
-            match std::fs::remove_dir_all(&ctx.dir) {
-                Ok(()) => {}
+            // The directory leaves its place in one rename before the row
+            // goes: a daemon killed at any point leaves either the whole VM
+            // or a `.deleting` directory that the next one removes.
+            let mut ctx = self.context(&record);
+            let doomed = deleting_dir(&ctx.dir);
+            match std::fs::rename(&ctx.dir, &doomed) {
+                Ok(()) => ctx.dir = doomed,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(LifecycleError::step(
                         "deleting",
                         &record.name,
-                        "removing the VM directory",
+                        "moving the VM directory aside",
                         e,
                     ));
                 }
             }
+            self.crash_point("delete:moved");
             self.store.delete_vm(id)?;
+            self.crash_point("delete:forgotten");
+            for c in self.capabilities.iter().rev() {
+                self.undo_quietly(c.name(), c.deprovision(&record, &ctx));
+            }
+            if let Err(e) = std::fs::remove_dir_all(&ctx.dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(vm = %record.name, dir = %ctx.dir.display(), error = %e, "the deleted VM's directory stays; the next daemon start removes it");
+            }
             tracing::info!(vm = %record.name, "VM deleted");
             Ok(record)
         })?;
@@ -931,6 +1015,9 @@ impl Lifecycle {
                     requested: size,
                 });
             }
+            if disk_size.is_some_and(|size| size > old.disk_size_bytes) {
+                self.check_free_space("growing a work disk")?;
+            }
             let mut new = old.clone();
             new.vcpu = params.vcpu.unwrap_or(old.vcpu);
             new.memory_mib = params.memory_mib.unwrap_or(old.memory_mib);
@@ -941,6 +1028,7 @@ impl Lifecycle {
                 c.update(&old, &new, &ctx, running)
                     .map_err(|e| LifecycleError::capability("updating", &old.name, e))?;
             }
+            self.crash_point("set:applied");
             self.store.update_vm(&new)?;
             Ok(new)
         })
@@ -1033,7 +1121,14 @@ impl Lifecycle {
                     Some(pid)
                 });
             match record.state {
-                VmState::Stopped | VmState::Failed => {}
+                VmState::Stopped | VmState::Failed => {
+                    let dir = self.vm_dir(&record.id);
+                    if !dir.exists() && deleting_dir(&dir).exists() {
+                        self.store.delete_vm(&record.id)?;
+                        tracing::warn!(vm = %record.name, "finished a delete that was interrupted");
+                        report.removed.push(record.name);
+                    }
+                }
                 VmState::Creating => {
                     // Its VMM (if one started) ends before its disks go.
                     if let Some(pid) = banger_vmm::process::end_recorded(&pid_file) {
@@ -1100,6 +1195,7 @@ impl Lifecycle {
                 }
             }
         }
+        self.remove_deleted_dirs();
         let vms = self.store.list_vms()?;
         let running: Vec<&VmRecord> = vms
             .iter()
@@ -1130,20 +1226,20 @@ pub struct ReconcileReport {
 /// bangerd SIGKILLs itself when it reaches that step, as a `kill -9` or a
 /// power cut there would. Steps: `create:reserved` (record written),
 /// `create:provisioned` (disks made), `boot:launched` (VMM running, its PID
-/// not yet stored; create and start).
+/// not yet stored; create and start), `stop:stopping` (state written, the
+/// guest not yet asked), `set:applied` (the change made, not yet stored),
+/// `delete:moved` (directory moved aside, row still there),
+/// `delete:forgotten` (row gone, files still there).
 pub const CRASH_AT_VAR: &str = "BANGER_TEST_CRASH_AT";
 
-fn crash_point(step: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var(CRASH_AT_VAR).ok())
-        .as_deref()
-        == Some(step)
-    {
-        tracing::warn!(step, "{CRASH_AT_VAR}: killing bangerd here");
-        let _ = send_signal(std::process::id(), libc::SIGKILL);
-        std::thread::sleep(Duration::from_secs(60));
-    }
+/// What reaching the crash step does.
+#[derive(Debug, Clone)]
+pub enum Crash {
+    /// SIGKILL this process (the daemon, from `BANGER_TEST_CRASH_AT`).
+    Kill(String),
+    /// Park the calling thread for good and raise the flag: in-process
+    /// tests then start another lifecycle, as a restarted daemon would.
+    Park(String, Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// What a VMM appended to its log after `offset` (at most the last 64 KiB).
@@ -1161,6 +1257,34 @@ fn log_since(log: &std::path::Path, offset: u64) -> String {
         text = String::from_utf8_lossy(&bytes).into_owned();
     }
     text
+}
+
+impl Lifecycle {
+    /// The `.deleting` directories an interrupted delete left.
+    fn remove_deleted_dirs(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.paths.vms_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".deleting") {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        tracing::warn!(dir = %entry.path().display(), "removed what a delete left")
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %entry.path().display(), error = %e, "removing what a delete left")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a VM's directory goes while it is deleted.
+fn deleting_dir(dir: &std::path::Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".deleting");
+    dir.with_file_name(name)
 }
 
 fn mark_stopped(record: &mut VmRecord, reason: String) {

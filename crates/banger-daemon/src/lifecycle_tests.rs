@@ -690,6 +690,56 @@ fn a_name_that_is_another_vms_id_prefix_is_ambiguous() {
 }
 
 #[test]
+fn no_room_for_disks_refuses_create_and_growth_with_the_figures() {
+    let fx = fixture();
+    let vm = fx.create("roomy");
+    fx.lifecycle.stop(&vm.id).unwrap();
+    let cramped = fx.new_lifecycle().with_min_free_bytes(u64::MAX);
+    let err = cramped
+        .create(&CreateVmParams {
+            name: Some("cramped".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LifecycleError::NoSpace { .. }), "{text}");
+    assert!(
+        text.starts_with("creating a VM needs at least ")
+            && text.contains(&fx.paths.vms_dir.display().to_string())
+            && text.contains(" is free: free space there first"),
+        "{text}"
+    );
+    assert_eq!(fx.store.vm_count().unwrap(), 1, "nothing was created");
+    let err = cramped
+        .set(
+            &vm.id,
+            &SetVmParams {
+                disk_size: Some("32G".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("growing a work disk needs at least "),
+        "{err}"
+    );
+    let unchanged = fx.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!(unchanged.disk_size_bytes, vm.disk_size_bytes);
+    // Changes that need no space still work.
+    let set = cramped
+        .set(
+            &vm.id,
+            &SetVmParams {
+                vcpu: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(set.vcpu, 1);
+}
+
+#[test]
 fn twenty_vms_in_parallel_without_error_or_leak() {
     let fx = fixture();
     let names: Vec<String> = (0..20).map(|i| format!("par-{i}")).collect();
@@ -1168,4 +1218,154 @@ fn a_failed_start_leaves_no_config_drive_and_no_early_vmm() {
     }
     fx.lifecycle.start(&vm.id).unwrap();
     assert!(drive.is_file());
+}
+
+/// A daemon "killed" at `step` while running `op` (its thread parks there,
+/// holding what it started, as a SIGKILLed process leaves it), then a new
+/// daemon's lifecycle over the same store and host.
+fn crash_then_restart(
+    fx: &Fixture,
+    step: &str,
+    op: impl FnOnce(Arc<Lifecycle>) + Send + 'static,
+) -> ReconcileReport {
+    let parked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let doomed = fx
+        .new_lifecycle()
+        .with_crash(Crash::Park(step.to_owned(), parked.clone()));
+    // The doomed daemon owns the VMs (it watches their exits) before it acts.
+    fx.lifecycle.retire();
+    doomed.reconcile().unwrap();
+    let worker = doomed.clone();
+    std::thread::spawn(move || op(worker));
+    wait_until(&format!("the crash at {step}"), || {
+        parked.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    doomed.retire();
+    fx.new_lifecycle().reconcile().unwrap()
+}
+
+/// What every crash must leave: each VM whole (running with a live,
+/// answering VMM and its TAP, or stopped with neither) or gone without a
+/// trace, and an intact store.
+fn assert_consistent(fx: &Fixture, step: &str) {
+    use banger_vmm::Vmm;
+    let rows = fx.store.list_vms().unwrap();
+    assert_eq!(fx.store.integrity_check().unwrap(), "ok", "{step}");
+    let mut dirs: Vec<String> = std::fs::read_dir(&fx.paths.vms_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let mut ids: Vec<String> = rows.iter().map(|vm| vm.id.clone()).collect();
+    ids.sort();
+    assert_eq!(dirs, ids, "{step}: a directory for each VM, and no other");
+    let taps = fx.network.state().taps;
+    for vm in &rows {
+        let dir = fx.paths.vm_dir(&vm.id);
+        for disk in [vm_files::OVERLAY, vm_files::WORK_DISK] {
+            assert!(dir.join(disk).exists(), "{step}: {} lost {disk}", vm.name);
+        }
+        match vm.state {
+            VmState::Running => {
+                let pid = vm.pid.unwrap();
+                assert!(fx.vmm.responds(&dir, pid), "{step}: {} runs", vm.name);
+                assert!(
+                    taps.contains_key(vm.tap.as_ref().unwrap()),
+                    "{step}: {}'s TAP",
+                    vm.name
+                );
+            }
+            VmState::Stopped => {
+                assert!(vm.pid.is_none(), "{step}: {}", vm.name);
+                assert!(
+                    !taps.contains_key(vm.tap.as_ref().unwrap()),
+                    "{step}: {}'s TAP",
+                    vm.name
+                );
+            }
+            other => panic!("{step}: {} is left {other:?}", vm.name),
+        }
+    }
+    // Every VMM ever started is a running VM's, or gone.
+    for pid in fx.vmm.prepared() {
+        let owned = rows
+            .iter()
+            .any(|vm| vm.state == VmState::Running && vm.pid == Some(pid));
+        if !owned {
+            wait_until(&format!("{step}: VMM {pid} to be gone"), || {
+                !procfs::is_running(pid, None)
+            });
+        }
+    }
+    // No TAP without a running VM.
+    for tap in taps.keys() {
+        assert!(
+            rows.iter()
+                .any(|vm| vm.state == VmState::Running && vm.tap.as_ref() == Some(tap)),
+            "{step}: TAP {tap} has no running VM"
+        );
+    }
+}
+
+#[test]
+fn a_daemon_killed_at_any_step_leaves_every_vm_whole_or_gone() {
+    type Op = fn(Arc<Lifecycle>, String);
+    let create: Op = |lc, _| {
+        let _ = lc.create(&CreateVmParams {
+            name: Some("victim".into()),
+            ..Default::default()
+        });
+    };
+    let start: Op = |lc, id| {
+        let _ = lc.start(&id);
+    };
+    let stop: Op = |lc, id| {
+        let _ = lc.stop(&id);
+    };
+    let set: Op = |lc, id| {
+        let _ = lc.set(
+            &id,
+            &SetVmParams {
+                disk_size: Some("32G".into()),
+                ..Default::default()
+            },
+        );
+    };
+    let delete: Op = |lc, id| {
+        let _ = lc.delete(&id);
+    };
+    // (step, op, whether the existing VM is stopped first, whether the
+    // crashed create's VM must be gone)
+    let cases: &[(&str, Op, bool, bool)] = &[
+        ("create:reserved", create, false, true),
+        ("create:provisioned", create, false, true),
+        ("boot:launched", create, false, true),
+        ("boot:launched", start, true, false),
+        ("stop:stopping", stop, false, false),
+        ("set:applied", set, true, false),
+        ("delete:moved", delete, false, false),
+        ("delete:forgotten", delete, false, false),
+    ];
+    for (step, op, stopped_first, victim_removed) in cases {
+        let fx = fixture();
+        let existing = fx.create("existing");
+        if *stopped_first {
+            fx.lifecycle.stop(&existing.id).unwrap();
+        }
+        let (op, id) = (*op, existing.id.clone());
+        let report = crash_then_restart(&fx, step, move |lc| op(lc, id));
+        assert!(report.failed.is_empty(), "{step}: {report:?}");
+        assert_consistent(&fx, step);
+        if *victim_removed {
+            assert_eq!(report.removed, ["victim"], "{step}");
+        }
+        match *step {
+            "delete:moved" | "delete:forgotten" => assert!(
+                fx.store.get_vm(&existing.id).unwrap().is_none(),
+                "{step}: the delete is finished"
+            ),
+            _ => {}
+        }
+    }
 }

@@ -28,7 +28,7 @@ pub const MAX_BUFFERED: usize = 16 << 20;
 
 /// The bytes of partial messages that connections hold, together.
 #[derive(Debug, Default)]
-struct Buffered(std::sync::atomic::AtomicUsize);
+pub(crate) struct Buffered(std::sync::atomic::AtomicUsize);
 
 impl Buffered {
     /// Takes `bytes` from the budget, or says there is no room.
@@ -43,6 +43,12 @@ impl Buffered {
 
     fn release(&self, bytes: usize) {
         self.0.fetch_sub(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes of partial messages held now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -112,7 +118,7 @@ fn error_line(kind: ErrorKind, message: String) -> Vec<u8> {
 /// bytes are discarded up to the next newline, so the connection stays
 /// usable), or that all connections together hold too much unfinished.
 #[derive(Debug, PartialEq)]
-enum Frame {
+pub(crate) enum Frame {
     Line(Vec<u8>),
     TooLong,
     Busy,
@@ -130,7 +136,7 @@ impl Drop for Charge<'_> {
     }
 }
 
-async fn read_frame<R: AsyncBufRead + Unpin>(
+pub(crate) async fn read_frame<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     max: usize,
     budget: &Buffered,

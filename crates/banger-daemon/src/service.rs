@@ -242,6 +242,7 @@ impl Daemon {
                         exe: &exe,
                         daemon_dns: own_dns,
                         instance_tag: &tag,
+                        ip: &banger_host::doctor::IpOutput,
                     })
                 })
                 .await

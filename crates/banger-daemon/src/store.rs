@@ -100,9 +100,15 @@ const VM_COLUMNS: &str = "id, name, state, image, vmm, vcpu, memory_mib, disk_si
 const IMAGE_COLUMNS: &str =
     "name, rootfs, kernel, initrd, modules_dir, docker, managed, created_at";
 
+/// Space held back beside the database: released when SQLite finds the disk
+/// full, so the writes that free space (stop, delete) still commit.
+pub const RESERVE_BYTES: u64 = 8 << 20;
+
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// `banger.db.reserve`; `None` for an in-memory store.
+    reserve: Option<PathBuf>,
     /// Bumped by every change to the `vms` table, under the connection's
     /// lock: readers cache what they derive from the VM list against it.
     vms_generation: AtomicU64,
@@ -111,10 +117,16 @@ pub struct Store {
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).map_err(|e| StoreError::Open(path.into(), e))?;
-        Self::init(conn).map_err(|e| match e {
+        let reserve = PathBuf::from(format!("{}.reserve", path.display()));
+        if let Err(e) = refill_reserve(&reserve) {
+            tracing::warn!(reserve = %reserve.display(), error = %e, "no space held back for a full disk");
+        }
+        let mut store = Self::init(conn).map_err(|e| match e {
             StoreError::Query(q) => StoreError::Open(path.into(), q),
             other => other,
-        })
+        })?;
+        store.reserve = Some(reserve);
+        Ok(store)
     }
 
     pub fn open_in_memory() -> Result<Self> {
@@ -129,6 +141,7 @@ impl Store {
         migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reserve: None,
             vms_generation: AtomicU64::new(0),
         })
     }
@@ -164,6 +177,13 @@ impl Store {
         self.vms_generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// SQLite's own check of the database file: `ok` when intact.
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
     pub fn vm_count(&self) -> Result<u64> {
         Ok(self
             .conn()
@@ -181,8 +201,28 @@ impl Store {
     }
 
     /// Runs `change` in one transaction: every write it makes lands, or
-    /// none does (an error, a panic or a killed daemon rolls it back).
-    pub fn write<T>(&self, change: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
+    /// none does (an error, a panic or a killed daemon rolls it back). On a
+    /// full disk the reserve is released and `change` runs once more.
+    pub fn write<T>(&self, mut change: impl FnMut(&Writer<'_>) -> Result<T>) -> Result<T> {
+        match self.try_write(&mut change) {
+            Err(StoreError::Query(e)) if is_disk_full(&e) && self.release_reserve() => {
+                tracing::warn!(
+                    "the disk holding the state database is full: released the reserved space to finish this write"
+                );
+                self.try_write(&mut change)
+            }
+            other => other,
+        }
+    }
+
+    /// Frees the reserve; `false` when there is none left to free.
+    fn release_reserve(&self) -> bool {
+        self.reserve
+            .as_deref()
+            .is_some_and(|reserve| std::fs::remove_file(reserve).is_ok())
+    }
+
+    fn try_write<T>(&self, change: &mut impl FnMut(&Writer<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let writer = Writer {
@@ -307,6 +347,31 @@ impl Writer<'_> {
             .execute("DELETE FROM images WHERE name = ?1", [name])?;
         Ok(())
     }
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// Makes `reserve` hold [`RESERVE_BYTES`] of real (not sparse) blocks.
+fn refill_reserve(reserve: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(reserve).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+        return Ok(());
+    }
+    let tmp = reserve.with_extension("reserve.tmp");
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..RESERVE_BYTES / (1 << 20) {
+            std::io::Write::write_all(&mut file, &block)?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, reserve)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<usize> {
@@ -564,6 +629,89 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(store.vm_count().unwrap(), 2);
         assert!(store.vms_generation() > generation);
+    }
+
+    /// A tmpfs of `size`, unmounted when dropped.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(Self(dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// The state's disk fills up: the write that finds it full still
+    /// commits (the reserve is released for it), later ones fail cleanly,
+    /// and reads keep working.
+    #[test]
+    fn a_full_disk_releases_the_reserve_for_the_next_write() {
+        if !banger_testkit::require(
+            banger_testkit::is_root(),
+            "a_full_disk_releases_the_reserve_for_the_next_write",
+            "needs root to mount a small tmpfs (CI runs as root)",
+        ) {
+            return;
+        }
+        let disk = SmallDisk::mount("16m").expect("mounting a 16 MiB tmpfs");
+        let db = disk.0.path().join("banger.db");
+        let store = Store::open(&db).unwrap();
+        let reserve = disk.0.path().join("banger.db.reserve");
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES);
+        // Everything else on the disk is taken.
+        let mut filler = std::fs::File::create(disk.0.path().join("filler")).unwrap();
+        let block = vec![1u8; 64 << 10];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+        let (mut written, mut after_release) = (0u32, 0u32);
+        let err = loop {
+            let mut vm = sample_vm(&format!("{written:032x}"), &format!("vm-{written}"));
+            vm.vsock_cid = None;
+            vm.exit_reason = Some("x".repeat(2000));
+            match store.insert_vm(&vm) {
+                Ok(()) => written += 1,
+                Err(e) => break e,
+            }
+            if !reserve.exists() {
+                after_release += 1;
+            }
+            assert!(written < 100_000, "the disk never filled");
+        };
+        assert!(!reserve.exists(), "the reserve was released");
+        assert!(
+            after_release > 0,
+            "the write that found the disk full committed"
+        );
+        assert!(
+            matches!(&err, StoreError::Query(e) if is_disk_full(e)),
+            "{err:?}"
+        );
+        assert_eq!(
+            store.vm_count().unwrap(),
+            u64::from(written),
+            "reads still work"
+        );
+        // Freeing space (deleting a VM's disks) lets writes go on.
+        drop(filler);
+        std::fs::remove_file(disk.0.path().join("filler")).unwrap();
+        store.delete_vm(&format!("{:032x}", 0)).unwrap();
+        let check: String = store
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 
     /// The child half of `killed_writer_leaves_database_consistent`: writes

@@ -347,6 +347,20 @@ impl Ext4Disks {
     }
 }
 
+/// Bytes an unprivileged writer can still use on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value to be filled in.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer for the call.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// Copies a sparse file: a reflink where the filesystem shares blocks,
 /// else data extents only (`SEEK_DATA`/`SEEK_HOLE` with `copy_file_range`),
 /// so a 64 GiB disk with 4 MiB written copies 4 MiB.

@@ -111,6 +111,8 @@ pub struct DoctorInput<'a> {
     pub daemon_dns: Option<SocketAddr>,
     /// This daemon's tag, which marks the bridge it owns.
     pub instance_tag: &'a str,
+    /// The host's links and routes ([`IpOutput`] on the real host).
+    pub ip: &'a dyn IpQuery,
 }
 
 pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
@@ -120,6 +122,7 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
         exe,
         daemon_dns,
         instance_tag,
+        ip,
     } = *input;
     let mut checks = Vec::new();
 
@@ -308,8 +311,8 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
     });
     checks.push(dns_port(config.dns_listen, daemon_dns));
     if probe.find("ip").is_some() {
-        checks.push(bridge_check(&config.bridge, instance_tag, &IpOutput));
-        checks.push(pool_check(config, &IpOutput));
+        checks.push(bridge_check(&config.bridge, instance_tag, ip));
+        checks.push(pool_check(config, ip));
     }
     // Only `make runtime` needs these: a warning, never a failure.
     for (tool, purpose) in [
@@ -349,7 +352,7 @@ fn dns_port(addr: SocketAddr, daemon_dns: Option<SocketAddr>) -> Check {
 }
 
 /// What doctor asks `ip`; a seam so the conflict checks are testable.
-pub trait IpQuery {
+pub trait IpQuery: std::fmt::Debug {
     /// `ip -o -d link show dev NAME`, or `None` when there is no such link.
     fn link(&self, name: &str) -> Option<String>;
     /// `ip -4 route show`.
@@ -548,6 +551,10 @@ mod tests {
                 exe: &self.root().join("bin/banger"),
                 daemon_dns: None,
                 instance_tag: "t1",
+                ip: &FakeIp {
+                    link: None,
+                    routes: "default via 10.0.0.1 dev eth0\n",
+                },
             })
         }
 
@@ -694,6 +701,7 @@ mod tests {
         assert_eq!(machine.status("qemu").0, CheckStatus::Fail);
     }
 
+    #[derive(Debug)]
     struct FakeIp {
         link: Option<&'static str>,
         routes: &'static str,

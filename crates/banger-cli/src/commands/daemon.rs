@@ -78,13 +78,12 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Waits until the daemon has let go of its instance lock (it empties its
-/// PID file as it does) or its process is gone, so a following command
-/// never races the old daemon.
+/// Waits until the daemon has let go of its instance lock (its PID file's
+/// `flock`), which it does as its very last act, or its process is gone:
+/// then "stopped" is true, and a following command never races it.
 fn wait_for_exit(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(35);
-    let released = || std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim().is_empty());
-    while banger_host::procfs::is_running(pid, None) && !released() {
+    while banger_host::procfs::is_running(pid, None) && !lock_is_free(pid_file) {
         if std::time::Instant::now() > deadline {
             anyhow::bail!(
                 "bangerd (pid {pid}) is still running 35s after it was asked to stop: check its log, or kill it"
@@ -93,4 +92,17 @@ fn wait_for_exit(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Whether no process holds the daemon's instance lock: taken and at once
+/// released again when free.
+fn lock_is_free(pid_file: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(pid_file) else {
+        return true;
+    };
+    // SAFETY: the descriptor is valid for the life of `file`; flock does not retain it.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    // Closing `file` releases the lock just taken.
+    taken
 }

@@ -83,6 +83,7 @@ fn doctor(json: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
         exe: &exe,
         daemon_dns,
         instance_tag: &ctx.paths.instance_tag(),
+        ip: &banger_host::doctor::IpOutput,
     });
     if json {
         crate::output::print_json(&checks)?;
