@@ -271,7 +271,41 @@ if [ -d "$neighbour/run" ]; then
     check "the neighbour deletes its VM" as_neighbour vm delete e2e-neighbour
 fi
 
-say "== 10. make install: the installed binaries find their bundle without the checkout"
+say "== 10. the state disk fills up: the guest pauses, banger says why, and still stops and deletes it"
+# A daemon of its own (state on a 1.1G tmpfs, its own bridge and pool), as
+# the probe that found the wedge had it.
+full="$world/full"
+mkdir -p "$full/state" "$full/run" "$full/config/banger"
+if mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
+    printf 'vmm = "qemu"\nbridge = "bgfull-%s"\nguest_ip_pool = "10.217.%s.0/24"\ndns_listen = "127.0.0.1:0"\n' \
+        "$(( $$ % 100000 ))" "$(( $$ % 200 + 20 ))" > "$full/config/banger/config.toml"
+    as_full() { XDG_STATE_HOME="$full/state" XDG_RUNTIME_DIR="$full/run" XDG_CONFIG_HOME="$full/config" "$banger" "$@"; }
+    full_state() { as_full vm show filler --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
+    check "vm create filler with its state on a 1.1G disk" as_full vm create --name filler --disk-size 4G --memory 512 --vcpu 1 --wait --wait-timeout "$boot_timeout"
+    as_full vm ssh filler -- 'dd if=/dev/zero of=/root/fill bs=1M count=3000 conv=fsync' >/dev/null 2>&1 &
+    filling=$!
+    state_f=""
+    for _ in $(seq 240); do
+        state_f=$(full_state)
+        [ "$state_f" = paused ] && break
+        sleep 1
+    done
+    check "the guest shows paused once the host disk is full ($state_f)" test "$state_f" = paused
+    shown=$(as_full vm show filler 2>&1)
+    check "vm show says the disk write failed and how much is free" grep -q "disk write failed: the host filesystem holding .* free" <<<"$shown"
+    check "vm list still answers" as_full vm list
+    check "vm stop works on the full disk" as_full vm stop filler
+    check "vm delete works on the full disk" as_full vm delete filler
+    check "daemon stop works on the full disk" as_full daemon stop
+    kill "$filling" 2>/dev/null
+    wait "$filling" 2>/dev/null
+    umount "$full/state" || umount -l "$full/state"
+    ip link del "bgfull-$(( $$ % 100000 ))" 2>/dev/null
+else
+    check "mount a 1.1G tmpfs for the full-disk test (root)" false
+fi
+
+say "== 11. make install: the installed binaries find their bundle without the checkout"
 prefix="$world/prefix"
 if HOME="$real_home" make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
     source_of_bundle=$(cd / && env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \

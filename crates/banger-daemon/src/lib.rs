@@ -324,6 +324,10 @@ pub async fn run(
         Err(e) => tracing::info!(listen = %gateway, error = %e, "no DNS for guests on the gateway"),
     }
     spawn_signal_handler(daemon.clone())?;
+    tokio::spawn(watch_io_errors(
+        lifecycle.clone(),
+        daemon.shutdown_receiver(),
+    ));
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
     server::serve(listener, daemon).await;
     lifecycle.retire();
@@ -332,6 +336,23 @@ pub async fn run(
     }
     tracing::info!("bangerd stopped");
     Ok(())
+}
+
+/// How often running guests are checked for a pause on an I/O error.
+const IO_ERROR_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn watch_io_errors(
+    lifecycle: Arc<lifecycle::Lifecycle>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(IO_ERROR_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let lifecycle = lifecycle.clone();
+        let _ = tokio::task::spawn_blocking(move || lifecycle.watch_io_errors()).await;
+    }
 }
 
 /// banger's capabilities in the order they prepare a VM.

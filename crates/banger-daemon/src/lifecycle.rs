@@ -849,8 +849,52 @@ impl Lifecycle {
 
     fn running_pid(record: &VmRecord) -> Option<u32> {
         match record.state {
-            VmState::Running | VmState::Starting | VmState::Stopping => record.pid,
+            VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
+                record.pid
+            }
             _ => None,
+        }
+    }
+
+    /// Marks running VMs whose VMM holds the guest on an I/O error as
+    /// paused, saying why, and paused ones that run again as running. The
+    /// daemon calls it every few seconds.
+    pub fn watch_io_errors(&self) {
+        let Ok(vms) = self.store.list_vms() else {
+            return;
+        };
+        for vm in vms
+            .iter()
+            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
+        {
+            let dir = self.vm_dir(&vm.id);
+            let Some(paused) = self.backend(&vm.vmm).io_error_pause(&dir) else {
+                continue;
+            };
+            let _ = self.locks.with(&vm.id, || -> Result<()> {
+                let mut record = self.record(&vm.id)?;
+                match (record.state, paused) {
+                    (VmState::Running, true) => {
+                        let free = banger_host::disk::free_bytes(&dir)
+                            .map_or_else(|_| "an unknown amount".to_owned(), format_size);
+                        record.state = VmState::Paused;
+                        record.last_error = Some(format!(
+                            "the VMM paused the guest after a disk write failed: the host filesystem holding {} has {free} free; free space there, then `banger vm restart {}`",
+                            dir.display(),
+                            record.name
+                        ));
+                        tracing::error!(vm = %record.name, free = %free, "guest paused on an I/O error");
+                    }
+                    (VmState::Paused, false) => {
+                        record.state = VmState::Running;
+                        record.last_error = None;
+                        tracing::info!(vm = %record.name, "guest runs again");
+                    }
+                    _ => return Ok(()),
+                }
+                self.store.update_vm(&record)?;
+                Ok(())
+            });
         }
     }
 
@@ -1150,7 +1194,7 @@ impl Lifecycle {
                     tracing::warn!(vm = %record.name, "removed a VM whose creation was interrupted");
                     report.removed.push(record.name);
                 }
-                VmState::Running | VmState::Starting | VmState::Stopping => {
+                VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
                     let backend = self.backend(&record.vmm);
                     match alive {
                         Some(pid) if backend.responds(&self.vm_dir(&record.id), pid) => {
@@ -1199,7 +1243,7 @@ impl Lifecycle {
         let vms = self.store.list_vms()?;
         let running: Vec<&VmRecord> = vms
             .iter()
-            .filter(|vm| vm.state == VmState::Running)
+            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
             .collect();
         for c in &self.capabilities {
             if let Err(e) = c.reconcile(&vms, &running) {

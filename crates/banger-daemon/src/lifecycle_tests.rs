@@ -740,6 +740,39 @@ fn no_room_for_disks_refuses_create_and_growth_with_the_figures() {
 }
 
 #[test]
+fn a_guest_paused_on_an_io_error_shows_paused_with_the_reason() {
+    let fx = fixture();
+    let vm = fx.create("writer");
+    fx.lifecycle.watch_io_errors();
+    assert_eq!(
+        fx.store.get_vm(&vm.id).unwrap().unwrap().state,
+        VmState::Running
+    );
+    fx.vmm.pause_on_io_error(true);
+    fx.lifecycle.watch_io_errors();
+    let paused = fx.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!(paused.state, VmState::Paused);
+    let why = paused.last_error.unwrap();
+    assert!(
+        why.contains("disk write failed")
+            && why.contains(&fx.paths.vm_dir(&vm.id).display().to_string())
+            && why.contains(" free;")
+            && why.contains("banger vm restart writer"),
+        "{why}"
+    );
+    fx.vmm.pause_on_io_error(false);
+    fx.lifecycle.watch_io_errors();
+    let again = fx.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!((again.state, again.last_error), (VmState::Running, None));
+    // A paused VM still stops (and its VMM ends).
+    fx.vmm.pause_on_io_error(true);
+    fx.lifecycle.watch_io_errors();
+    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert!(!procfs::is_running(vm.pid.unwrap(), None));
+}
+
+#[test]
 fn twenty_vms_in_parallel_without_error_or_leak() {
     let fx = fixture();
     let names: Vec<String> = (0..20).map(|i| format!("par-{i}")).collect();
@@ -1225,13 +1258,12 @@ fn a_failed_start_leaves_no_config_drive_and_no_early_vmm() {
 /// daemon's lifecycle over the same store and host.
 fn crash_then_restart(
     fx: &Fixture,
+    daemon: &dyn Fn() -> Arc<Lifecycle>,
     step: &str,
     op: impl FnOnce(Arc<Lifecycle>) + Send + 'static,
 ) -> ReconcileReport {
     let parked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let doomed = fx
-        .new_lifecycle()
-        .with_crash(Crash::Park(step.to_owned(), parked.clone()));
+    let doomed = daemon().with_crash(Crash::Park(step.to_owned(), parked.clone()));
     // The doomed daemon owns the VMs (it watches their exits) before it acts.
     fx.lifecycle.retire();
     doomed.reconcile().unwrap();
@@ -1241,13 +1273,13 @@ fn crash_then_restart(
         parked.load(std::sync::atomic::Ordering::SeqCst)
     });
     doomed.retire();
-    fx.new_lifecycle().reconcile().unwrap()
+    daemon().reconcile().unwrap()
 }
 
 /// What every crash must leave: each VM whole (running with a live,
 /// answering VMM and its TAP, or stopped with neither) or gone without a
 /// trace, and an intact store.
-fn assert_consistent(fx: &Fixture, step: &str) {
+fn assert_consistent(fx: &Fixture, taps: &[String], step: &str) {
     use banger_vmm::Vmm;
     let rows = fx.store.list_vms().unwrap();
     assert_eq!(fx.store.integrity_check().unwrap(), "ok", "{step}");
@@ -1260,7 +1292,6 @@ fn assert_consistent(fx: &Fixture, step: &str) {
     let mut ids: Vec<String> = rows.iter().map(|vm| vm.id.clone()).collect();
     ids.sort();
     assert_eq!(dirs, ids, "{step}: a directory for each VM, and no other");
-    let taps = fx.network.state().taps;
     for vm in &rows {
         let dir = fx.paths.vm_dir(&vm.id);
         for disk in [vm_files::OVERLAY, vm_files::WORK_DISK] {
@@ -1271,7 +1302,7 @@ fn assert_consistent(fx: &Fixture, step: &str) {
                 let pid = vm.pid.unwrap();
                 assert!(fx.vmm.responds(&dir, pid), "{step}: {} runs", vm.name);
                 assert!(
-                    taps.contains_key(vm.tap.as_ref().unwrap()),
+                    taps.contains(vm.tap.as_ref().unwrap()),
                     "{step}: {}'s TAP",
                     vm.name
                 );
@@ -1279,7 +1310,7 @@ fn assert_consistent(fx: &Fixture, step: &str) {
             VmState::Stopped => {
                 assert!(vm.pid.is_none(), "{step}: {}", vm.name);
                 assert!(
-                    !taps.contains_key(vm.tap.as_ref().unwrap()),
+                    !taps.contains(vm.tap.as_ref().unwrap()),
                     "{step}: {}'s TAP",
                     vm.name
                 );
@@ -1299,7 +1330,7 @@ fn assert_consistent(fx: &Fixture, step: &str) {
         }
     }
     // No TAP without a running VM.
-    for tap in taps.keys() {
+    for tap in taps {
         assert!(
             rows.iter()
                 .any(|vm| vm.state == VmState::Running && vm.tap.as_ref() == Some(tap)),
@@ -1308,9 +1339,12 @@ fn assert_consistent(fx: &Fixture, step: &str) {
     }
 }
 
-#[test]
-fn a_daemon_killed_at_any_step_leaves_every_vm_whole_or_gone() {
-    type Op = fn(Arc<Lifecycle>, String);
+type CrashOp = fn(Arc<Lifecycle>, String);
+
+/// (step, op, whether the existing VM is stopped first, whether the
+/// crashed create's VM must be gone)
+fn crash_cases() -> Vec<(&'static str, CrashOp, bool, bool)> {
+    type Op = CrashOp;
     let create: Op = |lc, _| {
         let _ = lc.create(&CreateVmParams {
             name: Some("victim".into()),
@@ -1335,9 +1369,7 @@ fn a_daemon_killed_at_any_step_leaves_every_vm_whole_or_gone() {
     let delete: Op = |lc, id| {
         let _ = lc.delete(&id);
     };
-    // (step, op, whether the existing VM is stopped first, whether the
-    // crashed create's VM must be gone)
-    let cases: &[(&str, Op, bool, bool)] = &[
+    vec![
         ("create:reserved", create, false, true),
         ("create:provisioned", create, false, true),
         ("boot:launched", create, false, true),
@@ -1346,26 +1378,120 @@ fn a_daemon_killed_at_any_step_leaves_every_vm_whole_or_gone() {
         ("set:applied", set, true, false),
         ("delete:moved", delete, false, false),
         ("delete:forgotten", delete, false, false),
-    ];
-    for (step, op, stopped_first, victim_removed) in cases {
+    ]
+}
+
+/// Runs every crash case on a fresh fixture; `host` gives the network a
+/// daemon of that fixture uses and the TAPs that exist on it.
+/// A fresh daemon of a fixture, and the TAPs that exist on its host.
+type CrashHost = (
+    Box<dyn Fn() -> Arc<Lifecycle>>,
+    Box<dyn Fn() -> Vec<String>>,
+);
+
+fn crash_matrix(host: &dyn Fn(&Fixture) -> CrashHost) {
+    for (step, op, stopped_first, victim_removed) in crash_cases() {
         let fx = fixture();
-        let existing = fx.create("existing");
-        if *stopped_first {
-            fx.lifecycle.stop(&existing.id).unwrap();
+        let (daemon, taps) = host(&fx);
+        let first = daemon();
+        fx.lifecycle.retire();
+        let existing = first
+            .create(&CreateVmParams {
+                name: Some("existing".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        if stopped_first {
+            first.stop(&existing.id).unwrap();
         }
-        let (op, id) = (*op, existing.id.clone());
-        let report = crash_then_restart(&fx, step, move |lc| op(lc, id));
+        first.retire();
+        let id = existing.id.clone();
+        let report = crash_then_restart(&fx, &*daemon, step, move |lc| op(lc, id));
         assert!(report.failed.is_empty(), "{step}: {report:?}");
-        assert_consistent(&fx, step);
-        if *victim_removed {
+        assert_consistent(&fx, &taps(), step);
+        if victim_removed {
             assert_eq!(report.removed, ["victim"], "{step}");
         }
-        match *step {
+        match step {
             "delete:moved" | "delete:forgotten" => assert!(
                 fx.store.get_vm(&existing.id).unwrap().is_none(),
                 "{step}: the delete is finished"
             ),
             _ => {}
         }
+    }
+}
+
+#[test]
+fn a_daemon_killed_at_any_step_leaves_every_vm_whole_or_gone() {
+    crash_matrix(&|fx| {
+        let (paths, store, vmm, disks, network, dns) = (
+            fx.paths.clone(),
+            fx.store.clone(),
+            fx.vmm.clone(),
+            fx.disks.clone(),
+            fx.network.clone(),
+            fx.dns.clone(),
+        );
+        let seen = fx.network.clone();
+        (
+            Box::new(move || build(&paths, &store, &vmm, &disks, &network, &dns)),
+            Box::new(move || seen.state().taps.keys().cloned().collect()),
+        )
+    });
+}
+
+/// The same crashes with real TAPs and iptables rules, as root, in a
+/// throwaway network namespace.
+#[test]
+fn a_daemon_killed_at_any_step_leaks_no_real_tap_or_rule() {
+    use banger_host::net::HostNetwork;
+    use banger_host::process::{Cmd, NetnsRunner, Runner};
+    if !banger_testkit::require(
+        banger_testkit::is_root() && banger_testkit::have_tool("iptables"),
+        "a_daemon_killed_at_any_step_leaks_no_real_tap_or_rule",
+        "needs root and iptables (CI has both)",
+    ) {
+        return;
+    }
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    let names = std::sync::Mutex::new(Vec::new());
+    crash_matrix(&|fx| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("banger-crash-{}-{n}", std::process::id());
+        names.lock().unwrap().push(name.clone());
+        let runner = Arc::new(NetnsRunner::create(&name).unwrap());
+        let real = Arc::new(banger_host::net::IpTablesNetwork::new(
+            runner.clone(),
+            false,
+        ));
+        let (paths, store, vmm, disks, dns) = (
+            fx.paths.clone(),
+            fx.store.clone(),
+            fx.vmm.clone(),
+            fx.disks.clone(),
+            fx.dns.clone(),
+        );
+        let (net, rules_runner) = (real.clone(), runner.clone());
+        (
+            Box::new(move || build(&paths, &store, &vmm, &disks, &real, &dns)),
+            Box::new(move || {
+                let rules = rules_runner.run(&Cmd::new("iptables-save")).unwrap();
+                assert!(
+                    !rules
+                        .lines()
+                        .any(|l| l.contains("banger:") && l.contains("victim")),
+                    "{rules}"
+                );
+                net.list_taps().unwrap()
+            }),
+        )
+    });
+    // The parked "killed" daemons still hold their runners: remove the
+    // namespaces by name.
+    for name in names.into_inner().unwrap() {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
     }
 }

@@ -110,6 +110,9 @@ pub enum VmState {
     Creating,
     Starting,
     Running,
+    /// The VMM is alive but holds the guest still: QEMU pauses a guest
+    /// whose disk write failed (a full host disk); `last_error` says why.
+    Paused,
     Stopping,
     Stopped,
     Failed,
@@ -121,6 +124,7 @@ impl VmState {
             Self::Creating => "creating",
             Self::Starting => "starting",
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
@@ -132,6 +136,7 @@ impl VmState {
             Self::Creating,
             Self::Starting,
             Self::Running,
+            Self::Paused,
             Self::Stopping,
             Self::Stopped,
             Self::Failed,

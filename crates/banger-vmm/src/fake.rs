@@ -38,6 +38,7 @@ pub struct FakeVmm {
     fail: Mutex<HashSet<FakeOp>>,
     ignore_shutdown: AtomicBool,
     ignore_sigterm: AtomicBool,
+    io_error: AtomicBool,
     launches: Mutex<Vec<LaunchSpec>>,
     prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
@@ -59,6 +60,12 @@ impl FakeVmm {
     /// The guest ignores shutdown requests, as a hung guest would.
     pub fn ignore_shutdown(&self, ignore: bool) {
         self.ignore_shutdown.store(ignore, Ordering::SeqCst);
+    }
+
+    /// Every guest reports itself paused on an I/O error, as QEMU's does
+    /// when the host disk is full.
+    pub fn pause_on_io_error(&self, paused: bool) {
+        self.io_error.store(paused, Ordering::SeqCst);
     }
 
     /// VMM processes started from now on ignore SIGTERM.
@@ -158,6 +165,10 @@ impl Vmm for FakeVmm {
             let _ = send_signal(pid, libc::SIGTERM);
         }
         Ok(())
+    }
+
+    fn io_error_pause(&self, _vm_dir: &Path) -> Option<bool> {
+        Some(self.io_error.load(Ordering::SeqCst))
     }
 
     fn responds(&self, _vm_dir: &Path, pid: u32) -> bool {

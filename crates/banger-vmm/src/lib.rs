@@ -180,6 +180,13 @@ pub trait Vmm: Send + Sync + fmt::Debug {
         reason
     }
 
+    /// Whether the VMM holds its guest still on an I/O error (QEMU pauses
+    /// a guest whose disk write failed). `None` when the backend cannot
+    /// tell or the guest runs.
+    fn io_error_pause(&self, _vm_dir: &Path) -> Option<bool> {
+        None
+    }
+
     /// What the host needs to run this backend (preflight and doctor).
     fn checks(&self) -> Vec<banger_proto::check::Check> {
         Vec::new()

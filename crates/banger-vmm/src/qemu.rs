@@ -233,6 +233,13 @@ impl Vmm for Qemu {
             .map_err(|e| VmmError::Qmp(vm_dir.join(QMP_SOCKET), e))
     }
 
+    /// `query-status` answers `io-error` while QEMU holds a guest on a
+    /// failed disk write (werror=enospc, its default, on ENOSPC).
+    fn io_error_pause(&self, vm_dir: &Path) -> Option<bool> {
+        let answer = qmp(&vm_dir.join(QMP_SOCKET), "query-status").ok()?;
+        Some(answer.contains("\"io-error\""))
+    }
+
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
         qmp(&vm_dir.join(QMP_SOCKET), "query-status").is_ok_and(|answer| answer.contains("return"))
     }

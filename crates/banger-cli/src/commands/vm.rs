@@ -50,6 +50,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 super::wait::until_ssh(
                     &vm,
                     std::time::Duration::from_secs(args.wait.wait_timeout),
+                    ctx,
                 )?;
             }
             Ok(ExitCode::SUCCESS)
@@ -97,6 +98,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     super::wait::until_ssh(
                         &vm,
                         std::time::Duration::from_secs(args.wait.wait_timeout),
+                        ctx,
                     )?;
                 }
             }

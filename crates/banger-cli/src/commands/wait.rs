@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use banger_proto::Vm;
 
-/// Waits until `vm`'s SSH server sends its banner.
-pub fn until_ssh(vm: &Vm, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until `vm`'s SSH server sends its banner, then until the guest
+/// behind this VM's own vsock device names itself `vm.name`: an SSH answer
+/// at the VM's address proves nothing alone (another guest could hold it),
+/// the vsock device belongs to this VM's VMM.
+pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Result<()> {
     let ip = vm
         .guest_ip
         .as_deref()
@@ -20,25 +23,58 @@ pub fn until_ssh(vm: &Vm, timeout: Duration) -> anyhow::Result<()> {
         timeout.as_secs()
     );
     let started = Instant::now();
+    let mut last_identity = None;
     while started.elapsed() < timeout {
         if ssh_banner(addr) {
-            eprintln!(
-                "{} is ready (answered SSH after {:.1}s)",
-                vm.name,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(());
+            match identity(ctx, &vm.name) {
+                Ok(hostname) if hostname == vm.name => {
+                    eprintln!(
+                        "{} is ready (answered SSH after {:.1}s, confirmed over vsock)",
+                        vm.name,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                Ok(other) => last_identity = Some(format!("the guest over vsock is {other:?}")),
+                Err(e) => last_identity = Some(e),
+            }
         }
         // A refused connection answers at once, so polling often is cheap
         // and readiness is seen within 0.2 s.
         std::thread::sleep(Duration::from_millis(200));
     }
+    let detail = last_identity
+        .map(|why| format!(" (SSH answered at {ip}, but {why})"))
+        .unwrap_or_default();
     anyhow::bail!(
-        "{} did not answer SSH within {}s; its console is in {}",
+        "{} did not answer SSH within {}s{detail}; its console is in {}",
         vm.name,
         timeout.as_secs(),
         vm.vmm_log_path.display()
     )
+}
+
+/// The hostname the guest behind the VM's vsock reports.
+fn identity(ctx: &super::Context, name: &str) -> Result<String, String> {
+    let ping: banger_proto::PingResult = ctx
+        .client()
+        .and_then(|mut client| {
+            Ok(client.call(
+                banger_proto::method::VM_PING,
+                banger_proto::VmRef {
+                    vm: name.to_owned(),
+                },
+            )?)
+        })
+        .map_err(|e| format!("asking over vsock failed: {e:#}"))?;
+    match (ping.reachable, ping.guest_hostname) {
+        (true, Some(hostname)) => Ok(hostname),
+        (true, None) => Err("the guest over vsock gave no hostname".into()),
+        (false, _) => Err(format!(
+            "its guest does not answer over vsock yet{}",
+            ping.detail.map(|d| format!(": {d}")).unwrap_or_default()
+        )),
+    }
 }
 
 fn ssh_banner(addr: SocketAddr) -> bool {
