@@ -235,12 +235,11 @@ fn a_bad_checksum_or_archive_changes_nothing() {
         before,
         "an interrupted extraction leaves the old bundle"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("existing.new"))
-        .collect();
-    assert!(leftovers.is_empty(), "no half-extracted tree is left");
+    let leftovers = names_starting_with(tmp.path(), "existing.new");
+    assert!(
+        leftovers.is_empty(),
+        "no half-extracted tree is left: {leftovers:?}"
+    );
 }
 
 /// Bootstrapping over an existing bundle swaps the trees in one exchange:
@@ -294,12 +293,7 @@ fn a_new_bundle_replaces_the_old_with_no_gap() {
         missing, 0,
         "the bundle was missing in {missing} of {looks} looks"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("existing."))
-        .collect();
+    let leftovers = names_starting_with(tmp.path(), "existing.");
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -345,6 +339,16 @@ fn refreshing_one_entry_keeps_the_bundle_verified() {
         String::from_utf8_lossy(&out.stderr)
     );
     verify().unwrap();
+}
+
+/// The names in `dir` that start with `prefix`: what a bootstrap left.
+fn names_starting_with(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
 }
 
 fn package_sha(path: &Path) -> String {
