@@ -714,10 +714,6 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // The same VM by hand: its disks, a TAP of the same name and MAC, the same command line.
     let ip: std::net::Ipv4Addr = vm["guest_ip"].as_str().context("no guest IP")?.parse()?;
     let tap = vm["tap"].as_str().context("no TAP")?.to_owned();
-    let run = |args: &[&str]| Command::new("ip").args(args).status();
-    run(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
-    run(&["link", "set", "dev", &tap, "master", "banger0"])?;
-    run(&["link", "set", "dev", &tap, "up"])?;
     let spec = banger_vmm::LaunchSpec {
         vm_id: vm["id"].as_str().unwrap_or_default().to_owned(),
         vm_dir: dir.clone(),
@@ -790,7 +786,15 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             break;
         }
         world.run(&["vm", "stop", "bench-boot"])?;
-        match boot_by_hand(&spec, addr) {
+        // banger's stop removed the TAP of that name: the by-hand boot
+        // makes its own each time, as banger does.
+        let run = |args: &[&str]| Command::new("ip").args(args).status();
+        run(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        run(&["link", "set", "dev", &tap, "master", "banger0"])?;
+        run(&["link", "set", "dev", &tap, "up"])?;
+        let booted = boot_by_hand(&spec, addr);
+        let _ = run(&["link", "del", "dev", &tap]);
+        match booted {
             Ok(elapsed) => by_hand.push(elapsed),
             Err(e) => {
                 failure = Some(format!("{e:#}"));
@@ -800,7 +804,6 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     let _ = vsock.kill();
     let _ = vsock.wait();
-    let _ = run(&["link", "del", "dev", &tap]);
     world.run(&["vm", "delete", "bench-boot"])?;
     if let Some(failure) = failure {
         bail!("{failure}");

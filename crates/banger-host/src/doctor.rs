@@ -357,6 +357,8 @@ pub trait IpQuery: std::fmt::Debug {
     fn link(&self, name: &str) -> Option<String>;
     /// `ip -4 route show`.
     fn routes(&self) -> String;
+    /// The interfaces attached to bridge `name`.
+    fn ports(&self, name: &str) -> Vec<String>;
 }
 
 /// The real `ip`.
@@ -372,6 +374,19 @@ impl IpQuery for IpOutput {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn ports(&self, name: &str) -> Vec<String> {
+        Command::new("ip")
+            .args(["-o", "link", "show", "master", name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.split(": ").nth(1).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn routes(&self) -> String {
@@ -396,6 +411,12 @@ pub fn bridge_check(bridge: &str, instance_tag: &str, ip: &dyn IpQuery) -> Check
         .and_then(|alias| alias.strip_prefix(crate::net::BRIDGE_ALIAS_PREFIX));
     match owner {
         Some(owner) if owner == instance_tag => Check::pass(name, "this daemon's"),
+        Some(owner) if ip.ports(bridge).is_empty() => Check::pass(
+            name,
+            format!(
+                "another daemon's ({owner}) but unused: this daemon takes it over at its first VM start"
+            ),
+        ),
         Some(owner) => Check::fail(
             name,
             format!("belongs to another banger daemon ({owner}): its VMs would share your IPs"),
@@ -554,6 +575,7 @@ mod tests {
                 ip: &FakeIp {
                     link: None,
                     routes: "default via 10.0.0.1 dev eth0\n",
+                    ports: &[],
                 },
             })
         }
@@ -705,6 +727,7 @@ mod tests {
     struct FakeIp {
         link: Option<&'static str>,
         routes: &'static str,
+        ports: &'static [&'static str],
     }
 
     impl IpQuery for FakeIp {
@@ -714,11 +737,18 @@ mod tests {
         fn routes(&self) -> String {
             self.routes.to_owned()
         }
+        fn ports(&self, _name: &str) -> Vec<String> {
+            self.ports.iter().map(|p| (*p).to_owned()).collect()
+        }
     }
 
     #[test]
     fn another_daemons_bridge_and_pool_are_named_as_conflicts() {
-        let ip = |link, routes| FakeIp { link, routes };
+        let ip = |link, routes| FakeIp {
+            link,
+            routes,
+            ports: &["bg-0011223344"],
+        };
         let check = bridge_check("banger0", "t1", &ip(None, ""));
         assert_eq!(check.status, CheckStatus::Pass);
         let ours = "5: banger0: <BROADCAST> mtu 1500\\    link/ether 1e:1e brd ff\\    alias banger:t1 bridge";
@@ -735,6 +765,14 @@ mod tests {
             "{}",
             check.message()
         );
+        let unused = FakeIp {
+            link: Some(theirs),
+            routes: "",
+            ports: &[],
+        };
+        let check = bridge_check("banger0", "t1", &unused);
+        assert_eq!(check.status, CheckStatus::Pass, "{}", check.message());
+        assert!(check.message().contains("unused"), "{}", check.message());
         let config = Config {
             bridge: "banger1".into(),
             guest_ip_pool: "10.219.0.0/24".into(),

@@ -217,6 +217,16 @@ impl IpTablesNetwork {
         self
     }
 
+    /// The interfaces attached to the bridge (`ip -o link show master`).
+    fn bridge_ports(&self) -> Result<Vec<String>> {
+        let shown = self.run("ip", &["-o", "link", "show", "master", &self.bridge])?;
+        Ok(shown
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+            .collect())
+    }
+
     fn claim_bridge(&self) -> Result<()> {
         let alias = format!("{BRIDGE_ALIAS_PREFIX}{}", self.owner);
         self.run("ip", &["link", "set", "dev", &self.bridge, "alias", &alias])?;
@@ -385,6 +395,10 @@ impl HostNetwork for IpTablesNetwork {
         if self.link_exists(bridge)? {
             match self.bridge_owner()? {
                 Some(owner) if owner == self.owner => {}
+                // Another daemon's bridge with no TAP on it serves no guest
+                // (that daemon is gone, or all its VMs are stopped, and it
+                // will be told at its next start): it can change hands.
+                Some(_) if self.bridge_ports()?.is_empty() => self.claim_bridge()?,
                 Some(owner) => {
                     return Err(NetError::BridgeTaken {
                         bridge: bridge.to_owned(),

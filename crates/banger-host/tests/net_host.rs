@@ -132,6 +132,8 @@ fn a_second_daemon_cannot_share_the_bridge_or_the_pool() {
         .run(&Cmd::new("ip").args(["-o", "-d", "link", "show", "dev", "banger0"]))
         .unwrap();
     assert!(alias.contains("alias banger:t1"), "{alias}");
+    // A running VM of the first daemon's.
+    first.create_tap("bg-1122334455", 0).unwrap();
 
     let err = second.ensure_bridge(&pool).unwrap_err().to_string();
     assert!(
@@ -159,6 +161,17 @@ fn a_second_daemon_cannot_share_the_bridge_or_the_pool() {
     assert!(link.contains("master banger1"), "{link}");
     // The first daemon still owns and uses its own bridge.
     first.ensure_bridge(&pool).unwrap();
+
+    // Once no TAP is on it (the first daemon's VMs are all stopped, or it
+    // is gone), its bridge can change hands; while the new owner's VMs run,
+    // the first is refused it.
+    let fourth = IpTablesNetwork::new(runner.clone(), false).with_owner("t4");
+    assert!(fourth.ensure_bridge(&pool).is_err(), "a TAP is on it");
+    first.delete_tap("bg-1122334455").unwrap();
+    fourth.ensure_bridge(&pool).unwrap();
+    fourth.create_tap("bg-4444444444", 0).unwrap();
+    let err = first.ensure_bridge(&pool).unwrap_err().to_string();
+    assert!(err.contains("(t4)"), "the bridge is the fourth's now: {err}");
 
     // A bridge an older banger made (no alias) is claimed by the first
     // daemon that uses it.
