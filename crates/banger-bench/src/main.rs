@@ -694,6 +694,13 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     let world = World::new(banger.to_path_buf())?;
     world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
+    // The bench's daemon makes banger0 unless it exists; then it removes it.
+    let made_bridge = !Command::new("ip")
+        .args(["link", "show", "dev", "banger0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
     // Both sides boot a guest that has booted once (host keys made, caches
     // warm): the first boot is not measured.
     let created = world
@@ -757,15 +764,6 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             PathBuf::from(std::env::var("HOME")?).join(".cargo/bin/vhost-device-vsock"),
         )
     })?;
-    let mut vsock = Command::new(&helper)
-        .args(["--guest-cid", "3", "--socket"])
-        .arg(dir.join(banger_vmm::qemu::VHOST_SOCKET))
-        .arg("--uds-path")
-        .arg(&spec.vsock_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
     // Alternating boots of the same guest, stopped cleanly (ACPI) between
     // them on both sides. Both poll SSH every 200 ms: `--wait`'s interval.
     let addr = std::net::SocketAddr::from((ip, 22));
@@ -788,11 +786,24 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         world.run(&["vm", "stop", "bench-boot"])?;
         // banger's stop removed the TAP of that name: the by-hand boot
         // makes its own each time, as banger does.
+        // So does its vsock helper: banger's stop cleans the VM directory.
         let run = |args: &[&str]| Command::new("ip").args(args).status();
         run(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
         run(&["link", "set", "dev", &tap, "master", "banger0"])?;
         run(&["link", "set", "dev", &tap, "up"])?;
+        let _ = std::fs::remove_file(dir.join(banger_vmm::qemu::VHOST_SOCKET));
+        let mut vsock = Command::new(&helper)
+            .args(["--guest-cid", "3", "--socket"])
+            .arg(dir.join(banger_vmm::qemu::VHOST_SOCKET))
+            .arg("--uds-path")
+            .arg(&spec.vsock_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
         let booted = boot_by_hand(&spec, addr);
+        let _ = vsock.kill();
+        let _ = vsock.wait();
         let _ = run(&["link", "del", "dev", &tap]);
         match booted {
             Ok(elapsed) => by_hand.push(elapsed),
@@ -802,9 +813,10 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = vsock.kill();
-    let _ = vsock.wait();
     world.run(&["vm", "delete", "bench-boot"])?;
+    if made_bridge {
+        let _ = Command::new("ip").args(["link", "del", "banger0"]).status();
+    }
     if let Some(failure) = failure {
         bail!("{failure}");
     }
@@ -824,11 +836,12 @@ fn boot_by_hand(
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<Duration> {
     use banger_vmm::Vmm;
+    let (out, err) = banger_vmm::process::log_files(&spec.log_path)?;
     let start = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(banger_vmm::qemu::Qemu::args(spec))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out)
+        .stderr(err)
         .spawn()?;
     let answered = loop {
         let banner = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -842,7 +855,13 @@ fn boot_by_hand(
         if banner == Some(*b"SSH-") {
             break Some(start.elapsed());
         }
-        if start.elapsed() > Duration::from_secs(300) || qemu.try_wait()?.is_some() {
+        if let Some(status) = qemu.try_wait()? {
+            bail!(
+                "the by-hand QEMU exited ({status}) before answering SSH; its log is {}",
+                spec.log_path.display()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(300) {
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -171,7 +171,10 @@ fn a_second_daemon_cannot_share_the_bridge_or_the_pool() {
     fourth.ensure_bridge(&pool).unwrap();
     fourth.create_tap("bg-4444444444", 0).unwrap();
     let err = first.ensure_bridge(&pool).unwrap_err().to_string();
-    assert!(err.contains("(t4)"), "the bridge is the fourth's now: {err}");
+    assert!(
+        err.contains("(t4)"),
+        "the bridge is the fourth's now: {err}"
+    );
 
     // A bridge an older banger made (no alias) is claimed by the first
     // daemon that uses it.
