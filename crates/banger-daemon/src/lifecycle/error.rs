@@ -1,0 +1,143 @@
+//! What a lifecycle action can fail with, and the kind each failure is
+//! reported as over RPC.
+
+use super::*;
+
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("a VM named {0:?} already exists: pick another --name")]
+    NameTaken(String),
+    #[error("no VM named {0:?} and no VM ID starts with it: see `banger vm list`")]
+    NotFound(String),
+    #[error("{vm_ref:?} matches several VMs ({}): use a longer ID prefix or the full ID", .candidates.join(", "))]
+    Ambiguous {
+        vm_ref: String,
+        candidates: Vec<String>,
+    },
+    #[error(
+        "no image named {0:?}: see `banger image list`, or run `make runtime` for the default image"
+    )]
+    NoImage(String),
+    #[error("image {image:?} is unusable: its {what} {path} is missing")]
+    ImageFileMissing {
+        image: String,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("cannot {action} {name}: the host is not ready:\n  {}", .failures.join("\n  "))]
+    NotReady {
+        action: &'static str,
+        name: String,
+        failures: Vec<String>,
+    },
+    #[error("unknown VMM backend {0:?}: use firecracker or qemu")]
+    UnknownVmm(String),
+    #[error("{name} is running: stop it first with `banger vm stop {name}`")]
+    MustBeStopped { name: String },
+    #[error(
+        "{action} needs at least {} free in {} for the disks and the guest's first writes, and {} is free: free space there first",
+        format_size(*.needed), .dir.display(), format_size(*.free)
+    )]
+    NoSpace {
+        action: &'static str,
+        dir: PathBuf,
+        free: u64,
+        needed: u64,
+    },
+    #[error("{name} is not running: start it with `banger vm start {name}`")]
+    NotRunning { name: String },
+    #[error(
+        "refusing to shrink {name}'s work disk from {} to {}: work disks only grow",
+        format_size(*.current), format_size(*.requested)
+    )]
+    Shrink {
+        name: String,
+        current: u64,
+        requested: u64,
+    },
+    #[error("{action} {name}: {step} failed")]
+    Step {
+        action: &'static str,
+        name: String,
+        step: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    #[error("{0}")]
+    Reserve(
+        String,
+        #[source] Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ),
+    #[error("sending {signal} to {name}'s VMM (pid {pid})")]
+    Signal {
+        name: String,
+        signal: String,
+        pid: u32,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Namegen(#[from] NamegenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LifecycleError {
+    pub fn kind(&self) -> banger_proto::ErrorKind {
+        use banger_proto::ErrorKind as K;
+        match self {
+            Self::Invalid(_)
+            | Self::Ambiguous { .. }
+            | Self::Shrink { .. }
+            | Self::UnknownVmm(_) => K::InvalidInput,
+            Self::NoSpace { .. } => K::Unavailable,
+            Self::NameTaken(_) | Self::MustBeStopped { .. } | Self::NotRunning { .. } => {
+                K::Conflict
+            }
+            Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
+            Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
+            Self::Reserve(..) | Self::NotReady { .. } => K::Unavailable,
+            Self::Step { .. } | Self::Signal { .. } => K::HostFailure,
+            Self::Store(_) => K::Internal,
+        }
+    }
+}
+
+impl LifecycleError {
+    /// A failed step whose cause is a capability's (its own message is the step).
+    pub(super) fn capability(action: &'static str, name: &str, err: CapabilityError) -> Self {
+        Self::Step {
+            action,
+            name: name.to_owned(),
+            step: err.message,
+            source: err.source,
+        }
+    }
+
+    pub(super) fn step(
+        action: &'static str,
+        name: &str,
+        step: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Step {
+            action,
+            name: name.to_owned(),
+            step: step.to_owned(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// The whole chain, for storing on the VM and for logs.
+pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}

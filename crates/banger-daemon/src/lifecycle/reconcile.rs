@@ -1,0 +1,172 @@
+//! Daemon start: adopting, stopping or removing each VM as the host finds
+//! it; and the watch for guests paused on an I/O error.
+
+use super::*;
+use delete::deleting_dir;
+
+impl Lifecycle {
+    /// At daemon start: adopt VMs whose VMM still runs (same PID and start
+    /// time, and it answers); mark the rest stopped with the reason; remove
+    /// VMs whose creation never finished; then let every capability restore
+    /// what running VMs need and remove what no VM owns.
+    pub fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        for mut record in self.store.list_vms()? {
+            let pid_file = self
+                .vm_dir(&record.id)
+                .join(banger_vmm::process::VMM_PID_FILE);
+            // The stored PID, or, when a daemon died between starting the
+            // VMM and storing its PID, the identity written at its spawn.
+            let recorded = banger_vmm::process::recorded_process(&pid_file);
+            let alive = record
+                .pid
+                .filter(|pid| procfs::is_running(*pid, record.pid_start_time))
+                .or_else(|| {
+                    let (pid, start_time) = recorded?;
+                    record.pid = Some(pid);
+                    record.pid_start_time = start_time;
+                    Some(pid)
+                });
+            match record.state {
+                VmState::Stopped | VmState::Failed => {
+                    let dir = self.vm_dir(&record.id);
+                    if !dir.exists() && deleting_dir(&dir).exists() {
+                        self.store.delete_vm(&record.id)?;
+                        tracing::warn!(vm = %record.name, "finished a delete that was interrupted");
+                        report.removed.push(record.name);
+                    }
+                }
+                VmState::Creating => {
+                    // Its VMM (if one started) ends before its disks go.
+                    if let Some(pid) = banger_vmm::process::end_recorded(&pid_file) {
+                        tracing::warn!(vm = %record.name, pid, "killed the VMM of an interrupted create");
+                    }
+                    if let Some(pid) =
+                        alive.filter(|pid| procfs::is_running(*pid, record.pid_start_time))
+                    {
+                        let _ = send_signal(pid, libc::SIGKILL);
+                    }
+                    self.remove_runtime_files(&record);
+                    self.detach_all(&record);
+                    let ctx = self.context(&record);
+                    for c in self.capabilities.iter().rev() {
+                        self.undo_quietly(c.name(), c.deprovision(&record, &ctx));
+                    }
+                    let _ = std::fs::remove_dir_all(&ctx.dir);
+                    self.store.delete_vm(&record.id)?;
+                    tracing::warn!(vm = %record.name, "removed a VM whose creation was interrupted");
+                    report.removed.push(record.name);
+                }
+                VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
+                    let backend = self.backend(&record.vmm);
+                    match alive {
+                        Some(pid) if backend.responds(&self.vm_dir(&record.id), pid) => {
+                            record.state = VmState::Running;
+                            self.store.update_vm(&record)?;
+                            let start_time = record.pid_start_time.unwrap_or(0);
+                            self.watch(
+                                &record,
+                                Launched {
+                                    pid,
+                                    start_time,
+                                    child: None,
+                                },
+                            );
+                            tracing::info!(vm = %record.name, pid, "adopted running VM");
+                            report.adopted.push(record.name);
+                        }
+                        Some(pid) => {
+                            let _ = send_signal(pid, libc::SIGKILL);
+                            banger_vmm::process::end_recorded(&pid_file);
+                            self.remove_runtime_files(&record);
+                            self.detach_all(&record);
+                            mark_stopped(
+                                &mut record,
+                                "VMM did not answer when bangerd started; killed".into(),
+                            );
+                            self.store.update_vm(&record)?;
+                            report.stopped.push(record.name);
+                        }
+                        None => {
+                            self.remove_runtime_files(&record);
+                            self.detach_all(&record);
+                            mark_stopped(
+                                &mut record,
+                                "VMM exited while bangerd was not running".into(),
+                            );
+                            self.store.update_vm(&record)?;
+                            tracing::info!(vm = %record.name, "VM found stopped");
+                            report.stopped.push(record.name);
+                        }
+                    }
+                }
+            }
+        }
+        self.remove_deleted_dirs();
+        let vms = self.store.list_vms()?;
+        let running: Vec<&VmRecord> = vms
+            .iter()
+            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
+            .collect();
+        for c in &self.capabilities {
+            if let Err(e) = c.reconcile(&vms, &running) {
+                tracing::error!(capability = c.name(), error = %error_text(&e), "reconcile failed");
+                report
+                    .failed
+                    .push(format!("{}: {}", c.name(), error_text(&e)));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Marks running VMs whose VMM holds the guest on an I/O error as
+    /// paused, saying why, and paused ones that run again as running. The
+    /// daemon calls it every few seconds.
+    pub fn watch_io_errors(&self) {
+        let Ok(vms) = self.store.list_vms() else {
+            return;
+        };
+        for vm in vms
+            .iter()
+            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
+        {
+            let dir = self.vm_dir(&vm.id);
+            let Some(paused) = self.backend(&vm.vmm).io_error_pause(&dir) else {
+                continue;
+            };
+            let _ = self.locks.with(&vm.id, || -> Result<()> {
+                let mut record = self.record(&vm.id)?;
+                match (record.state, paused) {
+                    (VmState::Running, true) => {
+                        let free = banger_host::disk::free_bytes(&dir)
+                            .map_or_else(|_| "an unknown amount".to_owned(), format_size);
+                        record.state = VmState::Paused;
+                        record.last_error = Some(format!(
+                            "the VMM paused the guest after a disk write failed: the host filesystem holding {} has {free} free; free space there, then `banger vm restart {}`",
+                            dir.display(),
+                            record.name
+                        ));
+                        tracing::error!(vm = %record.name, free = %free, "guest paused on an I/O error");
+                    }
+                    (VmState::Paused, false) => {
+                        record.state = VmState::Running;
+                        record.last_error = None;
+                        tracing::info!(vm = %record.name, "guest runs again");
+                    }
+                    _ => return Ok(()),
+                }
+                self.store.update_vm(&record)?;
+                Ok(())
+            });
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: Vec<String>,
+    pub stopped: Vec<String>,
+    pub removed: Vec<String>,
+    /// Capabilities that could not reconcile, with why.
+    pub failed: Vec<String>,
+}

@@ -1,0 +1,105 @@
+//! `vm stop`, `restart` and `kill`: the stop ladder (ask the guest, then
+//! SIGTERM, then SIGKILL) and how each exit is recorded.
+
+use super::*;
+
+impl Lifecycle {
+    /// SIGKILL and wait: for rollbacks, where the guest's state is worthless.
+    pub(super) fn force_stop(&self, pid: u32) {
+        let _ = send_signal(pid, libc::SIGKILL);
+        if self.exits.wait_exit(pid, Duration::from_secs(10)).is_none() {
+            tracing::error!(pid, "VMM did not exit 10s after SIGKILL");
+        }
+    }
+
+    /// Ctrl-Alt-Del, a bounded wait, then SIGTERM, then SIGKILL; then the
+    /// VM's attachments are released. Returns how the VMM ended, in words.
+    pub(super) fn shut_down(&self, record: &VmRecord, pid: u32) -> String {
+        let dir = self.vm_dir(&record.id);
+        let graceful = self.stop_timeouts.graceful;
+        let why = match self.backend(&record.vmm).request_shutdown(&dir, pid) {
+            Ok(()) => match self.exits.wait_exit(pid, graceful) {
+                Some(reason) => {
+                    self.remove_runtime_files(record);
+                    self.detach_all(record);
+                    return reason.describe();
+                }
+                None => {
+                    tracing::warn!(vm = %record.name, timeout = ?graceful, "guest did not power off; sending SIGTERM");
+                    format!("the guest did not power off within {}s", graceful.as_secs())
+                }
+            },
+            Err(e) => {
+                tracing::warn!(vm = %record.name, error = %e, "graceful shutdown request failed; sending SIGTERM");
+                "the shutdown request failed".to_owned()
+            }
+        };
+        let _ = send_signal(pid, libc::SIGTERM);
+        let reason = match self.exits.wait_exit(pid, self.stop_timeouts.term) {
+            Some(_) => format!("{why}; stopped with SIGTERM"),
+            None => {
+                tracing::warn!(vm = %record.name, "VMM ignored SIGTERM; sending SIGKILL");
+                let _ = send_signal(pid, libc::SIGKILL);
+                let _ = self.exits.wait_exit(pid, Duration::from_secs(10));
+                format!("{why} and the VMM ignored SIGTERM; stopped with SIGKILL")
+            }
+        };
+        self.remove_runtime_files(record);
+        self.detach_all(record);
+        reason
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn stop(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || self.stop_locked(id))
+    }
+
+    pub(super) fn stop_locked(&self, id: &str) -> Result<VmRecord> {
+        let mut record = self.record(id)?;
+        let Some(pid) = Self::running_pid(&record) else {
+            if record.state != VmState::Stopped {
+                record.state = VmState::Stopped;
+                self.store.update_vm(&record)?;
+            }
+            return Ok(record);
+        };
+        record.state = VmState::Stopping;
+        self.store.update_vm(&record)?;
+        self.crash_point("stop:stopping");
+        let reason = self.shut_down(&record, pid);
+        tracing::info!(vm = %record.name, reason = %reason, "VM stopped");
+        mark_stopped(&mut record, reason);
+        record.last_error = None;
+        self.store.update_vm(&record)?;
+        Ok(record)
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn restart(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || {
+            self.stop_locked(id)?;
+            self.start_locked(id)
+        })
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn kill(self: &Arc<Self>, id: &str, signal: i32) -> Result<VmRecord> {
+        let pid = self.locks.with(id, || -> Result<u32> {
+            let record = self.record(id)?;
+            let pid = Self::running_pid(&record)
+                .ok_or_else(|| LifecycleError::NotRunning { name: record.name.clone() })?;
+            send_signal(pid, signal).map_err(|source| LifecycleError::Signal {
+                name: record.name.clone(),
+                signal: validate::signal_name(signal),
+                pid,
+                source,
+            })?;
+            tracing::info!(vm = %record.name, pid, signal = %validate::signal_name(signal), "signal sent");
+            Ok(pid)
+        })?;
+        // A fatal signal is recorded by the watcher; give it a moment so the
+        // answer shows the VM stopped.
+        self.exits.wait_handled(pid, Duration::from_secs(3));
+        self.record(id)
+    }
+}
