@@ -11,96 +11,8 @@ impl Lifecycle {
     /// what running VMs need and remove what no VM owns.
     pub fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        for mut record in self.store.list_vms()? {
-            let pid_file = self
-                .vm_dir(&record.id)
-                .join(banger_vmm::process::VMM_PID_FILE);
-            // The stored PID, or, when a daemon died between starting the
-            // VMM and storing its PID, the identity written at its spawn.
-            let recorded = banger_vmm::process::recorded_process(&pid_file);
-            let alive = record
-                .pid
-                .filter(|pid| procfs::is_running(*pid, record.pid_start_time))
-                .or_else(|| {
-                    let (pid, start_time) = recorded?;
-                    record.pid = Some(pid);
-                    record.pid_start_time = start_time;
-                    Some(pid)
-                });
-            match record.state {
-                VmState::Stopped | VmState::Failed => {
-                    let dir = self.vm_dir(&record.id);
-                    if !dir.exists() && deleting_dir(&dir).exists() {
-                        self.store.delete_vm(&record.id)?;
-                        tracing::warn!(vm = %record.name, "finished a delete that was interrupted");
-                        report.removed.push(record.name);
-                    }
-                }
-                VmState::Creating => {
-                    // Its VMM (if one started) ends before its disks go.
-                    if let Some(pid) = banger_vmm::process::end_recorded(&pid_file) {
-                        tracing::warn!(vm = %record.name, pid, "killed the VMM of an interrupted create");
-                    }
-                    if let Some(pid) =
-                        alive.filter(|pid| procfs::is_running(*pid, record.pid_start_time))
-                    {
-                        let _ = send_signal(pid, libc::SIGKILL);
-                    }
-                    self.remove_runtime_files(&record);
-                    self.detach_all(&record);
-                    let ctx = self.context(&record);
-                    for c in self.capabilities.iter().rev() {
-                        self.undo_quietly(c.name(), c.deprovision(&record, &ctx));
-                    }
-                    let _ = std::fs::remove_dir_all(&ctx.dir);
-                    self.store.delete_vm(&record.id)?;
-                    tracing::warn!(vm = %record.name, "removed a VM whose creation was interrupted");
-                    report.removed.push(record.name);
-                }
-                VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
-                    let backend = self.backend(&record.vmm);
-                    match alive {
-                        Some(pid) if backend.responds(&self.vm_dir(&record.id), pid) => {
-                            record.state = VmState::Running;
-                            self.store.update_vm(&record)?;
-                            let start_time = record.pid_start_time.unwrap_or(0);
-                            self.watch(
-                                &record,
-                                Launched {
-                                    pid,
-                                    start_time,
-                                    child: None,
-                                },
-                            );
-                            tracing::info!(vm = %record.name, pid, "adopted running VM");
-                            report.adopted.push(record.name);
-                        }
-                        Some(pid) => {
-                            let _ = send_signal(pid, libc::SIGKILL);
-                            banger_vmm::process::end_recorded(&pid_file);
-                            self.remove_runtime_files(&record);
-                            self.detach_all(&record);
-                            mark_stopped(
-                                &mut record,
-                                "VMM did not answer when bangerd started; killed".into(),
-                            );
-                            self.store.update_vm(&record)?;
-                            report.stopped.push(record.name);
-                        }
-                        None => {
-                            self.remove_runtime_files(&record);
-                            self.detach_all(&record);
-                            mark_stopped(
-                                &mut record,
-                                "VMM exited while bangerd was not running".into(),
-                            );
-                            self.store.update_vm(&record)?;
-                            tracing::info!(vm = %record.name, "VM found stopped");
-                            report.stopped.push(record.name);
-                        }
-                    }
-                }
-            }
+        for record in self.store.list_vms()? {
+            self.reconcile_vm(record, &mut report)?;
         }
         self.remove_deleted_dirs();
         let vms = self.store.list_vms()?;
@@ -117,6 +29,113 @@ impl Lifecycle {
             }
         }
         Ok(report)
+    }
+
+    fn reconcile_vm(
+        self: &Arc<Self>,
+        mut record: VmRecord,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let pid_file = self
+            .vm_dir(&record.id)
+            .join(banger_vmm::process::VMM_PID_FILE);
+        // The stored PID, or, when a daemon died between starting the VMM
+        // and storing its PID, the identity written at its spawn.
+        let recorded = banger_vmm::process::recorded_process(&pid_file);
+        let alive = record
+            .pid
+            .filter(|pid| procfs::is_running(*pid, record.pid_start_time))
+            .or_else(|| {
+                let (pid, start_time) = recorded?;
+                record.pid = Some(pid);
+                record.pid_start_time = start_time;
+                Some(pid)
+            });
+        match record.state {
+            VmState::Stopped | VmState::Failed => {
+                let dir = self.vm_dir(&record.id);
+                if !dir.exists() && deleting_dir(&dir).exists() {
+                    self.store.delete_vm(&record.id)?;
+                    tracing::warn!(vm = %record.name, "finished a delete that was interrupted");
+                    report.removed.push(record.name);
+                }
+            }
+            VmState::Creating => {
+                self.undo_interrupted_create(&record, &pid_file, alive)?;
+                report.removed.push(record.name);
+            }
+            VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
+                self.reconcile_live(record, &pid_file, alive, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything a create made before the daemon died goes: its VMM (if
+    /// one started) before its disks, then its directory and row.
+    fn undo_interrupted_create(
+        &self,
+        record: &VmRecord,
+        pid_file: &std::path::Path,
+        alive: Option<u32>,
+    ) -> Result<()> {
+        if let Some(pid) = banger_vmm::process::end_recorded(pid_file) {
+            tracing::warn!(vm = %record.name, pid, "killed the VMM of an interrupted create");
+        }
+        if let Some(pid) = alive.filter(|pid| procfs::is_running(*pid, record.pid_start_time)) {
+            let _ = send_signal(pid, libc::SIGKILL);
+        }
+        self.remove_runtime_files(record);
+        self.detach_all(record);
+        let ctx = self.context(record);
+        for c in self.capabilities.iter().rev() {
+            self.undo_quietly(c.name(), c.deprovision(record, &ctx));
+        }
+        let _ = std::fs::remove_dir_all(&ctx.dir);
+        self.store.delete_vm(&record.id)?;
+        tracing::warn!(vm = %record.name, "removed a VM whose creation was interrupted");
+        Ok(())
+    }
+
+    /// A VM that should have a VMM: adopted when it answers, else stopped
+    /// with the reason.
+    fn reconcile_live(
+        self: &Arc<Self>,
+        mut record: VmRecord,
+        pid_file: &std::path::Path,
+        alive: Option<u32>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let backend = self.backend(&record.vmm);
+        let reason = match alive {
+            Some(pid) if backend.responds(&self.vm_dir(&record.id), pid) => {
+                record.state = VmState::Running;
+                self.store.update_vm(&record)?;
+                let start_time = record.pid_start_time.unwrap_or(0);
+                let launched = Launched {
+                    pid,
+                    start_time,
+                    child: None,
+                };
+                self.watch(&record, launched);
+                tracing::info!(vm = %record.name, pid, "adopted running VM");
+                report.adopted.push(record.name);
+                return Ok(());
+            }
+            Some(pid) => {
+                let _ = send_signal(pid, libc::SIGKILL);
+                banger_vmm::process::end_recorded(pid_file);
+                "VMM did not answer when bangerd started; killed"
+            }
+            None => "VMM exited while bangerd was not running",
+        };
+        self.remove_runtime_files(&record);
+        self.detach_all(&record);
+        mark_stopped(&mut record, reason.into());
+        self.store.update_vm(&record)?;
+        tracing::info!(vm = %record.name, reason, "VM found stopped");
+        report.stopped.push(record.name);
+        Ok(())
     }
 
     /// Marks running VMs whose VMM holds the guest on an I/O error as
