@@ -7,8 +7,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # banger needs Rust 1.95+ (edition 2024); Debian's cargo package is older.
 need_rust="1.95"
 if ! command -v cargo >/dev/null; then
-    echo "deps: cargo is not installed: install Rust $need_rust or newer with rustup" >&2
-    echo "      (curl --proto '=https' -sSf https://sh.rustup.rs | sh), then run make deps again" >&2
+    echo "deps: cargo is not installed: install Rust $need_rust or newer with rustup," >&2
+    echo "      the Rust project's installer, then run make deps again" >&2
     exit 1
 fi
 have_rust=$(cargo --version | awk '{print $2}')
