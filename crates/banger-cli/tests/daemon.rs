@@ -47,6 +47,12 @@ fn cli_starts_the_daemon_and_status_reports_it() {
     assert_eq!(status["pid"], pid);
     let dns: std::net::SocketAddr = status["dns_listen"].as_str().unwrap().parse().unwrap();
     assert_ne!(dns.port(), 0, "the bound port is reported");
+    // The backend and why it was chosen are separate fields, nothing to parse.
+    let vmm = status["vmm"].as_str().unwrap();
+    assert!(["firecracker", "qemu"].contains(&vmm), "{status}");
+    let reason = status["vmm_reason"].as_str().unwrap();
+    assert!(!reason.is_empty() && !reason.starts_with(vmm), "{status}");
+    assert!(text.contains(&format!("{vmm} ({reason})")), "{text}");
 
     assert_eq!(
         world.ok(&["daemon", "socket"]).trim(),

@@ -302,7 +302,8 @@ pub async fn run(
         config,
         lifecycle.clone(),
         dns_error,
-        format!("{vmm_name}: {vmm_reason}"),
+        vmm_name.to_owned(),
+        vmm_reason,
     );
     match dns_socket {
         Ok(socket) => {

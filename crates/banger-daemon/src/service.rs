@@ -104,8 +104,9 @@ pub struct Daemon {
     pub lifecycle: Arc<Lifecycle>,
     /// Why the DNS listener could not be opened, if it could not.
     pub dns_error: Option<String>,
-    /// The default VMM backend and why.
+    /// The default VMM backend, and why it was chosen.
     pub vmm: String,
+    pub vmm_reason: String,
     started: Instant,
     shutdown: watch::Sender<bool>,
     /// `vm.list`'s answer, serialized, tagged with the store's generation.
@@ -119,6 +120,7 @@ impl Daemon {
         lifecycle: Arc<Lifecycle>,
         dns_error: Option<String>,
         vmm: String,
+        vmm_reason: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             paths,
@@ -126,6 +128,7 @@ impl Daemon {
             lifecycle,
             dns_error,
             vmm,
+            vmm_reason,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             vm_list: std::sync::Mutex::new(None),
@@ -329,6 +332,7 @@ impl Daemon {
             dns_listen: self.config.dns_listen.to_string(),
             dns_error: self.dns_error.clone(),
             vmm: self.vmm.clone(),
+            vmm_reason: self.vmm_reason.clone(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             vm_count: self.lifecycle.store().vm_count()?,

@@ -38,9 +38,12 @@ pub struct DaemonStatus {
     /// Why the DNS server is not serving, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_error: Option<String>,
-    /// The default VMM backend and why it was chosen.
+    /// The backend new VMs get (`firecracker`, `qemu`).
     #[serde(default)]
     pub vmm: String,
+    /// Why the daemon chose that backend on this host.
+    #[serde(default)]
+    pub vmm_reason: String,
     pub state_dir: PathBuf,
     pub uptime_secs: u64,
     pub vm_count: u64,

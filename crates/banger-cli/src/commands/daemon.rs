@@ -52,7 +52,7 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     None => println!("dns:        {}", status.dns_listen),
                     Some(why) => println!("dns:        {} (not serving: {why})", status.dns_listen),
                 }
-                println!("vmm:        {}", status.vmm);
+                println!("vmm:        {} ({})", status.vmm, status.vmm_reason);
                 println!("state dir:  {}", status.state_dir.display());
                 println!("uptime:     {}", output::duration(status.uptime_secs));
                 println!("vms:        {}", status.vm_count);

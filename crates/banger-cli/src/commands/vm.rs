@@ -42,8 +42,8 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 // Say why this backend: the daemon chose it for this host.
                 let status: banger_proto::DaemonStatus =
                     ctx.client()?.call(method::DAEMON_STATUS, Value::Null)?;
-                if let Some(reason) = status.vmm.strip_prefix(&format!("{}: ", vm.vmm)) {
-                    println!("backend {}: {reason}", vm.vmm);
+                if status.vmm == vm.vmm {
+                    println!("backend {}: {}", vm.vmm, status.vmm_reason);
                 }
             }
             if args.wait.wait {
