@@ -380,12 +380,7 @@ impl IpQuery for IpOutput {
         Command::new("ip")
             .args(["-o", "link", "show", "master", name])
             .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter_map(|l| l.split(": ").nth(1).map(str::to_owned))
-                    .collect()
-            })
+            .map(|o| crate::net::link_names(&String::from_utf8_lossy(&o.stdout)))
             .unwrap_or_default()
     }
 
@@ -404,12 +399,7 @@ pub fn bridge_check(bridge: &str, instance_tag: &str, ip: &dyn IpQuery) -> Check
     let Some(shown) = ip.link(bridge) else {
         return Check::pass(name, "not there yet; made at the first VM start");
     };
-    let owner = shown
-        .split("alias ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|alias| alias.strip_prefix(crate::net::BRIDGE_ALIAS_PREFIX));
-    match owner {
+    match crate::net::bridge_owner_in(&shown) {
         Some(owner) if owner == instance_tag => Check::pass(name, "this daemon's"),
         Some(owner) if ip.ports(bridge).is_empty() => Check::pass(
             name,
@@ -436,17 +426,7 @@ pub fn pool_check(config: &Config, ip: &dyn IpQuery) -> Check {
     let Ok(pool) = crate::net::Pool::parse(&config.guest_ip_pool) else {
         return Check::fail(name, "not an IPv4 CIDR", "fix guest_ip_pool in config.toml");
     };
-    let routes: Vec<String> = ip
-        .routes()
-        .lines()
-        .filter(|l| {
-            !l.split_whitespace()
-                .collect::<Vec<_>>()
-                .windows(2)
-                .any(|w| w == ["dev", config.bridge.as_str()])
-        })
-        .map(str::to_owned)
-        .collect();
+    let routes = crate::net::routes_off_bridge(&ip.routes(), &config.bridge);
     match crate::net::check_pool_against_routes(&pool, &routes) {
         Ok(()) => Check::pass(name, "clear of the host's routes"),
         Err(e) => Check::fail(

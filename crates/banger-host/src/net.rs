@@ -203,12 +203,7 @@ impl IpTablesNetwork {
     /// banger alias (made by an older banger: the first daemon claims it).
     fn bridge_owner(&self) -> Result<Option<String>> {
         let shown = self.run("ip", &["-o", "-d", "link", "show", "dev", &self.bridge])?;
-        Ok(shown
-            .split("alias ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|alias| alias.strip_prefix(BRIDGE_ALIAS_PREFIX))
-            .map(str::to_owned))
+        Ok(bridge_owner_in(&shown).map(str::to_owned))
     }
 
     /// Tags this daemon's rules (see [`crate::Paths::instance_tag`]).
@@ -220,11 +215,7 @@ impl IpTablesNetwork {
     /// The interfaces attached to the bridge (`ip -o link show master`).
     fn bridge_ports(&self) -> Result<Vec<String>> {
         let shown = self.run("ip", &["-o", "link", "show", "master", &self.bridge])?;
-        Ok(shown
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-            .collect())
+        Ok(link_names(&shown))
     }
 
     fn claim_bridge(&self) -> Result<()> {
@@ -507,15 +498,40 @@ impl HostNetwork for IpTablesNetwork {
 
     fn host_routes(&self) -> Result<Vec<String>> {
         let text = self.run("ip", &["-4", "route", "show"])?;
-        Ok(text
-            .lines()
-            .filter(|l| {
-                !l.contains(&format!("dev {} ", self.bridge))
-                    && !l.ends_with(&format!("dev {}", self.bridge))
-            })
-            .map(str::to_owned)
-            .collect())
+        Ok(routes_off_bridge(&text, &self.bridge))
     }
+}
+
+/// The daemon tag in `ip -o -d link show` output of a bridge that banger
+/// marked (`alias banger:<tag>`); `None` for an unmarked link.
+pub fn bridge_owner_in(shown: &str) -> Option<&str> {
+    shown
+        .split("alias ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|alias| alias.strip_prefix(BRIDGE_ALIAS_PREFIX))
+}
+
+/// The interface names in `ip -o link show` output (`bg-x@if3` is `bg-x`).
+pub fn link_names(shown: &str) -> Vec<String> {
+    shown
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect()
+}
+
+/// The `ip -4 route show` lines that are not through `bridge`.
+pub fn routes_off_bridge(text: &str, bridge: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| {
+            !l.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["dev", bridge])
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Which operation a [`FakeNetwork`] should fail.
@@ -756,6 +772,24 @@ mod tests {
         assert!(
             err.contains("172.30.0.0/24") && err.contains("docker0"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn ip_output_is_read_one_way() {
+        let link = "5: banger0: <BROADCAST> mtu 1500\\    link/ether 1e:1e brd ff\\    alias banger:t1 bridge";
+        assert_eq!(bridge_owner_in(link), Some("t1"));
+        assert_eq!(bridge_owner_in("5: banger0: <BROADCAST> mtu 1500"), None);
+        assert_eq!(bridge_owner_in("5: x: alias other-tool"), None);
+        let ports = "7: bg-aa12bb34cc: <UP> mtu 1500 master banger0\n8: veth1@if3: <UP> mtu 1500\n";
+        assert_eq!(link_names(ports), ["bg-aa12bb34cc", "veth1"]);
+        let routes = "default via 10.0.0.1 dev eth0\n10.219.0.0/24 dev banger0 proto kernel\n10.220.0.0/24 dev banger01\n10.221.0.0/24 dev banger0";
+        assert_eq!(
+            routes_off_bridge(routes, "banger0"),
+            [
+                "default via 10.0.0.1 dev eth0",
+                "10.220.0.0/24 dev banger01"
+            ]
         );
     }
 

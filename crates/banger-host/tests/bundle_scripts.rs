@@ -65,17 +65,19 @@ fn tree(dir: &Path) -> BTreeMap<String, (u64, Vec<u8>)> {
     out
 }
 
-fn package(runtime: &Path, archive: &Path) -> String {
-    let out = Command::new(script("package.sh"))
-        .arg(runtime)
-        .arg(archive)
-        .output()
-        .unwrap();
+/// Runs a script that must succeed; its stderr is the failure message.
+fn succeed(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn package(runtime: &Path, archive: &Path) -> String {
+    let out = succeed(Command::new(script("package.sh")).arg(runtime).arg(archive));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -316,27 +318,21 @@ fn refreshing_one_entry_keeps_the_bundle_verified() {
     ] {
         std::fs::write(dir.join(file), body).unwrap();
     }
-    let status = Command::new(script("write-manifest.sh"))
-        .arg(dir)
-        .arg("6.1.0")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    succeed(
+        Command::new(script("write-manifest.sh"))
+            .arg(dir)
+            .arg("6.1.0"),
+    );
     let verify = || banger_host::bundle::Bundle::load(dir).and_then(|b| b.verify());
     verify().unwrap();
     std::fs::write(dir.join("banger-vsock-pingd"), "helper v2").unwrap();
     let err = verify().unwrap_err().to_string();
     assert!(err.contains("banger-vsock-pingd"), "{err}");
-    let out = Command::new(script("write-manifest.sh"))
-        .arg("--refresh")
-        .arg(dir)
-        .args(["vsock_ping_helper", "banger-vsock-pingd"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(script("write-manifest.sh"))
+            .arg("--refresh")
+            .arg(dir)
+            .args(["vsock_ping_helper", "banger-vsock-pingd"]),
     );
     verify().unwrap();
 }
