@@ -7,7 +7,7 @@ CARGO ?= cargo
 RUNTIME_DIR ?= runtime
 RUNTIME_MANIFEST ?= runtime-bundle.toml
 
-.PHONY: all deps build install test lint unit bench runtime runtime-bundle runtime-package rootfs e2e clean
+.PHONY: all deps build install test lint unit bench runtime runtime-bundle runtime-package rootfs e2e e2e-firecracker clean
 
 all: build
 
@@ -50,6 +50,7 @@ lint:
 ## and fail instead when BANGER_REQUIRE_ALL=1 (CI). The Firecracker contract
 ## tests are #[ignore]d and run here only when BANGER_TEST_FIRECRACKER names a binary.
 unit:
+	$(CARGO) build --bins
 	$(CARGO) test --workspace
 	@if [ -n "$$BANGER_TEST_FIRECRACKER" ]; then \
 		$(CARGO) test -p banger-vmm --test firecracker_contract -- --ignored; \
@@ -83,6 +84,13 @@ runtime-bundle:
 e2e: runtime
 	$(CARGO) build --bins
 	scripts/e2e.sh
+
+## e2e-firecracker: the same suite on real Firecracker guests, inside a banger VM on
+## the qemu backend that serves as their KVM host. Needs BANGER_TEST_FIRECRACKER (a
+## firecracker binary); without it, says SKIPPED.
+e2e-firecracker: runtime
+	$(CARGO) build --release --bins
+	scripts/e2e-firecracker.sh
 
 clean:
 	$(CARGO) clean

@@ -1,36 +1,63 @@
 #!/usr/bin/env bash
-# The end-to-end suite: real guests booted with the qemu backend from the
-# runtime bundle, driven through the banger CLI as a user would, in a
-# private HOME. Each step prints what it checked; on failure the VM's
-# console and the daemon log are printed. Needs root (TAPs, iptables, DNS
-# on the gateway), QEMU, vhost-device-vsock and ./runtime (make runtime).
+# The end-to-end suite: real guests booted from the runtime bundle, driven
+# through the banger CLI as a user would, in a private HOME. Each step
+# prints what it checked; on failure the VM's console and the daemon log
+# are printed. Needs root (TAPs, iptables, DNS on the gateway) and
+# ./runtime (make runtime).
+#
+# One list of checks, two backends:
+#   make e2e               BANGER_E2E_VMM=qemu (QEMU and vhost-device-vsock)
+#   make e2e-firecracker   runs this same script inside a banger VM with
+#                          BANGER_E2E_VMM=firecracker (scripts/e2e-firecracker.sh)
+# Settings (environment):
+#   BANGER_E2E_VMM          qemu (default) or firecracker
+#   BANGER_E2E_BANGER       the banger binary (default target/debug/banger)
+#   BANGER_E2E_FIRECRACKER  the firecracker binary, for BANGER_E2E_VMM=firecracker
+#   BANGER_E2E_IMAGES       the bundle images to check (default: both)
+#   BANGER_E2E_POOL         "default": leave guest_ip_pool unset and put a host
+#                           route over the default pool first, so the daemon
+#                           must move to a free one (banger inside a banger VM)
+#   BANGER_E2E_BOOT_TIMEOUT seconds to wait for SSH (default 240)
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-banger="$repo/target/debug/banger"
+. "$repo/scripts/e2e-lib.sh"
+vmm=${BANGER_E2E_VMM:-qemu}
+banger="${BANGER_E2E_BANGER:-$repo/target/debug/banger}"
 bundle="${BANGER_RUNTIME_DIR:-$repo/runtime}"
 boot_timeout=${BANGER_E2E_BOOT_TIMEOUT:-240}
 
-passed=0
-failed=0
-world=$(mktemp -d /tmp/banger-e2e-XXXXXX)
+world=$(mktemp -d "${TMPDIR:-/tmp}/banger-e2e-XXXXXX")
 # The caller's HOME, for cargo/rustup (make install builds).
 real_home=$HOME
 export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
 unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
 mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
-# The e2e VMs use the qemu backend whatever the host offers, and a bridge,
-# pool and DNS port of their own: the suite runs beside anyone's banger
-# daemon on this host without sharing an address with it.
+# The e2e VMs use the named backend whatever the host offers, and a
+# bridge, pool and DNS port of their own: the suite runs beside anyone's
+# banger daemon on this host without sharing an address with it.
 bridge="bge2e-$(( $$ % 100000 ))"
 pool="10.218.$(( $$ % 200 + 20 )).0/24"
-printf 'vmm = "qemu"\nbridge = "%s"\nguest_ip_pool = "%s"\ndns_listen = "127.0.0.1:0"\n' "$bridge" "$pool" \
+case "$vmm" in
+    qemu) vmm_config='vmm = "qemu"' ;;
+    firecracker)
+        [ -x "${BANGER_E2E_FIRECRACKER:-}" ] || { say "e2e: BANGER_E2E_FIRECRACKER must name a firecracker binary"; exit 1; }
+        vmm_config=$(printf 'vmm = "firecracker"\nfirecracker_bin = "%s"' "$BANGER_E2E_FIRECRACKER") ;;
+    *) say "e2e: BANGER_E2E_VMM=$vmm: use qemu or firecracker"; exit 1 ;;
+esac
+pool_config=$(printf 'guest_ip_pool = "%s"' "$pool")
+held="bge2e-held"
+if [ "${BANGER_E2E_POOL:-}" = default ]; then
+    # The default pool is covered by a host route, as a banger VM's own
+    # eth0 covers it: the daemon must take the next free /24.
+    pool_config=""
+    pool="10.219.1.0/24"
+fi
+printf '%s\nbridge = "%s"\n%s\ndns_listen = "127.0.0.1:0"\n' "$vmm_config" "$bridge" "$pool_config" \
     > "$HOME/.config/banger/config.toml"
 state="$HOME/.local/state/banger"
 export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
 
-say() { printf '%s\n' "$*"; }
-vm_dir() { "$banger" vm show "$1" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["dir"])'; }
 
 diagnose() {
     say "---- diagnostics"
@@ -41,18 +68,6 @@ diagnose() {
     done
     say "== bangerd.log (last 30 lines)"
     tail -n 30 "$state/bangerd.log" 2>/dev/null
-}
-
-check() {
-    local what=$1; shift
-    if "$@"; then
-        say "ok    $what"
-        passed=$((passed + 1))
-    else
-        say "FAIL  $what"
-        failed=$((failed + 1))
-        diagnose
-    fi
 }
 
 # Runs a command in the guest; its stdout is the answer.
@@ -83,15 +98,18 @@ cleanup() {
         as_neighbour vm delete e2e-neighbour >/dev/null 2>&1
         as_neighbour daemon stop >/dev/null 2>&1
     fi
-    ip link del "$bridge" 2>/dev/null
+    drop_bridge "$bridge"
+    [ "${BANGER_E2E_POOL:-}" = default ] && ip link del "$held" 2>/dev/null
     # banger0, if the neighbour made it here, goes too: a bridge left with
     # a dead daemon's tag would be refused to everyone else.
-    [ -n "${neighbour_bridge:-}" ] && ip link del banger0 2>/dev/null
+    [ -n "${neighbour_bridge:-}" ] && drop_bridge banger0
     rm -rf "$world"
 }
 trap cleanup EXIT
 
-for need in qemu-system-x86_64 vhost-device-vsock ssh python3 iptables-save file cpio debugfs e2fsck; do
+needs="ssh python3 iptables-save file cpio debugfs e2fsck"
+[ "$vmm" = qemu ] && needs="$needs qemu-system-x86_64 vhost-device-vsock"
+for need in $needs; do
     if ! command -v "$need" >/dev/null; then
         say "e2e: $need is missing (see .ci/run for how CI installs it)"
         exit 1
@@ -111,7 +129,7 @@ grep -q 'overlay.ko' <<'E'
 $initrd_list
 E"
 check "id_ed25519 is mode 0600" test "$(stat -c %a "$bundle/id_ed25519")" = 600
-for image in rootfs.ext4 rootfs-docker.ext4; do
+for image in ${BANGER_E2E_IMAGES:-rootfs.ext4 rootfs-docker.ext4}; do
     check "$image passes e2fsck -fn" sh -c "e2fsck -fn '$bundle/$image' >/dev/null 2>&1"
     check "$image has sshd" sh -c "debugfs -R 'stat /usr/sbin/sshd' '$bundle/$image' 2>/dev/null | grep -q 'Type: regular'"
     check "$image has the pingd unit, enabled" sh -c "debugfs -R 'stat /etc/systemd/system/multi-user.target.wants/banger-vsock-pingd.service' '$bundle/$image' 2>/dev/null | grep -q symlink"
@@ -121,8 +139,9 @@ done
 say "== 0b. a neighbour: another user's daemon with a running VM on the default bridge"
 # Unless some banger daemon already owns banger0 (then it is the neighbour),
 # one is made here, with a running VM whose IP the suite must never take.
-owner=$(ip -o -d link show dev banger0 2>/dev/null | grep -o 'alias banger:[^ ]*' | cut -d: -f2)
-if [ -n "$owner" ]; then
+if [ "$vmm" != qemu ]; then
+    skip "the neighbour" "it is checked by make e2e (qemu); here banger runs alone inside its host VM"
+elif owner=$(ip -o -d link show dev banger0 2>/dev/null | grep -o 'alias banger:[^ ]*' | cut -d: -f2) && [ -n "$owner" ]; then
     say "      banger0 belongs to daemon $owner already: it is the neighbour"
 else
     ip link show dev banger0 >/dev/null 2>&1 || neighbour_bridge=made-here
@@ -131,7 +150,17 @@ else
     check "the neighbour creates a VM on banger0" as_neighbour vm create --name e2e-neighbour --disk-size 1G --memory 512 --vcpu 1
 fi
 
-say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH"
+if [ "${BANGER_E2E_POOL:-}" = default ]; then
+    say "== 0c. the default guest IP pool is taken by a host route"
+    ip link add "$held" type dummy && ip addr add 10.219.0.254/24 dev "$held" && ip link set "$held" up
+    check "a host route covers 10.219.0.0/24 ($(ip -4 route show 10.219.0.0/24))" test -n "$(ip -4 route show 10.219.0.0/24)"
+    "$banger" vm list >/dev/null # starts the daemon
+    taken=$("$banger" daemon status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s.get("guest_ip_pool"), "|", s.get("guest_ip_pool_reason"))')
+    say "      daemon status: $taken"
+    check "the daemon takes the next free pool $pool and says why" grep -q "^$pool | $pool (the default 10.219.0.0/24 overlaps the host route 10.219.0.0/24 dev $held" <<<"$taken"
+fi
+
+say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH ($vmm)"
 check "vm create e2e-a --wait (boots to SSH)" "$banger" vm create --name e2e-a --disk-size 2G --nat --wait --wait-timeout "$boot_timeout"
 check "vm ssh works" wait_ssh e2e-a
 
@@ -143,9 +172,21 @@ check "/root is the work disk at about 2G (${size}M)" test "${size:-0}" -gt 1800
 check "/root is mounted from the disk labelled banger-work" test "$(in_vm e2e-a findmnt -n -o LABEL /root)" = banger-work
 check "the guest resolves e2e-a.vm" in_vm e2e-a getent hosts e2e-a.vm
 check "the ping responder is active" test "$(in_vm e2e-a systemctl is-active banger-vsock-pingd)" = active
+# Nested virtualization: a guest whose CPU offers svm/vmx gets /dev/kvm at
+# boot (udev loads kvm_amd/kvm_intel). QEMU's TCG `-cpu max` always offers
+# svm; under Firecracker it depends on the host's nested setting.
+virt=$(in_vm e2e-a 'grep -owm1 -E "svm|vmx" /proc/cpuinfo')
+if [ "$vmm" = qemu ]; then
+    check "the qemu guest's CPU offers svm (${virt:-none})" test "$virt" = svm
+fi
+if [ -n "$virt" ]; then
+    check "the guest has /dev/kvm, from $(in_vm e2e-a 'lsmod | grep -oE "^kvm_(amd|intel)"')" in_vm e2e-a test -c /dev/kvm
+else
+    skip "/dev/kvm in the guest" "the guest CPU offers no svm/vmx (nested virtualization is off on this host)"
+fi
 
 say "== 3. from the host"
-ip_a=$("$banger" vm show e2e-a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["guest_ip"])')
+ip_a=$(vm_field e2e-a guest_ip)
 dns=$("$banger" daemon status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dns_listen"])')
 resolved=$(python3 - "$dns" <<'EOF'
 import socket, sys
@@ -159,7 +200,7 @@ check "e2e-a.vm resolves to $ip_a through bangerd's DNS ($dns)" test "$resolved"
 check "e2e-a's IP $ip_a is in the suite's own pool $pool" test "${ip_a%.*}" = "${pool%.*/*}"
 check "e2e-a's TAP is on the suite's own bridge $bridge" sh -c "ip -o link show | grep ' bg-' | grep -q 'master $bridge'"
 check "the guest IP answers SSH directly" test "$(ssh -i "$bundle/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 "root@$ip_a" hostname)" = e2e-a
-id_a=$("$banger" vm show e2e-a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+id_a=$(vm_field e2e-a id)
 # This daemon's rules for e2e-a, by their tag banger:<daemon>:<vm id>: one
 # MASQUERADE and two FORWARD rules, whatever other daemons have.
 nat_rules() { iptables-save | grep -cE -- "--comment \"?banger:[^: ]+:$1\"? "; }
@@ -181,6 +222,9 @@ say "== 5. files survive stop and start; the work disk grows"
 check "write a file in /root and one in /etc" in_vm e2e-a 'echo kept > /root/e2e-root && echo kept > /etc/e2e-etc && sync'
 check "both files read back before the stop" test "$(in_vm e2e-a 'cat /root/e2e-root /etc/e2e-etc')" = "$(printf 'kept\nkept')"
 check "vm stop e2e-a" "$banger" vm stop e2e-a
+# QEMU: ACPI power button; Firecracker: SendCtrlAltDel. Either way the
+# guest powers itself off, and no signal is needed.
+check "the stop was a clean shutdown of the guest ($(vm_field e2e-a exit_reason))" test "$(vm_field e2e-a exit_reason)" = "clean shutdown"
 check "vm start e2e-a" "$banger" vm start e2e-a
 check "e2e-a answers SSH again" wait_ssh e2e-a
 check "a file in /root survived" test "$(in_vm e2e-a cat /root/e2e-root)" = kept
@@ -199,7 +243,7 @@ check "vm create e2e-b" "$banger" vm create --name e2e-b --disk-size 2G
 check "e2e-b boots to SSH" wait_ssh e2e-b
 check "e2e-b resolves e2e-a.vm" test "$(in_vm e2e-b getent hosts e2e-a.vm | cut -d' ' -f1)" = "$ip_a"
 check "e2e-b reaches e2e-a over the bridge" in_vm e2e-b ping -c1 -W5 e2e-a.vm
-id_b=$("$banger" vm show e2e-b --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+id_b=$(vm_field e2e-b id)
 check "e2e-b, created without --nat, has no NAT rule" test "$(nat_rules "$id_b")" = 0
 check "e2e-a still has its three" test "$(nat_rules "$id_a")" = 3
 
@@ -251,15 +295,16 @@ done
 check "no process, TAP or file of the interrupted creates remains" test "$leftover" = 0
 check "vm create crash2 --wait (takes the freed IP)" "$banger" vm create --name crash2 --disk-size 1G --wait --wait-timeout "$boot_timeout"
 check "crash2's SSH reaches crash2, not a leaked guest" test "$(in_vm crash2 hostname)" = crash2
-# QEMU turns SIGTERM into exit status 0; banger still records a kill.
-pid_c=$("$banger" vm show crash2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+# QEMU turns SIGTERM into exit status 0, Firecracker has no handler for
+# it; either way banger records a kill.
+pid_c=$(vm_field crash2 pid)
 kill -TERM "$pid_c"
 for _ in $(seq 50); do
     state_c=$("$banger" vm show crash2 --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["state"], "|", v.get("exit_reason"))')
     case "$state_c" in stopped*) break ;; esac
     sleep 0.2
 done
-check "QEMU ended by SIGTERM from outside is recorded as such ($state_c)" test "$state_c" = "stopped | killed by SIGTERM"
+check "$vmm ended by SIGTERM from outside is recorded as such ($state_c)" test "$state_c" = "stopped | killed by SIGTERM"
 check "vm delete crash2" "$banger" vm delete crash2
 
 if [ -d "$neighbour/run" ]; then
@@ -276,7 +321,9 @@ say "== 10. the state disk fills up: the guest pauses, banger says why, and stil
 # the probe that found the wedge had it.
 full="$world/full"
 mkdir -p "$full/state" "$full/run" "$full/config/banger"
-if mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
+if [ "$vmm" != qemu ]; then
+    skip "the full state disk" "the paused state is QEMU's werror=stop; Firecracker returns the write error to the guest instead"
+elif mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
     printf 'vmm = "qemu"\nbridge = "bgfull-%s"\nguest_ip_pool = "10.217.%s.0/24"\ndns_listen = "127.0.0.1:0"\n' \
         "$(( $$ % 100000 ))" "$(( $$ % 200 + 20 ))" > "$full/config/banger/config.toml"
     as_full() { XDG_STATE_HOME="$full/state" XDG_RUNTIME_DIR="$full/run" XDG_CONFIG_HOME="$full/config" "$banger" "$@"; }
@@ -300,14 +347,16 @@ if mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
     kill "$filling" 2>/dev/null
     wait "$filling" 2>/dev/null
     umount "$full/state" || umount -l "$full/state"
-    ip link del "bgfull-$(( $$ % 100000 ))" 2>/dev/null
+    drop_bridge "bgfull-$(( $$ % 100000 ))"
 else
     check "mount a 1.1G tmpfs for the full-disk test (root)" false
 fi
 
 say "== 11. make install: the installed binaries find their bundle without the checkout"
 prefix="$world/prefix"
-if HOME="$real_home" make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
+if [ "$vmm" != qemu ]; then
+    skip "make install" "the host VM has no checkout or toolchain; make e2e checks it"
+elif HOME="$real_home" make -C "$repo" --no-print-directory install PREFIX="$prefix" >"$world/install.log" 2>&1; then
     source_of_bundle=$(cd / && env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \
         "$prefix/bin/banger" doctor --json | python3 -c 'import json,sys; print([c["detail"] for c in json.load(sys.stdin) if c["name"] == "runtime bundle"][0])')
     check "doctor from the prefix finds $prefix/lib/banger ($source_of_bundle)" grep -q "^$prefix/lib/banger (Installed)" <<<"$source_of_bundle"
@@ -316,6 +365,4 @@ else
     tail -n 20 "$world/install.log"
 fi
 
-say ""
-say "e2e: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary "e2e ($vmm)"

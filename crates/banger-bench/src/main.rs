@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // `make bench` runs every group; `banger-bench create list` only those.
-    let groups = ["list", "dns", "disks", "create", "boot", "load"];
+    let groups = ["list", "dns", "disks", "create", "boot", "load", "nested"];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     if let Some(unknown) = chosen.iter().find(|g| !groups.contains(&g.as_str())) {
         bail!(
@@ -101,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("load") {
         load_rows(&banger, &mut rows)?;
+    }
+    if wanted("nested") {
+        nested_rows(&banger, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -879,6 +882,51 @@ fn boot_by_hand(
     }
     let _ = qemu.wait();
     answered.context("the by-hand QEMU boot did not answer SSH within 300s")
+}
+
+/// Boot to SSH of one guest on Firecracker and on QEMU, both inside the
+/// same banger VM that serves as their KVM host (`scripts/e2e-firecracker.sh
+/// bench` sets it up and prints `bench: <backend> <seconds>` per boot).
+fn nested_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const WHAT: &str = "boot to SSH inside a banger VM: firecracker (vs qemu there)";
+    if std::env::var_os("BANGER_TEST_FIRECRACKER").is_none() {
+        rows.push(skipped(WHAT, "BANGER_TEST_FIRECRACKER is not set"));
+        return Ok(());
+    }
+    let script = banger
+        .ancestors()
+        .nth(3)
+        .map(|repo| repo.join("scripts/e2e-firecracker.sh"))
+        .filter(|s| s.is_file())
+        .context("scripts/e2e-firecracker.sh not found beside target/release")?;
+    let output = Command::new(&script)
+        .arg("bench")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let boots = |backend: &str| -> Vec<Duration> {
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("bench: ")?
+                    .strip_prefix(backend)?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .map(Duration::from_secs_f64)
+            .collect()
+    };
+    let (firecracker, qemu) = (boots("firecracker"), boots("qemu"));
+    if !output.status.success() || firecracker.is_empty() || qemu.is_empty() {
+        bail!(
+            "{} bench failed ({}); its output:\n{text}",
+            script.display(),
+            output.status
+        );
+    }
+    rows.push(Row::spread(WHAT, &firecracker, "qemu", &qemu));
+    Ok(())
 }
 
 fn skipped(what: &str, why: &str) -> Row {

@@ -258,6 +258,7 @@ pub async fn run(
     deps: Deps,
 ) -> anyhow::Result<()> {
     let _lock = instance::InstanceLock::acquire(&paths.pid_file, &paths.socket)?;
+    let (config, pool_reason) = settle_pool(config, deps.network.as_ref());
     let store = Arc::new(store::Store::open(&paths.db_file)?);
     if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())? {
         tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
@@ -265,23 +266,8 @@ pub async fn run(
     let vmm_name = deps.backends[0].name();
     let vmm_reason = deps.vmm_reason.clone();
     let dns = capabilities::DnsTable::default();
-    let capabilities = pipeline(&paths, &config, &deps, dns.clone())?;
-    let lifecycle = lifecycle::Lifecycle::new(
-        paths.clone(),
-        store,
-        deps.backends,
-        capabilities,
-        config.namegen_path.clone(),
-    )
-    .with_stop_timeouts(deps.stop_timeouts);
-    let reconciled = {
-        let lifecycle = lifecycle.clone();
-        tokio::task::spawn_blocking(move || lifecycle.reconcile())
-            .await
-            .context("reconciling VMs")??
-    };
+    let lifecycle = start_lifecycle(&paths, &config, deps, store, dns.clone()).await?;
     tracing::info!(vmm = %vmm_name, reason = %vmm_reason, "default VMM backend");
-    tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, removed = ?reconciled.removed, "reconciled VMs with the host");
     let listener = UnixListener::bind(&paths.socket)
         .with_context(|| format!("binding socket {}", paths.socket.display()))?;
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
@@ -304,8 +290,58 @@ pub async fn run(
         dns_error,
         vmm_name.to_owned(),
         vmm_reason,
+        pool_reason,
     );
-    match dns_socket {
+    serve_dns(&daemon, dns_socket, dns)?;
+    spawn_signal_handler(daemon.clone())?;
+    tokio::spawn(watch_io_errors(
+        lifecycle.clone(),
+        daemon.shutdown_receiver(),
+    ));
+    tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
+    server::serve(listener, daemon).await;
+    lifecycle.retire();
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "removing socket at shutdown");
+    }
+    tracing::info!("bangerd stopped");
+    Ok(())
+}
+
+/// The lifecycle over the store and the host, reconciled with what runs.
+async fn start_lifecycle(
+    paths: &Paths,
+    config: &Config,
+    deps: Deps,
+    store: Arc<store::Store>,
+    dns: capabilities::DnsTable,
+) -> anyhow::Result<Arc<lifecycle::Lifecycle>> {
+    let capabilities = pipeline(paths, config, &deps, dns)?;
+    let lifecycle = lifecycle::Lifecycle::new(
+        paths.clone(),
+        store,
+        deps.backends,
+        capabilities,
+        config.namegen_path.clone(),
+    )
+    .with_stop_timeouts(deps.stop_timeouts);
+    let reconciled = {
+        let lifecycle = lifecycle.clone();
+        tokio::task::spawn_blocking(move || lifecycle.reconcile())
+            .await
+            .context("reconciling VMs")??
+    };
+    tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, removed = ?reconciled.removed, "reconciled VMs with the host");
+    Ok(lifecycle)
+}
+
+/// `.vm` DNS for the host on `dns_listen`, and for guests on the gateway.
+fn serve_dns(
+    daemon: &Arc<Daemon>,
+    host_socket: std::io::Result<tokio::net::UdpSocket>,
+    dns: capabilities::DnsTable,
+) -> anyhow::Result<()> {
+    match host_socket {
         Ok(socket) => {
             tracing::info!(listen = %daemon.config.dns_listen, "DNS server listening");
             tokio::spawn(dns::serve(socket, dns.clone(), daemon.shutdown_receiver()));
@@ -324,19 +360,33 @@ pub async fn run(
         }
         Err(e) => tracing::info!(listen = %gateway, error = %e, "no DNS for guests on the gateway"),
     }
-    spawn_signal_handler(daemon.clone())?;
-    tokio::spawn(watch_io_errors(
-        lifecycle.clone(),
-        daemon.shutdown_receiver(),
-    ));
-    tracing::info!(pid = std::process::id(), socket = %socket.display(), "bangerd ready");
-    server::serve(listener, daemon).await;
-    lifecycle.retire();
-    if let Err(e) = std::fs::remove_file(&socket) {
-        tracing::warn!(socket = %socket.display(), error = %e, "removing socket at shutdown");
-    }
-    tracing::info!("bangerd stopped");
     Ok(())
+}
+
+/// The guest IP pool this daemon runs with (see `net::choose_pool`), and
+/// why when the default gave way to a free one. An explicit pool that
+/// overlaps a route is kept: starting a VM then says why it cannot.
+fn settle_pool(mut config: Config, network: &dyn HostNetwork) -> (Config, Option<String>) {
+    let Ok(configured) = banger_host::net::Pool::parse(&config.guest_ip_pool) else {
+        return (config, None);
+    };
+    let routes = network.host_routes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading host routes to check the guest IP pool");
+        Vec::new()
+    });
+    match banger_host::net::choose_pool(&configured, config.guest_ip_pool_explicit, &routes) {
+        Ok(choice) if choice.moved_because.is_some() => {
+            let said = choice.describe(&configured);
+            tracing::warn!(pool = %said, "the default guest IP pool is taken; using a free one");
+            config.guest_ip_pool = choice.pool.to_string();
+            (config, Some(said))
+        }
+        Ok(_) => (config, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "the guest IP pool overlaps a host route; VMs cannot start");
+            (config, None)
+        }
+    }
 }
 
 /// How often running guests are checked for a pause on an I/O error.
@@ -393,4 +443,31 @@ fn spawn_signal_handler(daemon: std::sync::Arc<Daemon>) -> anyhow::Result<()> {
         daemon.request_shutdown();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_host::net::FakeNetwork;
+
+    #[test]
+    fn the_default_pool_moves_off_a_host_route_and_an_explicit_one_stays() {
+        let network = FakeNetwork::new();
+        network.with_state(|s| {
+            s.routes = vec!["10.219.0.0/24 dev eth0 proto kernel scope link src 10.219.0.7".into()]
+        });
+        let (config, reason) = settle_pool(Config::default(), &network);
+        assert_eq!(config.guest_ip_pool, "10.219.1.0/24");
+        let reason = reason.expect("a reason is given");
+        assert!(reason.contains("10.219.0.0/24 dev eth0"), "{reason}");
+        let chosen = Config {
+            guest_ip_pool_explicit: true,
+            ..Config::default()
+        };
+        let (config, reason) = settle_pool(chosen, &network);
+        assert_eq!(
+            (config.guest_ip_pool.as_str(), reason),
+            ("10.219.0.0/24", None)
+        );
+    }
 }

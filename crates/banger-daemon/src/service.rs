@@ -107,6 +107,8 @@ pub struct Daemon {
     /// The default VMM backend, and why it was chosen.
     pub vmm: String,
     pub vmm_reason: String,
+    /// Why `config.guest_ip_pool` is not the configured pool, when it is not.
+    pub pool_reason: Option<String>,
     started: Instant,
     shutdown: watch::Sender<bool>,
     /// `vm.list`'s answer, serialized, tagged with the store's generation.
@@ -121,6 +123,7 @@ impl Daemon {
         dns_error: Option<String>,
         vmm: String,
         vmm_reason: String,
+        pool_reason: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             paths,
@@ -129,6 +132,7 @@ impl Daemon {
             dns_error,
             vmm,
             vmm_reason,
+            pool_reason,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             vm_list: std::sync::Mutex::new(None),
@@ -333,6 +337,8 @@ impl Daemon {
             dns_error: self.dns_error.clone(),
             vmm: self.vmm.clone(),
             vmm_reason: self.vmm_reason.clone(),
+            guest_ip_pool: self.config.guest_ip_pool.clone(),
+            guest_ip_pool_reason: self.pool_reason.clone(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             vm_count: self.lifecycle.store().vm_count()?,

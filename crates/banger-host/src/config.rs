@@ -124,6 +124,9 @@ pub struct Config {
     pub dns_listen: SocketAddr,
     /// IPv4 CIDR: the bridge takes the first address, guests the rest.
     pub guest_ip_pool: String,
+    /// Whether config.toml names the pool. The default gives way to a host
+    /// route (see `net::choose_pool`); a pool the user chose never does.
+    pub guest_ip_pool_explicit: bool,
     /// The bridge this daemon's TAPs join; it is this daemon's alone.
     pub bridge: String,
 }
@@ -250,6 +253,7 @@ impl Config {
             dns_listen: DEFAULT_DNS_LISTEN
                 .parse()
                 .expect("the default DNS address parses"),
+            guest_ip_pool_explicit: file.guest_ip_pool.is_some(),
             guest_ip_pool: file
                 .guest_ip_pool
                 .unwrap_or_else(|| DEFAULT_GUEST_IP_POOL.to_owned()),

@@ -116,17 +116,17 @@ pub struct DoctorInput<'a> {
 }
 
 pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
-    let DoctorInput {
-        probe,
-        config,
-        exe,
-        daemon_dns,
-        instance_tag,
-        ip,
-    } = *input;
     let mut checks = Vec::new();
+    let bundle = bundle_checks(input, &mut checks);
+    backend_checks(input, bundle.as_deref(), &mut checks);
+    host_checks(input, &mut checks);
+    checks
+}
 
-    // The runtime bundle.
+/// The runtime bundle, its manifest and each file VMs boot from; the
+/// bundle's directory when one was found.
+fn bundle_checks(input: &DoctorInput<'_>, checks: &mut Vec<Check>) -> Option<PathBuf> {
+    let DoctorInput { config, exe, .. } = *input;
     let bundle = match runtime_dir::resolve(config.runtime_dir.as_deref(), exe) {
         Ok(found) => {
             checks.push(Check::pass(
@@ -160,64 +160,74 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
             },
         );
     }
-    if let Some(bundle) = &bundle {
-        let file = |name: &str, configured: &Option<PathBuf>| {
-            configured.clone().unwrap_or_else(|| bundle.join(name))
-        };
-        for (what, path) in [
-            ("kernel", file("vmlinux", &config.default_kernel)),
-            ("initrd", file("initrd.img", &config.default_initrd)),
-        ] {
-            checks.push(if path.is_file() {
-                Check::pass(what, path.display().to_string())
-            } else {
-                Check::fail(
-                    what,
-                    format!("{} is missing", path.display()),
-                    "run `make runtime` (or set default_kernel/default_initrd)",
-                )
-            });
-        }
-        let rootfs = config.default_rootfs.clone().or_else(|| {
-            ["rootfs-docker.ext4", "rootfs.ext4"]
-                .iter()
-                .map(|n| bundle.join(n))
-                .find(|p| p.is_file())
-        });
-        checks.push(match rootfs {
-            Some(path) if path.is_file() => Check::pass("rootfs", path.display().to_string()),
-            _ => Check::fail(
-                "rootfs",
-                "no rootfs-docker.ext4 or rootfs.ext4 in the bundle",
-                "run `make runtime` (or set default_rootfs)",
-            ),
-        });
-        let key = file("id_ed25519", &config.ssh_key_path);
-        checks.push(if key.is_file() {
-            Check::pass("ssh key", key.display().to_string())
+    if let Some(dir) = &bundle {
+        bundle_file_checks(config, dir, checks);
+    }
+    bundle
+}
+
+/// The kernel, initrd, rootfs, SSH key and guest helper VMs get: the
+/// configured paths, else the bundle's.
+fn bundle_file_checks(config: &Config, bundle: &Path, checks: &mut Vec<Check>) {
+    let file = |name: &str, configured: &Option<PathBuf>| {
+        configured.clone().unwrap_or_else(|| bundle.join(name))
+    };
+    for (what, path) in [
+        ("kernel", file("vmlinux", &config.default_kernel)),
+        ("initrd", file("initrd.img", &config.default_initrd)),
+    ] {
+        checks.push(if path.is_file() {
+            Check::pass(what, path.display().to_string())
         } else {
             Check::fail(
-                "ssh key",
-                format!("{} is missing", key.display()),
-                "run `make runtime` (or set ssh_key_path)",
-            )
-        });
-        let helper = file("banger-vsock-pingd", &config.vsock_ping_helper_path);
-        checks.push(if helper.is_file() {
-            Check::pass("guest helper", helper.display().to_string())
-        } else {
-            Check::warn(
-                "guest helper",
-                format!("{} is missing", helper.display()),
-                "run `make build` to put banger-vsock-pingd in the bundle; without it the post-SSH reminder cannot reach guests",
+                what,
+                format!("{} is missing", path.display()),
+                "run `make runtime` (or set default_kernel/default_initrd)",
             )
         });
     }
+    let rootfs = config.default_rootfs.clone().or_else(|| {
+        ["rootfs-docker.ext4", "rootfs.ext4"]
+            .iter()
+            .map(|n| bundle.join(n))
+            .find(|p| p.is_file())
+    });
+    checks.push(match rootfs {
+        Some(path) if path.is_file() => Check::pass("rootfs", path.display().to_string()),
+        _ => Check::fail(
+            "rootfs",
+            "no rootfs-docker.ext4 or rootfs.ext4 in the bundle",
+            "run `make runtime` (or set default_rootfs)",
+        ),
+    });
+    let key = file("id_ed25519", &config.ssh_key_path);
+    checks.push(if key.is_file() {
+        Check::pass("ssh key", key.display().to_string())
+    } else {
+        Check::fail(
+            "ssh key",
+            format!("{} is missing", key.display()),
+            "run `make runtime` (or set ssh_key_path)",
+        )
+    });
+    let helper = file("banger-vsock-pingd", &config.vsock_ping_helper_path);
+    checks.push(if helper.is_file() {
+        Check::pass("guest helper", helper.display().to_string())
+    } else {
+        Check::warn(
+            "guest helper",
+            format!("{} is missing", helper.display()),
+            "run `make build` to put banger-vsock-pingd in the bundle; without it the post-SSH reminder cannot reach guests",
+        )
+    });
+}
 
-    // VMM backends.
+/// The VMM backends: Firecracker and KVM, then QEMU and its vsock helper.
+fn backend_checks(input: &DoctorInput<'_>, bundle: Option<&Path>, checks: &mut Vec<Check>) {
+    let DoctorInput { probe, config, .. } = *input;
     let kvm = kvm_check(probe);
     let kvm_usable = kvm.status == banger_proto::check::CheckStatus::Pass && !probe.kvm_is_pvm();
-    match firecracker_binary(probe, config, bundle.as_deref()) {
+    match firecracker_binary(probe, config, bundle) {
         Some(path) if path.is_file() => {
             let version = version_of(&path).unwrap_or_else(|| "version unknown".into());
             checks.push(Check::pass(
@@ -251,7 +261,13 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
             "use the qemu backend (vmm = \"qemu\" or \"auto\")",
         )
     } else if probe.hardware_virtualization() {
-        Check::pass("hardware virtualization", "CPU has vmx/svm")
+        Check::pass(
+            "hardware virtualization",
+            match probe.kvm_vendor_module() {
+                Some(module) => format!("CPU has vmx/svm; /dev/kvm is real KVM ({module}), not PVM"),
+                None => "CPU has vmx/svm".to_owned(),
+            },
+        )
     } else {
         Check::warn("hardware virtualization", "CPU shows no vmx/svm flags", "enable virtualization in firmware, or use the qemu backend")
     });
@@ -284,8 +300,18 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
             "cargo install vhost-device-vsock (make deps does)",
         ),
     }));
+}
 
-    // Host tools and privileges for storage, network, NAT, SSH and image builds.
+/// Host tools and privileges for storage, network, NAT, SSH and image builds.
+fn host_checks(input: &DoctorInput<'_>, checks: &mut Vec<Check>) {
+    let DoctorInput {
+        probe,
+        config,
+        daemon_dns,
+        instance_tag,
+        ip,
+        ..
+    } = *input;
     checks.extend(storage_checks(probe));
     checks.extend(network_checks(probe));
     // NAT is per VM and optional: its tools are a warning here; a create
@@ -328,7 +354,6 @@ pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
         }
         checks.push(check);
     }
-    checks
 }
 
 fn dns_port(addr: SocketAddr, daemon_dns: Option<SocketAddr>) -> Check {
@@ -420,21 +445,38 @@ pub fn bridge_check(bridge: &str, instance_tag: &str, ip: &dyn IpQuery) -> Check
 }
 
 /// Whether the guest IP pool is clear of the host's other routes (another
-/// daemon's bridge among them).
+/// daemon's bridge among them), or, for the default pool, which pool the
+/// daemon takes instead.
 pub fn pool_check(config: &Config, ip: &dyn IpQuery) -> Check {
     let name = format!("guest_ip_pool {}", config.guest_ip_pool);
-    let Ok(pool) = crate::net::Pool::parse(&config.guest_ip_pool) else {
-        return Check::fail(name, "not an IPv4 CIDR", "fix guest_ip_pool in config.toml");
-    };
-    let routes = crate::net::routes_off_bridge(&ip.routes(), &config.bridge);
-    match crate::net::check_pool_against_routes(&pool, &routes) {
-        Ok(()) => Check::pass(name, "clear of the host's routes"),
+    match daemon_pool(config, ip) {
+        Ok(choice) if choice.moved_because.is_none() => {
+            Check::pass(name, "clear of the host's routes")
+        }
+        Ok(choice) => Check::pass(
+            name,
+            format!(
+                "the daemon uses {}",
+                choice.describe(&crate::net::Pool::parse(&config.guest_ip_pool).expect("parsed"))
+            ),
+        ),
         Err(e) => Check::fail(
             name,
             e.to_string(),
             "pick another guest_ip_pool in config.toml",
         ),
     }
+}
+
+/// The pool the daemon uses on this host (see `net::choose_pool`): the one
+/// place the daemon and doctor make that choice.
+pub fn daemon_pool(
+    config: &Config,
+    ip: &dyn IpQuery,
+) -> crate::net::Result<crate::net::PoolChoice> {
+    let configured = crate::net::Pool::parse(&config.guest_ip_pool)?;
+    let routes = crate::net::routes_off_bridge(&ip.routes(), &config.bridge);
+    crate::net::choose_pool(&configured, config.guest_ip_pool_explicit, &routes)
 }
 
 #[cfg(test)]
@@ -678,6 +720,21 @@ mod tests {
     }
 
     #[test]
+    fn real_kvm_is_named_by_its_module() {
+        let machine = Machine::complete();
+        let (status, message) = machine.status("hardware virtualization");
+        assert_eq!(status, CheckStatus::Pass);
+        assert!(!message.contains("real KVM"), "no module loaded: {message}");
+        std::fs::create_dir_all(machine.root().join("sys/module/kvm_intel")).unwrap();
+        let (status, message) = machine.status("hardware virtualization");
+        assert_eq!(status, CheckStatus::Pass);
+        assert!(
+            message.contains("real KVM (kvm_intel), not PVM"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn unusable_kvm_and_pvm_are_explained() {
         let machine = Machine::complete();
         std::fs::set_permissions(
@@ -756,12 +813,25 @@ mod tests {
         let config = Config {
             bridge: "banger1".into(),
             guest_ip_pool: "10.219.0.0/24".into(),
+            guest_ip_pool_explicit: true,
             ..Config::default()
         };
         let routes = "default via 10.0.0.1 dev eth0\n10.219.0.0/24 dev banger0 proto kernel scope link src 10.219.0.1\n";
         let check = pool_check(&config, &ip(None, routes));
         assert_eq!(check.status, CheckStatus::Fail, "{}", check.message());
         assert!(check.message().contains("banger0"), "{}", check.message());
+        // The same pool by default gives way, and doctor says to which.
+        let defaulted = Config {
+            guest_ip_pool_explicit: false,
+            ..config.clone()
+        };
+        let check = pool_check(&defaulted, &ip(None, routes));
+        assert_eq!(check.status, CheckStatus::Pass, "{}", check.message());
+        assert!(
+            check.message().contains("the daemon uses 10.219.1.0/24"),
+            "{}",
+            check.message()
+        );
         let own = Config {
             bridge: "banger0".into(),
             ..config

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -180,7 +181,14 @@ pub struct IpTablesNetwork {
     /// only its own rules and uses only its own bridge.
     owner: String,
     bridge: String,
+    /// `net.bridge.bridge-nf-call-iptables`: when it reads 1 (br_netfilter
+    /// is loaded, as Docker does), frames between two guests on the bridge
+    /// go through the FORWARD chain, and Docker's DROP policy stops them.
+    bridge_netfilter: PathBuf,
 }
+
+/// Where the kernel says whether bridged frames pass iptables.
+pub const BRIDGE_NETFILTER: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 impl IpTablesNetwork {
     /// `sudo` prefixes every command with `sudo -n` (when not root).
@@ -190,7 +198,44 @@ impl IpTablesNetwork {
             sudo,
             owner: "default".into(),
             bridge: BRIDGE.into(),
+            bridge_netfilter: PathBuf::from(BRIDGE_NETFILTER),
         }
+    }
+
+    /// Reads the bridge-netfilter switch from `path` instead (tests).
+    pub fn with_bridge_netfilter(mut self, path: &Path) -> Self {
+        self.bridge_netfilter = path.to_owned();
+        self
+    }
+
+    /// Lets guests on the bridge reach each other when bridged frames pass
+    /// iptables. The rule is the bridge's, not a VM's: its comment
+    /// (`banger-bridge:<owner>`) is outside the per-VM `banger:` marker, so
+    /// NAT pruning never touches it.
+    fn allow_guest_to_guest(&self) -> Result<()> {
+        let on =
+            std::fs::read_to_string(&self.bridge_netfilter).is_ok_and(|value| value.trim() == "1");
+        if !on {
+            return Ok(());
+        }
+        self.ensure_chain("filter", FORWARD_CHAIN, "FORWARD")?;
+        let comment = format!("banger-bridge:{}", self.owner);
+        let rule: Vec<String> = [
+            "-i",
+            &self.bridge,
+            "-o",
+            &self.bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "ACCEPT",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        self.ensure_rule("filter", FORWARD_CHAIN, &rule)
     }
 
     /// Puts this daemon's TAPs on `bridge` instead of `banger0`.
@@ -408,7 +453,7 @@ impl HostNetwork for IpTablesNetwork {
             self.run("ip", &["addr", "replace", &address, "dev", bridge])?;
         }
         self.run("ip", &["link", "set", "dev", bridge, "up"])?;
-        Ok(())
+        self.allow_guest_to_guest()
     }
 
     fn create_tap(&self, name: &str, uid: u32) -> Result<()> {
@@ -701,6 +746,68 @@ pub fn check_pool_against_routes(pool: &Pool, routes: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The pool a daemon uses, and why when it is not the configured one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolChoice {
+    pub pool: Pool,
+    /// Set when the default pool was taken: which route took it.
+    pub moved_because: Option<String>,
+}
+
+impl PoolChoice {
+    /// One line for logs, `daemon status` and doctor.
+    pub fn describe(&self, default: &Pool) -> String {
+        match &self.moved_because {
+            None => format!("{}", self.pool),
+            Some(route) => format!(
+                "{} (the default {default} overlaps the host route {route}; set guest_ip_pool in config.toml to choose)",
+                self.pool
+            ),
+        }
+    }
+}
+
+/// The pool for this daemon. An explicit `guest_ip_pool` is kept as it is
+/// and refused when it overlaps a route. The default gives way: when a
+/// route covers it (banger inside a banger VM, whose own eth0 is in the
+/// default pool) the next /24 clear of every route is used. `routes` are
+/// the host's routes except those of this daemon's bridge, so a restart
+/// picks the same pool.
+pub fn choose_pool(configured: &Pool, explicit: bool, routes: &[String]) -> Result<PoolChoice> {
+    let conflict = match check_pool_against_routes(configured, routes) {
+        Ok(()) => {
+            return Ok(PoolChoice {
+                pool: *configured,
+                moved_because: None,
+            });
+        }
+        Err(e) if explicit => return Err(e),
+        Err(NetError::Conflict { route, .. }) => route,
+        Err(e) => return Err(e),
+    };
+    let step = 1u32 << (32 - configured.prefix);
+    let candidates = (1..256u32).map_while(|n| {
+        let network = u32::from(configured.network).checked_add(n * step)?;
+        // Stay in the same private /16 (10.219.x.0/24 for the default).
+        (network >> 16 == u32::from(configured.network) >> 16).then(|| Pool {
+            network: Ipv4Addr::from(network),
+            prefix: configured.prefix,
+        })
+    });
+    for pool in candidates {
+        if check_pool_against_routes(&pool, routes).is_ok() {
+            return Ok(PoolChoice {
+                pool,
+                moved_because: Some(conflict),
+            });
+        }
+    }
+    Err(NetError::Conflict {
+        pool: configured.to_string(),
+        route: conflict,
+    })
+}
+
 impl Pool {
     /// Like [`Pool::parse`], for routes: any prefix, host bits allowed.
     fn parse_loose(text: &str) -> Result<Self> {
@@ -773,6 +880,37 @@ mod tests {
             err.contains("172.30.0.0/24") && err.contains("docker0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_default_pool_gives_way_and_an_explicit_one_is_refused() {
+        let default = Pool::parse("10.219.0.0/24").unwrap();
+        let clear = ["10.0.0.0/24 dev eth0".to_owned()];
+        let choice = choose_pool(&default, false, &clear).unwrap();
+        assert_eq!((choice.pool, choice.moved_because), (default, None));
+        // banger inside a banger VM: eth0 is in the default pool, and the
+        // next /24 is taken too.
+        let taken = [
+            "default via 10.219.0.1 dev eth0".to_owned(),
+            "10.219.0.0/24 dev eth0 proto kernel scope link src 10.219.0.2".to_owned(),
+            "10.219.1.0/24 dev docker0".to_owned(),
+        ];
+        let choice = choose_pool(&default, false, &taken).unwrap();
+        assert_eq!(choice.pool, Pool::parse("10.219.2.0/24").unwrap());
+        let said = choice.describe(&default);
+        assert!(
+            said.starts_with("10.219.2.0/24 (the default 10.219.0.0/24 overlaps the host route 10.219.0.0/24 dev eth0"),
+            "{said}"
+        );
+        let err = choose_pool(&default, true, &taken).unwrap_err().to_string();
+        assert!(
+            err.contains("10.219.0.0/24 overlaps the host route") && err.contains("guest_ip_pool"),
+            "{err}"
+        );
+        // Nothing free in the /16: the default's conflict is reported.
+        let all = ["10.219.0.0/16 dev eth0".to_owned()];
+        let err = choose_pool(&default, false, &all).unwrap_err().to_string();
+        assert!(err.contains("10.219.0.0/16 dev eth0"), "{err}");
     }
 
     #[test]
@@ -872,6 +1010,37 @@ mod tests {
                 || !(l.contains(" -A ") || l.contains(" -I ") || l.contains(" -N "))),
             "nothing is added: {lines:#?}"
         );
+    }
+
+    #[test]
+    fn guests_reach_each_other_when_bridged_frames_pass_iptables() {
+        let tmp = tempfile::tempdir().unwrap();
+        let switch = tmp.path().join("bridge-nf-call-iptables");
+        let pool = Pool::parse("172.30.0.0/24").unwrap();
+        let rule = "iptables -w -t filter -A BANGER-FORWARD -i banger0 -o banger0 -m comment --comment banger-bridge:t1 -j ACCEPT";
+        for (value, added) in [(None, false), (Some("0\n"), false), (Some("1\n"), true)] {
+            if let Some(value) = value {
+                std::fs::write(&switch, value).unwrap();
+            }
+            let runner = Arc::new(RecordingRunner::new());
+            // The rule check (-C) says "missing".
+            runner.answer("iptables", Some("-C"), 1, "", "");
+            let net = IpTablesNetwork::new(runner.clone(), false)
+                .with_owner("t1")
+                .with_bridge_netfilter(&switch);
+            net.ensure_bridge(&pool).unwrap();
+            let lines = runner.lines();
+            assert_eq!(
+                lines.iter().any(|l| l == rule),
+                added,
+                "{value:?}: {lines:#?}"
+            );
+            assert_eq!(
+                lines.iter().any(|l| l.starts_with("iptables")),
+                added,
+                "iptables is not needed without br_netfilter: {lines:#?}"
+            );
+        }
     }
 
     #[test]

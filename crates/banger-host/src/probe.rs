@@ -130,6 +130,13 @@ impl Probe {
         self.sys.join("module/kvm_pvm").exists()
     }
 
+    /// The loaded KVM vendor module (`kvm_amd`, `kvm_intel`), if any.
+    pub fn kvm_vendor_module(&self) -> Option<&'static str> {
+        ["kvm_amd", "kvm_intel"]
+            .into_iter()
+            .find(|m| self.sys.join("module").join(m).exists())
+    }
+
     pub fn hardware_virtualization(&self) -> bool {
         std::fs::read_to_string(self.proc_dir.join("cpuinfo"))
             .map(|t| {

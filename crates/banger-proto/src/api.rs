@@ -44,6 +44,13 @@ pub struct DaemonStatus {
     /// Why the daemon chose that backend on this host.
     #[serde(default)]
     pub vmm_reason: String,
+    /// The guest IP pool in use (`guest_ip_pool`, or the free one the
+    /// daemon took when the default overlapped a host route).
+    #[serde(default)]
+    pub guest_ip_pool: String,
+    /// Why the pool is not the configured one, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip_pool_reason: Option<String>,
     pub state_dir: PathBuf,
     pub uptime_secs: u64,
     pub vm_count: u64,

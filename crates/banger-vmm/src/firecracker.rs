@@ -16,6 +16,11 @@ use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 pub const API_SOCKET: &str = "firecracker.sock";
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// InstanceStart answers once guest memory is set up and the kernel is
+/// loaded. Under nested virtualization (a banger VM as the KVM host) a
+/// 2 GiB guest took over 5 s for that, measured; 60 s leaves room for
+/// large guests on loaded hosts.
+const INSTANCE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Firecracker {
@@ -193,7 +198,15 @@ impl Vmm for Firecracker {
             let step = configure[failed].0;
             return fail(&mut child, VmmError::Configure { step, source });
         }
-        if let Err(source) = session.call("PUT", start_path, Some(start_body)) {
+        let started = session
+            .set_timeout(INSTANCE_START_TIMEOUT)
+            .map_err(|source| api::ApiError::Io {
+                method: "PUT",
+                path: start_path.clone(),
+                source,
+            })
+            .and_then(|()| session.call("PUT", start_path, Some(start_body)));
+        if let Err(source) = started {
             let step = *start_step;
             return fail(&mut child, VmmError::Configure { step, source });
         }

@@ -91,6 +91,11 @@ impl Session {
         })
     }
 
+    /// How long the next answers may take.
+    pub fn set_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        self.stream.get_ref().set_read_timeout(Some(timeout))
+    }
+
     /// Sends a request, keeping the connection open, and requires a 2xx answer.
     pub fn call(
         &mut self,

@@ -53,6 +53,10 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     Some(why) => println!("dns:        {} (not serving: {why})", status.dns_listen),
                 }
                 println!("vmm:        {} ({})", status.vmm, status.vmm_reason);
+                match &status.guest_ip_pool_reason {
+                    None => println!("ip pool:    {}", status.guest_ip_pool),
+                    Some(why) => println!("ip pool:    {why}"),
+                }
                 println!("state dir:  {}", status.state_dir.display());
                 println!("uptime:     {}", output::duration(status.uptime_secs));
                 println!("vms:        {}", status.vm_count);

@@ -79,6 +79,17 @@ impl Capability for NetworkCapability {
         let ip: Ipv4Addr = ip
             .parse()
             .map_err(|e| Self::fail("reading the recorded guest IP", e))?;
+        if !self.pool.contains(ip) {
+            // The pool changed since the lease (config.toml, or the default
+            // moved off a new host route): the guest would get no route.
+            return Err(CapabilityError::new(
+                "network",
+                format!(
+                    "{} has the guest IP {ip}, outside this daemon's pool {}: set guest_ip_pool back to the pool that holds {ip}, or delete the VM",
+                    vm.name, self.pool
+                ),
+            ));
+        }
         let routes = self
             .net
             .host_routes()

@@ -76,16 +76,33 @@ fn build(
     network: &Arc<impl banger_host::net::HostNetwork + 'static>,
     dns: &crate::capabilities::DnsTable,
 ) -> Arc<Lifecycle> {
-    let deps = crate::Deps {
+    let config = banger_host::Config::default();
+    build_with(paths, store, &config, fake_deps(vmm, disks, network), dns)
+}
+
+fn fake_deps(
+    vmm: &Arc<FakeVmm>,
+    disks: &Arc<FakeDisks>,
+    network: &Arc<impl banger_host::net::HostNetwork + 'static>,
+) -> crate::Deps {
+    crate::Deps {
         backends: vec![vmm.clone()],
         disks: disks.clone(),
         network: network.clone(),
         stop_timeouts: QUICK,
         public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
         vmm_reason: "fake VMM for tests".into(),
-    };
-    let capabilities =
-        crate::pipeline(paths, &banger_host::Config::default(), &deps, dns.clone()).unwrap();
+    }
+}
+
+fn build_with(
+    paths: &Paths,
+    store: &Arc<Store>,
+    config: &banger_host::Config,
+    deps: crate::Deps,
+    dns: &crate::capabilities::DnsTable,
+) -> Arc<Lifecycle> {
+    let capabilities = crate::pipeline(paths, config, &deps, dns.clone()).unwrap();
     Lifecycle::new(
         paths.clone(),
         store.clone(),
@@ -1494,4 +1511,32 @@ fn a_daemon_killed_at_any_step_leaks_no_real_tap_or_rule() {
             .args(["netns", "del", &name])
             .status();
     }
+}
+
+#[test]
+fn a_vm_whose_ip_left_the_pool_is_refused_with_the_fix() {
+    let fx = fixture();
+    let vm = fx.create("moved");
+    fx.lifecycle.stop(&vm.id).unwrap();
+    // The next daemon runs with another pool (the default moved off a new
+    // host route, or config.toml changed).
+    let config = banger_host::Config {
+        guest_ip_pool: "10.219.1.0/24".into(),
+        ..Default::default()
+    };
+    let deps = fake_deps(&fx.vmm, &fx.disks, &fx.network);
+    let moved = build_with(&fx.paths, &fx.store, &config, deps, &fx.dns);
+    let err = format!(
+        "{:#}",
+        anyhow::Error::from(moved.start(&vm.id).unwrap_err())
+    );
+    assert!(
+        err.contains("outside this daemon's pool 10.219.1.0/24")
+            && err.contains("set guest_ip_pool back"),
+        "{err}"
+    );
+    assert_eq!(
+        fx.store.get_vm(&vm.id).unwrap().unwrap().state,
+        VmState::Stopped
+    );
 }
