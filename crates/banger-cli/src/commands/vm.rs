@@ -8,53 +8,13 @@ use banger_proto::{
 use serde_json::Value;
 
 use super::Context;
-use crate::args::{VmCommand, VmTargets};
+use crate::args::{CreateArgs, KillArgs, SetArgs, StartArgs, VmCommand, VmTargets};
 use crate::client::Client;
 use crate::output;
 
 pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
-        VmCommand::Create(args) => {
-            let params = CreateVmParams {
-                name: args.name,
-                image: args.image,
-                vcpu: args.vcpu,
-                memory_mib: args.memory,
-                disk_size: args.disk_size,
-                nat: args.nat,
-                vmm: args.vmm.clone(),
-            };
-            let vm: Vm = ctx.client()?.call(method::VM_CREATE, params)?;
-            if args.output.json {
-                output::print_json(&vm)?;
-            } else {
-                println!(
-                    "created {} ({}): {} on {}, ip {}; connect with `banger vm ssh {}`",
-                    vm.name,
-                    output::short_id(&vm.id),
-                    vm.state,
-                    vm.vmm,
-                    vm.guest_ip.as_deref().unwrap_or("-"),
-                    vm.name
-                );
-            }
-            if !args.output.json && args.vmm.is_none() {
-                // Say why this backend: the daemon chose it for this host.
-                let status: banger_proto::DaemonStatus =
-                    ctx.client()?.call(method::DAEMON_STATUS, Value::Null)?;
-                if status.vmm == vm.vmm {
-                    println!("backend {}: {}", vm.vmm, status.vmm_reason);
-                }
-            }
-            if args.wait.wait {
-                super::wait::until_ssh(
-                    &vm,
-                    std::time::Duration::from_secs(args.wait.wait_timeout),
-                    ctx,
-                )?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        VmCommand::Create(args) => create(args, ctx),
         VmCommand::List(flags) => {
             if flags.json {
                 output::print_raw_json_of(&mut ctx.client()?, method::VM_LIST, Value::Null)?;
@@ -88,50 +48,98 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         VmCommand::Ssh(args) => super::ssh::run(args, ctx),
         VmCommand::Stop(targets) => batch(ctx, method::VM_STOP, targets, "stopped"),
-        VmCommand::Start(args) => {
-            let code = batch(ctx, method::VM_START, args.targets.clone(), "started")?;
-            if args.wait.wait && code == ExitCode::SUCCESS {
-                for name in &args.targets.vms {
-                    let vm: Vm = ctx
-                        .client()?
-                        .call(method::VM_SHOW, VmRef { vm: name.clone() })?;
-                    super::wait::until_ssh(
-                        &vm,
-                        std::time::Duration::from_secs(args.wait.wait_timeout),
-                        ctx,
-                    )?;
-                }
-            }
-            Ok(code)
-        }
+        VmCommand::Start(args) => start(args, ctx),
         VmCommand::Restart(targets) => batch(ctx, method::VM_RESTART, targets, "restarted"),
         VmCommand::Delete(targets) => batch(ctx, method::VM_DELETE, targets, "deleted"),
-        VmCommand::Kill(args) => {
-            let params = KillParams {
-                vms: args.targets.vms.clone(),
-                signal: args.signal.clone(),
-            };
-            let verb = format!("sent {}", args.signal.to_ascii_uppercase());
-            let result: BatchResult = ctx.client()?.call(method::VM_KILL, params)?;
-            report(&result, &verb, args.targets.output.json)
-        }
-        VmCommand::Set(args) => {
-            if !args.changes_anything() {
-                anyhow::bail!(
-                    "nothing to change: give at least one of --memory, --vcpu, --disk-size, --nat, --no-nat"
-                );
-            }
-            let params = SetVmParams {
-                vms: args.targets.vms.clone(),
-                vcpu: args.vcpu,
-                memory_mib: args.memory,
-                disk_size: args.disk_size.clone(),
-                nat: args.nat_change(),
-            };
-            let result: BatchResult = ctx.client()?.call(method::VM_SET, params)?;
-            report(&result, "updated", args.targets.output.json)
+        VmCommand::Kill(args) => kill(args, ctx),
+        VmCommand::Set(args) => set(args, ctx),
+    }
+}
+
+fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let params = CreateVmParams {
+        name: args.name,
+        image: args.image,
+        vcpu: args.vcpu,
+        memory_mib: args.memory,
+        disk_size: args.disk_size,
+        nat: args.nat,
+        vmm: args.vmm.clone(),
+    };
+    let vm: Vm = ctx.client()?.call(method::VM_CREATE, params)?;
+    if args.output.json {
+        output::print_json(&vm)?;
+    } else {
+        println!(
+            "created {} ({}): {} on {}, ip {}; connect with `banger vm ssh {}`",
+            vm.name,
+            output::short_id(&vm.id),
+            vm.state,
+            vm.vmm,
+            vm.guest_ip.as_deref().unwrap_or("-"),
+            vm.name
+        );
+    }
+    if !args.output.json && args.vmm.is_none() {
+        // Say why this backend: the daemon chose it for this host.
+        let status: banger_proto::DaemonStatus =
+            ctx.client()?.call(method::DAEMON_STATUS, Value::Null)?;
+        if status.vmm == vm.vmm {
+            println!("backend {}: {}", vm.vmm, status.vmm_reason);
         }
     }
+    if args.wait.wait {
+        super::wait::until_ssh(
+            &vm,
+            std::time::Duration::from_secs(args.wait.wait_timeout),
+            ctx,
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start(args: StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let code = batch(ctx, method::VM_START, args.targets.clone(), "started")?;
+    if args.wait.wait && code == ExitCode::SUCCESS {
+        for name in &args.targets.vms {
+            let vm: Vm = ctx
+                .client()?
+                .call(method::VM_SHOW, VmRef { vm: name.clone() })?;
+            super::wait::until_ssh(
+                &vm,
+                std::time::Duration::from_secs(args.wait.wait_timeout),
+                ctx,
+            )?;
+        }
+    }
+    Ok(code)
+}
+
+fn kill(args: KillArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let params = KillParams {
+        vms: args.targets.vms.clone(),
+        signal: args.signal.clone(),
+    };
+    let verb = format!("sent {}", args.signal.to_ascii_uppercase());
+    let result: BatchResult = ctx.client()?.call(method::VM_KILL, params)?;
+    report(&result, &verb, args.targets.output.json)
+}
+
+fn set(args: SetArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    if !args.changes_anything() {
+        anyhow::bail!(
+            "nothing to change: give at least one of --memory, --vcpu, --disk-size, --nat, --no-nat"
+        );
+    }
+    let params = SetVmParams {
+        vms: args.targets.vms.clone(),
+        vcpu: args.vcpu,
+        memory_mib: args.memory,
+        disk_size: args.disk_size.clone(),
+        nat: args.nat_change(),
+    };
+    let result: BatchResult = ctx.client()?.call(method::VM_SET, params)?;
+    report(&result, "updated", args.targets.output.json)
 }
 
 fn batch(ctx: &Context, method: &str, targets: VmTargets, verb: &str) -> anyhow::Result<ExitCode> {

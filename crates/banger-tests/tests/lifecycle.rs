@@ -284,7 +284,7 @@ fn twenty_vms_created_stopped_and_deleted_in_batches() {
         .iter()
         .map(|name| {
             world
-                .command(support::BANGER)
+                .command(&*support::BANGER)
                 .args(["vm", "create", "--name", name, "--json"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())

@@ -120,7 +120,7 @@ fn second_daemon_is_refused_with_the_holders_pid() {
     let world = World::new();
     world.ok(&["vm", "list"]);
     let pid = world.daemon_pid().unwrap();
-    let out = world.command(BANGERD).output().unwrap();
+    let out = world.command(&*BANGERD).output().unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -259,7 +259,7 @@ fn concurrent_first_commands_share_one_daemon() {
     let children: Vec<_> = (0..6)
         .map(|_| {
             world
-                .command(support::BANGER)
+                .command(&*support::BANGER)
                 .args(["vm", "list"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -468,7 +468,7 @@ fn version_and_completions() {
     assert!(fish.contains("-l wait-timeout") && fish.contains("-a \"create\""));
     // A reader that goes away (`| head`) is no crash.
     let mut child = world
-        .command(support::BANGER)
+        .command(&*support::BANGER)
         .args(["completions", "bash"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -499,7 +499,7 @@ fn doctor_reports_json_and_fails_without_a_bundle() {
     let missing = world.home().join("no-bundle");
     let doctor = |args: &[&str]| {
         world
-            .command(support::BANGER)
+            .command(&*support::BANGER)
             .env("BANGER_RUNTIME_DIR", &missing)
             .args(args)
             .output()

@@ -10,8 +10,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
-pub const BANGERD: &str = env!("CARGO_BIN_EXE_bangerd");
+/// The workspace's `banger` and `bangerd`, beside this test's `deps/` dir
+/// (cargo sets `CARGO_BIN_EXE_*` only for a package's own binaries).
+pub static BANGER: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| binary("banger"));
+pub static BANGERD: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| binary("bangerd"));
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("the test binary sits in target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` before these tests (make unit does)",
+        path.display()
+    );
+    path
+}
 
 #[derive(Debug)]
 pub struct World {
@@ -64,7 +81,7 @@ impl World {
     }
 
     /// A command with this world's environment and nothing of the caller's.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         command
             .env_clear()
@@ -75,7 +92,7 @@ impl World {
     }
 
     pub fn banger(&self, args: &[&str]) -> Output {
-        self.command(BANGER).args(args).output().unwrap()
+        self.command(&*BANGER).args(args).output().unwrap()
     }
 
     /// Runs banger and asserts success, returning stdout.

@@ -32,7 +32,7 @@ fn ssh(world: &World, bin: &Path, exit: i32, args: &[&str]) -> std::process::Out
         std::env::var("PATH").unwrap_or_default()
     );
     world
-        .command(BANGER)
+        .command(&*BANGER)
         .env("PATH", path)
         .env("FAKE_SSH_EXIT", exit.to_string())
         .args(["vm", "ssh"])
