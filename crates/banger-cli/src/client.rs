@@ -10,9 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_host::Paths;
-use banger_proto::{MAX_MESSAGE_BYTES, Request, Response, RpcError};
+use banger_proto::{MAX_MESSAGE_BYTES, Method, Request, Response, RpcError};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// How long the CLI waits for a freshly started daemon to answer.
@@ -102,8 +101,8 @@ impl Client {
     }
 
     /// The result's JSON text as the daemon wrote it.
-    pub fn call_raw(&mut self, method: &str, params: impl Serialize) -> Result<String> {
-        let id = self.send(method, params)?;
+    pub fn call_raw<M: Method>(&mut self, params: M::Params) -> Result<String> {
+        let id = self.send(M::NAME, params)?;
         let mut line = Vec::new();
         self.read_line_into(&mut line)?;
         self.result_of(&line, id)
@@ -151,13 +150,12 @@ impl Client {
     /// Like [`Client::call_raw`], but a successful result is copied to `out`
     /// as it arrives, never held whole: `vm list --json` with a thousand
     /// VMs costs one 64 KiB buffer instead of three copies of the list.
-    pub fn call_raw_to(
+    pub fn call_raw_to<M: Method>(
         &mut self,
-        method: &str,
-        params: impl Serialize,
+        params: M::Params,
         out: &mut impl Write,
     ) -> Result<()> {
-        let id = self.send(method, params)?;
+        let id = self.send(M::NAME, params)?;
         let prefix = Response::success_prefix(id);
         let mut head = Vec::new();
         while head.len() < prefix.len() && !head.contains(&b'\n') {
@@ -182,8 +180,9 @@ impl Client {
         out.write_all(raw.as_bytes()).map_err(ClientError::Io)
     }
 
-    pub fn call<T: DeserializeOwned>(&mut self, method: &str, params: impl Serialize) -> Result<T> {
-        let raw = self.call_raw(method, params)?;
+    /// Calls a method declared in `banger_proto::method`, with its params, for its answer.
+    pub fn call<M: Method>(&mut self, params: M::Params) -> Result<M::Result> {
+        let raw = self.call_raw::<M>(params)?;
         serde_json::from_str(&raw).map_err(ClientError::Decode)
     }
 }

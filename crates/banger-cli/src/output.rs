@@ -33,17 +33,16 @@ pub fn print_raw_json(raw: &str) -> anyhow::Result<()> {
 
 /// A method's result as the daemon wrote it, streamed to a pipe, or
 /// pretty-printed for a terminal.
-pub fn print_raw_json_of(
+pub fn print_raw_json_of<M: banger_proto::Method>(
     client: &mut crate::client::Client,
-    method: &str,
-    params: impl Serialize,
+    params: M::Params,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
-        return print_raw_json(&client.call_raw(method, params)?);
+        return print_raw_json(&client.call_raw::<M>(params)?);
     }
     let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
-    client.call_raw_to(method, params, &mut out)?;
+    client.call_raw_to::<M>(params, &mut out)?;
     writeln!(out)?;
     out.flush()?;
     Ok(())

@@ -6,11 +6,9 @@ use std::time::Instant;
 use banger_host::{Config, Paths};
 use banger_proto::api::method;
 use banger_proto::{
-    BatchItem, BatchResult, CreateVmParams, DaemonStatus, ErrorKind, Image, ImageRef, KillParams,
-    RpcError, SetVmParams, Vm, VmRef, VmRefs, VmSummary, validate,
+    BatchItem, BatchResult, DaemonStatus, ErrorKind, Image, ImageRef, KillParams, Method, RpcError,
+    Stopping, Vm, VmRef, VmRefs, VmSummary, validate,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use thiserror::Error;
@@ -29,9 +27,14 @@ pub mod vm_files {
     pub const CONFIG_DRIVE: &str = "config.tar";
 }
 
+fn known_methods() -> String {
+    let names: Vec<&str> = method::Name::ALL.iter().map(|m| m.as_str()).collect();
+    names.join(", ")
+}
+
 #[derive(Debug, Error)]
 pub enum ApiError {
-    #[error("unknown method {0:?}: this bangerd speaks {known}", known = KNOWN_METHODS.join(", "))]
+    #[error("unknown method {0:?}: this bangerd speaks {known}", known = known_methods())]
     UnknownMethod(String),
     #[error("invalid parameters for {method}")]
     Params {
@@ -75,27 +78,6 @@ impl From<LifecycleError> for RpcError {
         RpcError::from_chain(err.kind(), &err)
     }
 }
-
-const KNOWN_METHODS: &[&str] = &[
-    method::DAEMON_STATUS,
-    method::DAEMON_STOP,
-    method::VM_CREATE,
-    method::VM_LIST,
-    method::VM_SHOW,
-    method::VM_STATS,
-    method::VM_START,
-    method::VM_STOP,
-    method::VM_RESTART,
-    method::VM_KILL,
-    method::VM_DELETE,
-    method::VM_SET,
-    method::VM_PING,
-    method::IMAGE_LIST,
-    method::IMAGE_SHOW,
-    method::IMAGE_BUILD,
-    method::IMAGE_DELETE,
-    method::DOCTOR,
-];
 
 #[derive(Debug)]
 pub struct Daemon {
@@ -162,109 +144,113 @@ impl Daemon {
         result
     }
 
+    /// Dispatches on [`method::Name`]: a method declared in `banger-proto`
+    /// without an arm here does not compile. Each arm decodes the params and
+    /// encodes the answer through the method's declared types.
     async fn route(self: &Arc<Self>, name: &str, params: Value) -> Result<Box<RawValue>, RpcError> {
-        let store = self.lifecycle.store();
-        match name {
-            method::DAEMON_STATUS => reply(self.status()?),
-            method::DAEMON_STOP => {
+        use method::Name;
+        let Some(method) = Name::parse(name) else {
+            return Err(ApiError::UnknownMethod(name.to_owned()).into());
+        };
+        match method {
+            Name::DaemonStatus => answer::<method::DaemonStatus>(self.status()?),
+            Name::DaemonStop => {
                 tracing::info!("shutdown requested over RPC");
                 self.request_shutdown();
-                reply(serde_json::json!({ "stopping": true }))
+                answer::<method::DaemonStop>(Stopping { stopping: true })
             }
-            method::VM_LIST => self.vm_list(),
-            method::VM_SHOW => {
-                let VmRef { vm } = parse(name, params)?;
-                reply(self.vm_view(&self.lifecycle.resolve(&vm)?))
+            Name::VmList => self.vm_list(),
+            Name::VmShow => {
+                let VmRef { vm } = params_of::<method::VmShow>(params)?;
+                answer::<method::VmShow>(self.vm_view(&self.lifecycle.resolve(&vm)?))
             }
-            method::VM_STATS => {
-                let VmRef { vm } = parse(name, params)?;
+            Name::VmStats => {
+                let VmRef { vm } = params_of::<method::VmStats>(params)?;
                 let stats = self
-                    .blocking("vm.stats", move |lc| {
-                        let record = lc.resolve(&vm)?;
-                        lc.stats(&record.id)
-                    })
+                    .blocking("vm.stats", move |lc| lc.stats(&lc.resolve(&vm)?.id))
                     .await?;
-                reply(stats)
+                answer::<method::VmStats>(stats)
             }
-            method::VM_CREATE => {
-                let params: CreateVmParams = parse(name, params)?;
+            Name::VmCreate => {
+                let params = params_of::<method::VmCreate>(params)?;
                 let record = self
                     .blocking("vm.create", move |lc| lc.create(&params))
                     .await?;
-                reply(self.vm_view(&record))
+                answer::<method::VmCreate>(self.vm_view(&record))
             }
-            method::VM_START => {
-                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.start(id))
+            Name::VmStart => {
+                self.batch::<method::VmStart>(params, |lc, id| lc.start(id))
                     .await
             }
-            method::VM_STOP => {
-                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.stop(id))
+            Name::VmStop => {
+                self.batch::<method::VmStop>(params, |lc, id| lc.stop(id))
                     .await
             }
-            method::VM_RESTART => {
-                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.restart(id))
+            Name::VmRestart => {
+                self.batch::<method::VmRestart>(params, |lc, id| lc.restart(id))
                     .await
             }
-            method::VM_DELETE => {
-                self.batch(parse::<VmRefs>(name, params)?.vms, |lc, id| lc.delete(id))
+            Name::VmDelete => {
+                self.batch::<method::VmDelete>(params, |lc, id| lc.delete(id))
                     .await
             }
-            method::VM_KILL => {
-                let KillParams { vms, signal } = parse(name, params)?;
+            Name::VmKill => {
+                let KillParams { vms, signal } = params_of::<method::VmKill>(params)?;
                 let signal = validate::signal(&signal).map_err(LifecycleError::from)?;
-                self.batch(vms, move |lc, id| lc.kill(id, signal)).await
+                self.batch_refs::<method::VmKill>(vms, move |lc, id| lc.kill(id, signal))
+                    .await
             }
-            method::VM_SET => {
-                let params: SetVmParams = parse(name, params)?;
+            Name::VmSet => {
+                let params = params_of::<method::VmSet>(params)?;
                 let refs = params.vms.clone();
                 let params = Arc::new(params);
-                self.batch(refs, move |lc, id| lc.set(id, &params)).await
+                self.batch_refs::<method::VmSet>(refs, move |lc, id| lc.set(id, &params))
+                    .await
             }
-            method::IMAGE_LIST => reply(store.list_images().map_err(ApiError::from)?),
-            method::IMAGE_SHOW => {
-                let ImageRef { image } = parse(name, params)?;
-                reply(self.image(&image)?)
-            }
-            method::VM_PING => {
-                let VmRef { vm } = parse(name, params)?;
-                let result = self
-                    .blocking("vm.ping", move |lc| {
-                        let record = lc.resolve(&vm)?;
-                        lc.ping(&record.id)
-                    })
+            Name::VmPing => {
+                let VmRef { vm } = params_of::<method::VmPing>(params)?;
+                let pong = self
+                    .blocking("vm.ping", move |lc| lc.ping(&lc.resolve(&vm)?.id))
                     .await?;
-                reply(result)
+                answer::<method::VmPing>(pong)
             }
-            method::DOCTOR => {
-                let config = self.config.clone();
-                let tag = self.paths.instance_tag();
-                // This daemon serves DNS on its configured address unless it could not bind.
-                let own_dns = self.dns_error.is_none().then_some(config.dns_listen);
-                let checks = tokio::task::spawn_blocking(move || {
-                    let probe = banger_host::probe::Probe::host();
-                    let exe = std::env::current_exe().unwrap_or_default();
-                    banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
-                        probe: &probe,
-                        config: &config,
-                        exe: &exe,
-                        daemon_dns: own_dns,
-                        instance_tag: &tag,
-                        ip: &banger_host::doctor::IpOutput,
-                    })
-                })
-                .await
-                .map_err(|_| ApiError::Worker("doctor"))?;
-                reply(checks)
+            Name::ImageList => answer::<method::ImageList>(
+                self.lifecycle
+                    .store()
+                    .list_images()
+                    .map_err(ApiError::from)?,
+            ),
+            Name::ImageShow => {
+                let ImageRef { image } = params_of::<method::ImageShow>(params)?;
+                answer::<method::ImageShow>(self.image(&image)?)
             }
-            method::IMAGE_BUILD | method::IMAGE_DELETE => {
-                let known = KNOWN_METHODS
-                    .iter()
-                    .find(|m| **m == name)
-                    .expect("listed above");
-                Err(ApiError::NotImplemented(known).into())
+            Name::Doctor => answer::<method::Doctor>(self.doctor().await?),
+            Name::ImageBuild | Name::ImageDelete => {
+                Err(ApiError::NotImplemented(method.as_str()).into())
             }
-            other => Err(ApiError::UnknownMethod(other.to_owned()).into()),
         }
+    }
+
+    /// `banger doctor`'s checks, run here so they see what the daemon sees.
+    async fn doctor(&self) -> Result<Vec<banger_proto::check::Check>, ApiError> {
+        let config = self.config.clone();
+        let tag = self.paths.instance_tag();
+        // This daemon serves DNS on its configured address unless it could not bind.
+        let own_dns = self.dns_error.is_none().then_some(config.dns_listen);
+        tokio::task::spawn_blocking(move || {
+            let probe = banger_host::probe::Probe::host();
+            let exe = std::env::current_exe().unwrap_or_default();
+            banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
+                probe: &probe,
+                config: &config,
+                exe: &exe,
+                daemon_dns: own_dns,
+                instance_tag: &tag,
+                ip: &banger_host::doctor::IpOutput,
+            })
+        })
+        .await
+        .map_err(|_| ApiError::Worker("doctor"))
     }
 
     /// Runs a lifecycle action on the blocking pool.
@@ -280,14 +266,27 @@ impl Daemon {
         }
     }
 
-    /// Runs `action` on every ref concurrently; one item per ref, in order.
-    async fn batch<F>(
+    /// A batch method whose params are the refs (start, stop, restart, delete).
+    async fn batch<M>(
         self: &Arc<Self>,
-        refs: Vec<String>,
-        action: F,
+        params: Value,
+        action: impl Fn(&Arc<Lifecycle>, &str) -> lifecycle::Result<VmRecord> + Send + Sync + 'static,
     ) -> Result<Box<RawValue>, RpcError>
     where
-        F: Fn(&Arc<Lifecycle>, &str) -> lifecycle::Result<VmRecord> + Send + Sync + 'static,
+        M: Method<Params = VmRefs, Result = BatchResult>,
+    {
+        let VmRefs { vms } = params_of::<M>(params)?;
+        self.batch_refs::<M>(vms, action).await
+    }
+
+    /// Runs `action` on every ref concurrently; one item per ref, in order.
+    async fn batch_refs<M>(
+        self: &Arc<Self>,
+        refs: Vec<String>,
+        action: impl Fn(&Arc<Lifecycle>, &str) -> lifecycle::Result<VmRecord> + Send + Sync + 'static,
+    ) -> Result<Box<RawValue>, RpcError>
+    where
+        M: Method<Result = BatchResult>,
     {
         let action = Arc::new(action);
         let tasks: Vec<_> = refs
@@ -324,7 +323,7 @@ impl Daemon {
             };
             items.push(item);
         }
-        reply(BatchResult { items })
+        answer::<M>(BatchResult { items })
     }
 
     fn status(&self) -> Result<DaemonStatus, ApiError> {
@@ -369,7 +368,7 @@ impl Daemon {
             .iter()
             .map(vm_summary)
             .collect();
-        let answer = reply(vms)?;
+        let answer = answer::<method::VmList>(vms)?;
         *cached = Some((generation, answer.clone()));
         Ok(answer)
     }
@@ -404,9 +403,10 @@ impl Daemon {
     }
 }
 
-fn parse<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ApiError> {
+/// The params of method `M`, decoded as it declares them.
+fn params_of<M: Method>(params: Value) -> Result<M::Params, ApiError> {
     serde_json::from_value(params).map_err(|source| ApiError::Params {
-        method: method.to_owned(),
+        method: M::NAME.to_owned(),
         source,
     })
 }
@@ -429,7 +429,8 @@ fn vm_summary(record: &VmRecord) -> VmSummary {
     }
 }
 
-fn reply<T: Serialize>(value: T) -> Result<Box<RawValue>, RpcError> {
+/// Method `M`'s answer, encoded: only the type `M` declares is accepted.
+fn answer<M: Method>(value: M::Result) -> Result<Box<RawValue>, RpcError> {
     serde_json::value::to_raw_value(&value)
         .map_err(|e| RpcError::new(ErrorKind::Internal, format!("encoding the result: {e}")))
 }

@@ -2,30 +2,91 @@
 
 use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::rpc::RpcError;
 
-/// Every method bangerd answers. The CLI and the daemon share these names.
+/// One RPC method, declared once: its wire name, the params it takes and
+/// the answer it gives. The CLI can call only a declared method
+/// (`Client::call::<M>`), and the daemon's dispatch matches on
+/// [`method::Name`], so a method cannot exist on one side only.
+pub trait Method {
+    const NAME: &'static str;
+    type Params: Serialize + DeserializeOwned + Send + 'static;
+    type Result: Serialize + DeserializeOwned;
+}
+
+/// Declares each method's type, its `Method` impl, and the `Name` enum.
+macro_rules! methods {
+    ($($(#[$doc:meta])* $ty:ident = $name:literal : $params:ty => $result:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $ty;
+            impl Method for $ty {
+                const NAME: &'static str = $name;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+        /// Every method by name: a `match` over it is checked to be complete.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Name {
+            $($ty,)*
+        }
+        impl Name {
+            pub const ALL: &'static [Name] = &[$(Name::$ty,)*];
+
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$ty),)*
+                    _ => None,
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$ty => $name,)*
+                }
+            }
+        }
+    };
+}
+
+/// Every method bangerd answers, with its params and answer types.
 pub mod method {
-    pub const DAEMON_STATUS: &str = "daemon.status";
-    pub const DAEMON_STOP: &str = "daemon.stop";
-    pub const VM_CREATE: &str = "vm.create";
-    pub const VM_LIST: &str = "vm.list";
-    pub const VM_SHOW: &str = "vm.show";
-    pub const VM_STATS: &str = "vm.stats";
-    pub const VM_START: &str = "vm.start";
-    pub const VM_STOP: &str = "vm.stop";
-    pub const VM_RESTART: &str = "vm.restart";
-    pub const VM_KILL: &str = "vm.kill";
-    pub const VM_DELETE: &str = "vm.delete";
-    pub const VM_SET: &str = "vm.set";
-    pub const VM_PING: &str = "vm.ping";
-    pub const IMAGE_LIST: &str = "image.list";
-    pub const IMAGE_SHOW: &str = "image.show";
-    pub const IMAGE_BUILD: &str = "image.build";
-    pub const IMAGE_DELETE: &str = "image.delete";
-    pub const DOCTOR: &str = "doctor";
+    use super::*;
+    use crate::check::Check;
+
+    methods! {
+        DaemonStatus = "daemon.status": () => super::DaemonStatus;
+        /// Ends the daemon; running VMs keep running.
+        DaemonStop = "daemon.stop": () => Stopping;
+        VmCreate = "vm.create": CreateVmParams => Vm;
+        /// The summaries, answered from a cache until a VM changes.
+        VmList = "vm.list": () => Vec<VmSummary>;
+        VmShow = "vm.show": VmRef => Vm;
+        VmStats = "vm.stats": VmRef => super::VmStats;
+        VmStart = "vm.start": VmRefs => BatchResult;
+        VmStop = "vm.stop": VmRefs => BatchResult;
+        VmRestart = "vm.restart": VmRefs => BatchResult;
+        VmKill = "vm.kill": KillParams => BatchResult;
+        VmDelete = "vm.delete": VmRefs => BatchResult;
+        VmSet = "vm.set": SetVmParams => BatchResult;
+        VmPing = "vm.ping": VmRef => PingResult;
+        ImageList = "image.list": () => Vec<super::Image>;
+        ImageShow = "image.show": ImageRef => Image;
+        ImageBuild = "image.build": BuildImageParams => Image;
+        ImageDelete = "image.delete": ImageRef => Image;
+        Doctor = "doctor": () => Vec<Check>;
+    }
+}
+
+/// `daemon.stop`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stopping {
+    pub stopping: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,17 +119,20 @@ pub struct DaemonStatus {
 
 /// One VM named by a ref: its name or a unique prefix of its ID.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct VmRef {
     pub vm: String,
 }
 
 /// Several VMs, each named by a ref; the daemon acts on them concurrently.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct VmRefs {
     pub vms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct KillParams {
     pub vms: Vec<String>,
     /// A signal name (`TERM`, `SIGKILL`) or number (`9`).
@@ -76,6 +140,7 @@ pub struct KillParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct CreateVmParams {
     pub name: Option<String>,
     pub image: Option<String>,
@@ -91,6 +156,7 @@ pub struct CreateVmParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct SetVmParams {
     pub vms: Vec<String>,
     pub vcpu: Option<u32>,
@@ -263,13 +329,40 @@ pub struct Image {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct ImageRef {
     pub image: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct BuildImageParams {
     pub name: String,
     pub docker: bool,
     pub base_rootfs: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method::Name;
+    use super::*;
+
+    #[test]
+    fn every_method_is_named_once_and_parses_back() {
+        let mut seen = std::collections::HashSet::new();
+        for name in Name::ALL {
+            assert!(seen.insert(name.as_str()), "{} twice", name.as_str());
+            assert_eq!(Name::parse(name.as_str()), Some(*name));
+        }
+        assert_eq!(Name::parse("vm.explode"), None);
+        assert_eq!(method::VmCreate::NAME, "vm.create");
+    }
+
+    #[test]
+    fn params_refuse_unknown_fields() {
+        let err = serde_json::from_str::<CreateVmParams>(r#"{"name":"a","memroy_mib":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memroy_mib"), "{err}");
+    }
 }

@@ -187,6 +187,15 @@ fn bad_requests_get_errors_and_the_daemon_keeps_serving() {
     let reply = client.call("vm.show", json!({"vm": "nope"}));
     assert_eq!(reply["error"]["data"]["kind"], "not_found", "{reply}");
 
+    // A misspelt field is refused, not ignored: the typo would do nothing.
+    let reply = client.call("vm.create", json!({"name": "x", "memroy_mib": 512}));
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    let said = reply["error"].to_string();
+    assert!(
+        said.contains("vm.create") && said.contains("memroy_mib"),
+        "{reply}"
+    );
+
     let mut huge = vec![b'x'; banger_proto::MAX_MESSAGE_BYTES + 10];
     huge.push(b'\n');
     let reply = client.send_raw(&huge);

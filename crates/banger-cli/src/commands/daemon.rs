@@ -20,7 +20,7 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         DaemonCommand::Status(flags) => {
             let status: DaemonStatus = match Client::connect(&ctx.paths.socket) {
-                Ok(mut client) => client.call(method::DAEMON_STATUS, Value::Null)?,
+                Ok(mut client) => client.call::<method::DaemonStatus>(())?,
                 Err(ClientError::NotRunning(socket)) => {
                     if flags.json {
                         output::print_json(&serde_json::json!({
@@ -66,8 +66,8 @@ pub fn run(command: DaemonCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         DaemonCommand::Stop => {
             match Client::connect(&ctx.paths.socket) {
                 Ok(mut client) => {
-                    let status: DaemonStatus = client.call(method::DAEMON_STATUS, Value::Null)?;
-                    let _: Value = client.call(method::DAEMON_STOP, Value::Null)?;
+                    let status: DaemonStatus = client.call::<method::DaemonStatus>(())?;
+                    client.call::<method::DaemonStop>(())?;
                     wait_for_exit(status.pid, &ctx.paths.pid_file)?;
                     println!(
                         "bangerd (pid {}) stopped; running VMs keep running.",

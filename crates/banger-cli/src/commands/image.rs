@@ -2,7 +2,6 @@ use std::process::ExitCode;
 
 use banger_proto::api::method;
 use banger_proto::{BuildImageParams, Image, ImageRef};
-use serde_json::Value;
 
 use super::Context;
 use crate::args::ImageCommand;
@@ -12,7 +11,7 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     let mut client = ctx.client()?;
     match command {
         ImageCommand::List(flags) => {
-            let images: Vec<Image> = client.call(method::IMAGE_LIST, Value::Null)?;
+            let images: Vec<Image> = client.call::<method::ImageList>(())?;
             if flags.json {
                 output::print_json(&images)?;
             } else {
@@ -20,12 +19,9 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
         }
         ImageCommand::Show(target) => {
-            let image: Image = client.call(
-                method::IMAGE_SHOW,
-                ImageRef {
-                    image: target.image,
-                },
-            )?;
+            let image: Image = client.call::<method::ImageShow>(ImageRef {
+                image: target.image,
+            })?;
             if target.output.json {
                 output::print_json(&image)?;
             } else {
@@ -52,7 +48,7 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 docker: args.docker,
                 base_rootfs: args.base_rootfs,
             };
-            let image: Image = client.call(method::IMAGE_BUILD, params)?;
+            let image: Image = client.call::<method::ImageBuild>(params)?;
             if args.output.json {
                 output::print_json(&image)?;
             } else {
@@ -60,12 +56,9 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
         }
         ImageCommand::Delete(target) => {
-            let _: Value = client.call(
-                method::IMAGE_DELETE,
-                ImageRef {
-                    image: target.image.clone(),
-                },
-            )?;
+            client.call::<method::ImageDelete>(ImageRef {
+                image: target.image.clone(),
+            })?;
             println!("deleted image {}", target.image);
         }
     }

@@ -68,14 +68,7 @@ fn doctor(json: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
     // anything else is not ours.
     let daemon_dns = crate::client::Client::connect(&ctx.paths.socket)
         .ok()
-        .and_then(|mut client| {
-            client
-                .call::<banger_proto::DaemonStatus>(
-                    banger_proto::method::DAEMON_STATUS,
-                    serde_json::Value::Null,
-                )
-                .ok()
-        })
+        .and_then(|mut client| client.call::<banger_proto::method::DaemonStatus>(()).ok())
         .and_then(|status| status.dns_listen.parse().ok());
     let checks = banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
         probe: &probe,

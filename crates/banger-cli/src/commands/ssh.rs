@@ -41,12 +41,9 @@ pub fn ssh_key(ctx: &Context) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let vm: Vm = ctx.client()?.call(
-        method::VM_SHOW,
-        VmRef {
-            vm: args.vm.clone(),
-        },
-    )?;
+    let vm: Vm = ctx.client()?.call::<method::VmShow>(VmRef {
+        vm: args.vm.clone(),
+    })?;
     anyhow::ensure!(
         vm.state == VmState::Running,
         "{} is {}: start it with `banger vm start {}`",
@@ -95,12 +92,9 @@ pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 /// Never stays silent about a running VM.
 fn remind(ctx: &Context, name: &str) {
     let answer = ctx.client().and_then(|mut c| {
-        Ok(c.call::<PingResult>(
-            method::VM_PING,
-            VmRef {
-                vm: name.to_owned(),
-            },
-        )?)
+        Ok(c.call::<method::VmPing>(VmRef {
+            vm: name.to_owned(),
+        })?)
     });
     eprintln!(
         "{}",

@@ -1,11 +1,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use banger_proto::Method;
 use banger_proto::api::method;
 use banger_proto::{
     BatchResult, CreateVmParams, KillParams, SetVmParams, Vm, VmRef, VmRefs, VmStats, VmSummary,
 };
-use serde_json::Value;
 
 use super::Context;
 use crate::args::{CreateArgs, KillArgs, SetArgs, StartArgs, VmCommand, VmTargets};
@@ -17,9 +17,9 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Create(args) => create(args, ctx),
         VmCommand::List(flags) => {
             if flags.json {
-                output::print_raw_json_of(&mut ctx.client()?, method::VM_LIST, Value::Null)?;
+                output::print_raw_json_of::<method::VmList>(&mut ctx.client()?, ())?;
             } else {
-                let vms: Vec<VmSummary> = ctx.client()?.call(method::VM_LIST, Value::Null)?;
+                let vms: Vec<VmSummary> = ctx.client()?.call::<method::VmList>(())?;
                 print!("{}", output::vm_table(&vms, output::now()));
             }
             Ok(ExitCode::SUCCESS)
@@ -27,7 +27,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Show(target) => {
             let vm: Vm = ctx
                 .client()?
-                .call(method::VM_SHOW, VmRef { vm: target.vm })?;
+                .call::<method::VmShow>(VmRef { vm: target.vm })?;
             if target.output.json {
                 output::print_json(&vm)?;
             } else {
@@ -38,7 +38,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Stats(target) => {
             let stats: VmStats = ctx
                 .client()?
-                .call(method::VM_STATS, VmRef { vm: target.vm })?;
+                .call::<method::VmStats>(VmRef { vm: target.vm })?;
             if target.output.json {
                 output::print_json(&stats)?;
             } else {
@@ -47,10 +47,10 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCommand::Ssh(args) => super::ssh::run(args, ctx),
-        VmCommand::Stop(targets) => batch(ctx, method::VM_STOP, targets, "stopped"),
+        VmCommand::Stop(targets) => batch::<method::VmStop>(ctx, targets, "stopped"),
         VmCommand::Start(args) => start(args, ctx),
-        VmCommand::Restart(targets) => batch(ctx, method::VM_RESTART, targets, "restarted"),
-        VmCommand::Delete(targets) => batch(ctx, method::VM_DELETE, targets, "deleted"),
+        VmCommand::Restart(targets) => batch::<method::VmRestart>(ctx, targets, "restarted"),
+        VmCommand::Delete(targets) => batch::<method::VmDelete>(ctx, targets, "deleted"),
         VmCommand::Kill(args) => kill(args, ctx),
         VmCommand::Set(args) => set(args, ctx),
     }
@@ -66,7 +66,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         nat: args.nat,
         vmm: args.vmm.clone(),
     };
-    let vm: Vm = ctx.client()?.call(method::VM_CREATE, params)?;
+    let vm: Vm = ctx.client()?.call::<method::VmCreate>(params)?;
     if args.output.json {
         output::print_json(&vm)?;
     } else {
@@ -82,8 +82,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
     if !args.output.json && args.vmm.is_none() {
         // Say why this backend: the daemon chose it for this host.
-        let status: banger_proto::DaemonStatus =
-            ctx.client()?.call(method::DAEMON_STATUS, Value::Null)?;
+        let status: banger_proto::DaemonStatus = ctx.client()?.call::<method::DaemonStatus>(())?;
         if status.vmm == vm.vmm {
             println!("backend {}: {}", vm.vmm, status.vmm_reason);
         }
@@ -99,12 +98,12 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 }
 
 fn start(args: StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let code = batch(ctx, method::VM_START, args.targets.clone(), "started")?;
+    let code = batch::<method::VmStart>(ctx, args.targets.clone(), "started")?;
     if args.wait.wait && code == ExitCode::SUCCESS {
         for name in &args.targets.vms {
             let vm: Vm = ctx
                 .client()?
-                .call(method::VM_SHOW, VmRef { vm: name.clone() })?;
+                .call::<method::VmShow>(VmRef { vm: name.clone() })?;
             super::wait::until_ssh(
                 &vm,
                 std::time::Duration::from_secs(args.wait.wait_timeout),
@@ -121,7 +120,7 @@ fn kill(args: KillArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         signal: args.signal.clone(),
     };
     let verb = format!("sent {}", args.signal.to_ascii_uppercase());
-    let result: BatchResult = ctx.client()?.call(method::VM_KILL, params)?;
+    let result: BatchResult = ctx.client()?.call::<method::VmKill>(params)?;
     report(&result, &verb, args.targets.output.json)
 }
 
@@ -138,21 +137,26 @@ fn set(args: SetArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         disk_size: args.disk_size.clone(),
         nat: args.nat_change(),
     };
-    let result: BatchResult = ctx.client()?.call(method::VM_SET, params)?;
+    let result: BatchResult = ctx.client()?.call::<method::VmSet>(params)?;
     report(&result, "updated", args.targets.output.json)
 }
 
-fn batch(ctx: &Context, method: &str, targets: VmTargets, verb: &str) -> anyhow::Result<ExitCode> {
+/// An action on several VMs: every batch method takes refs and answers per VM.
+fn batch<M: Method<Params = VmRefs, Result = BatchResult>>(
+    ctx: &Context,
+    targets: VmTargets,
+    verb: &str,
+) -> anyhow::Result<ExitCode> {
     let mut client: Client = ctx.client()?;
-    if method != method::VM_START && std::io::stderr().is_terminal() {
+    if M::NAME != method::VmStart::NAME && std::io::stderr().is_terminal() {
         // A guest gets time to power off; say so rather than sit silent.
         eprintln!(
             "{}: waiting for {} to power off...",
-            verb_ing(method),
+            verb_ing(M::NAME),
             targets.vms.join(", ")
         );
     }
-    let result: BatchResult = client.call(method, VmRefs { vms: targets.vms })?;
+    let result = client.call::<M>(VmRefs { vms: targets.vms })?;
     report(&result, verb, targets.output.json)
 }
 
@@ -181,9 +185,9 @@ fn report(result: &BatchResult, verb: &str, json: bool) -> anyhow::Result<ExitCo
 
 fn verb_ing(method: &str) -> &'static str {
     match method {
-        method::VM_STOP => "stopping",
-        method::VM_RESTART => "restarting",
-        method::VM_DELETE => "deleting",
+        method::VmStop::NAME => "stopping",
+        method::VmRestart::NAME => "restarting",
+        method::VmDelete::NAME => "deleting",
         _ => "working",
     }
 }

@@ -59,12 +59,11 @@ fn identity(ctx: &super::Context, name: &str) -> Result<String, String> {
     let ping: banger_proto::PingResult = ctx
         .client()
         .and_then(|mut client| {
-            Ok(client.call(
-                banger_proto::method::VM_PING,
-                banger_proto::VmRef {
+            Ok(
+                client.call::<banger_proto::method::VmPing>(banger_proto::VmRef {
                     vm: name.to_owned(),
-                },
-            )?)
+                })?,
+            )
         })
         .map_err(|e| format!("asking over vsock failed: {e:#}"))?;
     match (ping.reachable, ping.guest_hostname) {
