@@ -85,6 +85,10 @@ fn ssh_runs_as_root_with_the_key_and_known_hosts_and_passes_the_exit_status() {
         "-o",
         "LogLevel=ERROR",
         "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
         &known_hosts,
         &format!("root@{}", vm["guest_ip"].as_str().unwrap()),
         "--",
@@ -102,6 +106,52 @@ fn ssh_runs_as_root_with_the_key_and_known_hosts_and_passes_the_exit_status() {
             stderr(&out)
         );
     }
+    daemon.stop(&world);
+}
+
+#[test]
+fn ssh_ends_when_banger_is_killed() {
+    let (world, daemon, bin, _vm) = setup();
+    // A session that would last: the stand-in writes its PID and waits.
+    std::fs::write(
+        bin.join("ssh"),
+        "#!/bin/sh\necho $$ > \"$HOME/ssh-pid\"\nexec sleep 600\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut banger = world
+        .command(&*BANGER)
+        .env("PATH", path)
+        .args(["vm", "ssh", "calm-otter"])
+        .spawn()
+        .unwrap();
+    let pid_file = world.home().join("ssh-pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pid_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ssh_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill on a PID this test started.
+    unsafe { libc::kill(banger.id() as i32, libc::SIGTERM) };
+    banger.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while support::process_alive(ssh_pid as u32) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let outlived = support::process_alive(ssh_pid as u32);
+    if outlived {
+        // SAFETY: kill on the stand-in this test started.
+        unsafe { libc::kill(ssh_pid, libc::SIGKILL) };
+    }
+    assert!(!outlived, "ssh (pid {ssh_pid}) outlived banger");
     daemon.stop(&world);
 }
 

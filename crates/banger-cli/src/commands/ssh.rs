@@ -67,12 +67,30 @@ pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             "StrictHostKeyChecking=accept-new",
             "-o",
             "LogLevel=ERROR",
+            // A guest that stops answering (stopped, deleted, crashed) ends
+            // the session within a minute instead of freezing the terminal.
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
         ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
         .arg(format!("root@{ip}"));
     if !args.command.is_empty() {
         ssh.arg("--").args(&args.command);
+    }
+    // ssh ends with banger: a `banger vm ssh` killed by SIGTERM (a script's
+    // timeout, kill) leaves no ssh behind holding the session.
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        ssh.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let status = ssh.status().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
