@@ -268,8 +268,12 @@ fn storage_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             let dir = tmp.path().join(format!("vm-{size}-{n}"));
             std::fs::create_dir(&dir)?;
             let start = Instant::now();
-            disks.create_overlay(&dir.join("overlay.ext4"), 64 << 30)?;
-            disks.create_work_disk(&dir.join("work.ext4"), 16 << 30, Some(&base))?;
+            disks.create_overlay(&banger_host::VmDir::new(&dir).overlay(), 64 << 30)?;
+            disks.create_work_disk(
+                &banger_host::VmDir::new(&dir).work_disk(),
+                16 << 30,
+                Some(&base),
+            )?;
             let elapsed = start.elapsed();
             std::fs::remove_dir_all(&dir)?;
             Ok(elapsed)
@@ -449,7 +453,7 @@ fn firecracker_by_hand(
     for disk in ["overlay.ext4", "work.ext4"] {
         std::fs::File::create(run_dir.join(disk))?.set_len(1 << 30)?;
     }
-    std::fs::File::create(run_dir.join("config.tar"))?.set_len(4096)?;
+    std::fs::File::create(banger_host::VmDir::new(&run_dir).config_drive())?.set_len(4096)?;
     // What banger sends over the API, as one file: logger, machine, boot
     // source, the four drives, a NIC (Firecracker opens the TAP, creating
     // it as root, on both sides) and vsock.
@@ -459,14 +463,14 @@ fn firecracker_by_hand(
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
         "drives": [
             { "drive_id": "base", "path_on_host": rootfs, "is_root_device": false, "is_read_only": true },
-            { "drive_id": "overlay", "path_on_host": run_dir.join("overlay.ext4"), "is_root_device": false, "is_read_only": false },
-            { "drive_id": "work", "path_on_host": run_dir.join("work.ext4"), "is_root_device": false, "is_read_only": false },
-            { "drive_id": "config", "path_on_host": run_dir.join("config.tar"), "is_root_device": false, "is_read_only": true },
+            { "drive_id": "overlay", "path_on_host": banger_host::VmDir::new(&run_dir).overlay(), "is_root_device": false, "is_read_only": false },
+            { "drive_id": "work", "path_on_host": banger_host::VmDir::new(&run_dir).work_disk(), "is_root_device": false, "is_read_only": false },
+            { "drive_id": "config", "path_on_host": banger_host::VmDir::new(&run_dir).config_drive(), "is_root_device": false, "is_read_only": true },
         ],
         "network-interfaces": [
             { "iface_id": "eth0", "host_dev_name": "bg-byhand", "guest_mac": "06:00:0a:00:00:02" },
         ],
-        "vsock": { "guest_cid": 3, "uds_path": run_dir.join("vsock.sock") },
+        "vsock": { "guest_cid": 3, "uds_path": banger_host::VmDir::new(&run_dir).vsock() },
     });
     let config_path = run_dir.join("config.json");
     std::fs::write(&config_path, config.to_string())?;
@@ -719,7 +723,10 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let vm: serde_json::Value = serde_json::from_slice(&created.stdout)?;
     let dir = PathBuf::from(vm["dir"].as_str().context("no VM dir")?);
     // The config drive exists while the VM runs; the by-hand boot gets a copy.
-    std::fs::copy(dir.join("config.tar"), dir.join("by-hand-config.tar"))?;
+    std::fs::copy(
+        banger_host::VmDir::new(&dir).config_drive(),
+        dir.join("by-hand-config.tar"),
+    )?;
     world.run(&["vm", "stop", "bench-boot"])?;
     // The same VM by hand: its disks, a TAP of the same name and MAC, the same command line.
     let ip: std::net::Ipv4Addr = vm["guest_ip"].as_str().context("no guest IP")?.parse()?;
@@ -740,12 +747,12 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             },
             banger_vmm::Drive {
                 id: "overlay".into(),
-                path: dir.join("overlay.ext4"),
+                path: banger_host::VmDir::new(&dir).overlay(),
                 read_only: false,
             },
             banger_vmm::Drive {
                 id: "work".into(),
-                path: dir.join("work.ext4"),
+                path: banger_host::VmDir::new(&dir).work_disk(),
                 read_only: false,
             },
             banger_vmm::Drive {
@@ -794,10 +801,10 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         run(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
         run(&["link", "set", "dev", &tap, "master", "banger0"])?;
         run(&["link", "set", "dev", &tap, "up"])?;
-        let _ = std::fs::remove_file(dir.join(banger_vmm::qemu::VHOST_SOCKET));
+        let _ = std::fs::remove_file(banger_host::VmDir::new(&dir).vhost_vsock());
         let mut vsock = Command::new(&helper)
             .args(["--guest-cid", "3", "--socket"])
-            .arg(dir.join(banger_vmm::qemu::VHOST_SOCKET))
+            .arg(banger_host::VmDir::new(&dir).vhost_vsock())
             .arg("--uds-path")
             .arg(&spec.vsock_path)
             .stdout(Stdio::null())

@@ -17,16 +17,6 @@ use tokio::sync::watch;
 use crate::lifecycle::{self, Lifecycle, LifecycleError};
 use crate::store::{StoreError, VmRecord};
 
-/// File names inside a VM's directory.
-pub mod vm_files {
-    pub const OVERLAY: &str = "overlay.ext4";
-    pub const WORK_DISK: &str = "work.ext4";
-    pub const VMM_LOG: &str = "firecracker.log";
-    pub const VSOCK: &str = "vsock.sock";
-    /// The guest's configuration for the current boot; exists while it runs.
-    pub const CONFIG_DRIVE: &str = "config.tar";
-}
-
 fn known_methods() -> String {
     let names: Vec<&str> = method::Name::ALL.iter().map(|m| m.as_str()).collect();
     names.join(", ")
@@ -375,6 +365,7 @@ impl Daemon {
 
     pub fn vm_view(&self, record: &VmRecord) -> Vm {
         let dir = self.paths.vm_dir(&record.id);
+        let files = banger_host::VmDir::new(&dir);
         Vm {
             id: record.id.clone(),
             name: record.name.clone(),
@@ -395,9 +386,9 @@ impl Daemon {
             stopped_at: record.stopped_at,
             exit_reason: record.exit_reason.clone(),
             last_error: record.last_error.clone(),
-            overlay_path: dir.join(vm_files::OVERLAY),
-            work_disk_path: dir.join(vm_files::WORK_DISK),
-            vmm_log_path: dir.join(vm_files::VMM_LOG),
+            overlay_path: files.overlay(),
+            work_disk_path: files.work_disk(),
+            vmm_log_path: files.console_log(),
             dir,
         }
     }

@@ -14,7 +14,9 @@ pub mod probe;
 pub mod process;
 pub mod procfs;
 pub mod runtime_dir;
+pub mod vm_dir;
 
 pub use config::{Config, ConfigError, LogLevel, VmmChoice};
 pub use paths::{Paths, PathsError};
 pub use runtime_dir::{RuntimeDir, RuntimeDirError, RuntimeDirSource};
+pub use vm_dir::VmDir;

@@ -47,8 +47,17 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
     let Some(runner) = namespace("net") else {
         return;
     };
-    let net = IpTablesNetwork::new(runner.clone(), false).with_owner("t1");
-    let other = IpTablesNetwork::new(runner.clone(), false).with_owner("t2");
+    // Bridged frames pass iptables here (br_netfilter, as Docker loads it),
+    // whatever the host's own setting.
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = tmp.path().join("bridge-nf-call-iptables");
+    std::fs::write(&switch, "1\n").unwrap();
+    let net = IpTablesNetwork::new(runner.clone(), false)
+        .with_owner("t1")
+        .with_bridge_netfilter(&switch);
+    let other = IpTablesNetwork::new(runner.clone(), false)
+        .with_owner("t2")
+        .with_bridge_netfilter(&switch);
     let pool = Pool::parse("10.219.0.0/24").unwrap();
 
     net.ensure_bridge(&pool).unwrap();
@@ -77,6 +86,7 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
         [
             ":BANGER-FORWARD - [0:0]",
             "-A FORWARD -j BANGER-FORWARD",
+            "-A BANGER-FORWARD -i banger0 -o banger0 -m comment --comment \"banger-bridge:t1\" -j ACCEPT",
             "-A BANGER-FORWARD -s 10.219.0.2/32 -i banger0 -m comment --comment \"banger:t1:aa12bb34\" -j ACCEPT",
             "-A BANGER-FORWARD -d 10.219.0.2/32 -o banger0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"banger:t1:aa12bb34\" -j ACCEPT",
             ":BANGER-POSTROUTING - [0:0]",

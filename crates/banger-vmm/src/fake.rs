@@ -122,7 +122,7 @@ impl Vmm for FakeVmm {
         detach(&mut command);
         let child = crate::process::spawn_recorded(
             &mut command,
-            &vm_dir.join(crate::process::VMM_PID_FILE),
+            &banger_host::VmDir::new(vm_dir).vmm_pid(),
         )
         .map_err(|e| VmmError::Spawn("sh".into(), e))?;
         self.prepared

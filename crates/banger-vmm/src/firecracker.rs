@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use crate::process::{self, detach};
 use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
-pub const API_SOCKET: &str = "firecracker.sock";
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// InstanceStart answers once guest memory is set up and the kernel is
@@ -114,6 +113,11 @@ impl Vmm for Firecracker {
         "firecracker"
     }
 
+    /// Firecracker leaves its API socket behind when it is killed.
+    fn cleanup(&self, vm_dir: &Path) {
+        let _ = std::fs::remove_file(banger_host::VmDir::new(vm_dir).firecracker_api());
+    }
+
     fn checks(&self) -> Vec<banger_proto::check::Check> {
         use banger_proto::check::Check;
         let binary = if self.binary.is_file() {
@@ -136,7 +140,7 @@ impl Vmm for Firecracker {
         if !self.binary.is_file() {
             return Err(VmmError::BinaryMissing(self.binary.clone()));
         }
-        let socket = vm_dir.join(API_SOCKET);
+        let socket = banger_host::VmDir::new(vm_dir).firecracker_api();
         // Firecracker refuses to start on an existing socket path; a leftover
         // one can only be from a dead VMM of this VM.
         let _ = std::fs::remove_file(&socket);
@@ -152,15 +156,16 @@ impl Vmm for Firecracker {
             .stdout(log)
             .stderr(log_err);
         detach(&mut command);
-        let child = process::spawn_recorded(&mut command, &vm_dir.join(process::VMM_PID_FILE))
-            .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
+        let child =
+            process::spawn_recorded(&mut command, &banger_host::VmDir::new(vm_dir).vmm_pid())
+                .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
         Ok(Prepared::started(child, vec![socket]))
     }
 
     fn launch_prepared(&self, spec: &LaunchSpec, prepared: Prepared) -> Result<Launched> {
         let mut child =
             prepared.into_child_or(|| self.prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path))?;
-        let socket = spec.vm_dir.join(API_SOCKET);
+        let socket = banger_host::VmDir::new(&spec.vm_dir).firecracker_api();
         let _ = std::fs::remove_file(&spec.vsock_path);
         let fail = |child: &mut std::process::Child, err: VmmError| {
             process::kill_child(child);
@@ -216,7 +221,7 @@ impl Vmm for Firecracker {
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
         let body = json!({ "action_type": "SendCtrlAltDel" });
         api::call(
-            &vm_dir.join(API_SOCKET),
+            &banger_host::VmDir::new(vm_dir).firecracker_api(),
             "PUT",
             "/actions",
             Some(&body),
@@ -228,7 +233,7 @@ impl Vmm for Firecracker {
 
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
         api::send(
-            &vm_dir.join(API_SOCKET),
+            &banger_host::VmDir::new(vm_dir).firecracker_api(),
             "GET",
             "/",
             None,

@@ -63,9 +63,6 @@ pub fn detach(command: &mut Command) {
     command.process_group(0);
 }
 
-/// The VMM process of a VM, named in its directory (see [`spawn_recorded`]).
-pub const VMM_PID_FILE: &str = "vmm.pid";
-
 /// Spawns `command` and, before anything else can happen, writes its
 /// identity (`<pid> <start time>`) to `pid_file`. A bangerd killed at any
 /// later step leaves that identity on disk, so the next one can find and

@@ -14,9 +14,6 @@ use banger_proto::check::Check;
 use crate::process::{self, detach};
 use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
-pub const QMP_SOCKET: &str = "qmp.sock";
-pub const VHOST_SOCKET: &str = "vhost-vsock.sock";
-pub const VHOST_PID: &str = "vhost-vsock.pid";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
@@ -77,7 +74,10 @@ impl Qemu {
             "-serial".into(),
             "chardev:console".into(),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", dir.join(QMP_SOCKET).display()),
+            format!(
+                "unix:{},server=on,wait=off",
+                banger_host::VmDir::new(dir).qmp().display()
+            ),
         ];
         if let Some(initrd) = &spec.initrd {
             args.extend(["-initrd".into(), initrd.display().to_string()]);
@@ -103,7 +103,10 @@ impl Qemu {
         }
         args.extend([
             "-chardev".into(),
-            format!("socket,id=vsock,path={}", dir.join(VHOST_SOCKET).display()),
+            format!(
+                "socket,id=vsock,path={}",
+                banger_host::VmDir::new(dir).vhost_vsock().display()
+            ),
             "-device".into(),
             "vhost-user-vsock-pci,chardev=vsock".into(),
         ]);
@@ -111,7 +114,7 @@ impl Qemu {
     }
 
     fn start_vsock_helper(&self, spec: &LaunchSpec) -> Result<std::process::Child> {
-        let socket = spec.vm_dir.join(VHOST_SOCKET);
+        let socket = banger_host::VmDir::new(&spec.vm_dir).vhost_vsock();
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&spec.vsock_path);
         let (out, err) = process::log_files(&spec.log_path)?;
@@ -127,8 +130,11 @@ impl Qemu {
             .stdout(out)
             .stderr(err);
         detach(&mut command);
-        let mut child = process::spawn_recorded(&mut command, &spec.vm_dir.join(VHOST_PID))
-            .map_err(|e| VmmError::Spawn(self.vsock_helper.clone(), e))?;
+        let mut child = process::spawn_recorded(
+            &mut command,
+            &banger_host::VmDir::new(&spec.vm_dir).vhost_vsock_pid(),
+        )
+        .map_err(|e| VmmError::Spawn(self.vsock_helper.clone(), e))?;
         if let Err(err) = process::await_ready(
             &mut child,
             &socket,
@@ -188,7 +194,7 @@ impl Vmm for Qemu {
         if !self.binary.is_file() {
             return Err(VmmError::BinaryMissing(self.binary.clone()));
         }
-        let qmp_socket = spec.vm_dir.join(QMP_SOCKET);
+        let qmp_socket = banger_host::VmDir::new(&spec.vm_dir).qmp();
         let _ = std::fs::remove_file(&qmp_socket);
         let mut helper = self.start_vsock_helper(spec)?;
         let (out, err) = process::log_files(&spec.log_path)?;
@@ -200,14 +206,16 @@ impl Vmm for Qemu {
             .stdout(out)
             .stderr(err);
         detach(&mut command);
-        let mut child =
-            match process::spawn_recorded(&mut command, &spec.vm_dir.join(process::VMM_PID_FILE)) {
-                Ok(child) => child,
-                Err(e) => {
-                    process::kill_child(&mut helper);
-                    return Err(VmmError::Spawn(self.binary.clone(), e));
-                }
-            };
+        let mut child = match process::spawn_recorded(
+            &mut command,
+            &banger_host::VmDir::new(&spec.vm_dir).vmm_pid(),
+        ) {
+            Ok(child) => child,
+            Err(e) => {
+                process::kill_child(&mut helper);
+                return Err(VmmError::Spawn(self.binary.clone(), e));
+            }
+        };
         if let Err(err) = process::await_ready(
             &mut child,
             &qmp_socket,
@@ -228,20 +236,21 @@ impl Vmm for Qemu {
     }
 
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
-        qmp(&vm_dir.join(QMP_SOCKET), "system_powerdown")
+        qmp(&banger_host::VmDir::new(vm_dir).qmp(), "system_powerdown")
             .map(|_| ())
-            .map_err(|e| VmmError::Qmp(vm_dir.join(QMP_SOCKET), e))
+            .map_err(|e| VmmError::Qmp(banger_host::VmDir::new(vm_dir).qmp(), e))
     }
 
     /// `query-status` answers `io-error` while QEMU holds a guest on a
     /// failed disk write (werror=enospc, its default, on ENOSPC).
     fn io_error_pause(&self, vm_dir: &Path) -> Option<bool> {
-        let answer = qmp(&vm_dir.join(QMP_SOCKET), "query-status").ok()?;
+        let answer = qmp(&banger_host::VmDir::new(vm_dir).qmp(), "query-status").ok()?;
         Some(answer.contains("\"io-error\""))
     }
 
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
-        qmp(&vm_dir.join(QMP_SOCKET), "query-status").is_ok_and(|answer| answer.contains("return"))
+        qmp(&banger_host::VmDir::new(vm_dir).qmp(), "query-status")
+            .is_ok_and(|answer| answer.contains("return"))
     }
 
     /// QEMU catches SIGTERM, SIGINT and SIGHUP, logs `terminating on
@@ -263,7 +272,9 @@ impl Vmm for Qemu {
 
     fn cleanup(&self, vm_dir: &Path) {
         // The helper recorded at its spawn, if it is still that process.
-        if let Some((pid, start_time)) = process::recorded_process(&vm_dir.join(VHOST_PID)) {
+        if let Some((pid, start_time)) =
+            process::recorded_process(&banger_host::VmDir::new(vm_dir).vhost_vsock_pid())
+        {
             // Wait for it, so nothing of the VM outlives its delete.
             let _ = process::send_signal(pid, libc::SIGTERM);
             let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -276,8 +287,9 @@ impl Vmm for Qemu {
                 let _ = process::send_signal(pid, libc::SIGKILL);
             }
         }
-        for file in [VHOST_PID, VHOST_SOCKET, QMP_SOCKET] {
-            let _ = std::fs::remove_file(vm_dir.join(file));
+        let dir = banger_host::VmDir::new(vm_dir);
+        for file in [dir.vhost_vsock_pid(), dir.vhost_vsock(), dir.qmp()] {
+            let _ = std::fs::remove_file(file);
         }
     }
 }

@@ -56,7 +56,7 @@ pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         .clone()
         .with_context(|| format!("{} has no guest IP", vm.name))?;
     let key = ssh_key(ctx)?;
-    let known_hosts = vm.dir.join("known_hosts");
+    let known_hosts = banger_host::VmDir::new(&vm.dir).known_hosts();
     let mut ssh = Command::new("ssh");
     ssh.arg("-i")
         .arg(&key)

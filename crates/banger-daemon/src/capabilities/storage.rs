@@ -7,7 +7,6 @@ use banger_host::disk::{Disks, WORK_LABEL};
 
 use crate::capability::{Capability, CapabilityError, Result, VmContext};
 use crate::guest::{GuestConfig, GuestMount};
-use crate::service::vm_files;
 use crate::store::VmRecord;
 
 /// The overlay holds every change to `/` (and Docker's data); it is sparse,
@@ -44,17 +43,17 @@ impl Capability for StorageCapability {
 
     fn write_guest(&self, _vm: &VmRecord, ctx: &VmContext, files: &[GuestFile]) -> Result<()> {
         self.disks
-            .write_config_drive(&ctx.dir.join(vm_files::CONFIG_DRIVE), files)
+            .write_config_drive(&banger_host::VmDir::new(&ctx.dir).config_drive(), files)
             .map_err(|e| CapabilityError::caused("storage", "writing the guest configuration", e))
     }
 
     fn provision(&self, vm: &VmRecord, ctx: &VmContext) -> Result<()> {
         self.disks
-            .create_overlay(&ctx.dir.join(vm_files::OVERLAY), OVERLAY_SIZE)
+            .create_overlay(&banger_host::VmDir::new(&ctx.dir).overlay(), OVERLAY_SIZE)
             .map_err(|e| CapabilityError::caused("storage", "creating the overlay disk", e))?;
         self.disks
             .create_work_disk(
-                &ctx.dir.join(vm_files::WORK_DISK),
+                &banger_host::VmDir::new(&ctx.dir).work_disk(),
                 vm.disk_size_bytes,
                 Some(&ctx.base_rootfs),
             )
@@ -62,14 +61,15 @@ impl Capability for StorageCapability {
     }
 
     fn deprovision(&self, _vm: &VmRecord, ctx: &VmContext) -> Result<()> {
-        for file in [vm_files::OVERLAY, vm_files::WORK_DISK] {
-            match std::fs::remove_file(ctx.dir.join(file)) {
+        let dir = banger_host::VmDir::new(&ctx.dir);
+        for file in [dir.overlay(), dir.work_disk()] {
+            match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(CapabilityError::caused(
                         "storage",
-                        format!("removing {file}"),
+                        format!("removing {}", file.display()),
                         e,
                     ));
                 }
@@ -87,7 +87,10 @@ impl Capability for StorageCapability {
     ) -> Result<()> {
         if new.disk_size_bytes > old.disk_size_bytes {
             self.disks
-                .grow(&ctx.dir.join(vm_files::WORK_DISK), new.disk_size_bytes)
+                .grow(
+                    &banger_host::VmDir::new(&ctx.dir).work_disk(),
+                    new.disk_size_bytes,
+                )
                 .map_err(|e| CapabilityError::caused("storage", "growing the work disk", e))?;
         }
         Ok(())

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use crate::capability::{Capability, CapabilityError, Result};
 use crate::guest::{GuestConfig, PINGD_UNIT};
-use crate::service::vm_files;
 use crate::store::VmRecord;
 
 /// 0 to 2 are reserved (hypervisor, local, host).
@@ -42,7 +41,7 @@ impl Capability for VsockCapability {
             .find(|c| !used.contains(c))
             .ok_or_else(|| CapabilityError::new("vsock", "no free guest CID is left"))?;
         vm.vsock_cid = Some(cid);
-        vm.vsock_path = Some(self.vms_dir.join(&vm.id).join(vm_files::VSOCK));
+        vm.vsock_path = Some(banger_host::VmDir::new(self.vms_dir.join(&vm.id)).vsock());
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use super::*;
 impl Lifecycle {
     pub(super) fn launch_spec(&self, record: &VmRecord, image: &Image) -> LaunchSpec {
         let dir = self.vm_dir(&record.id);
+        let files = banger_host::VmDir::new(&dir);
         LaunchSpec {
             vm_id: record.id.clone(),
             vcpu: record.vcpu,
@@ -21,27 +22,24 @@ impl Lifecycle {
                 },
                 Drive {
                     id: "overlay".into(),
-                    path: dir.join(vm_files::OVERLAY),
+                    path: files.overlay(),
                     read_only: false,
                 },
                 Drive {
                     id: "work".into(),
-                    path: dir.join(vm_files::WORK_DISK),
+                    path: files.work_disk(),
                     read_only: false,
                 },
                 Drive {
                     id: "config".into(),
-                    path: dir.join(vm_files::CONFIG_DRIVE),
+                    path: files.config_drive(),
                     read_only: true,
                 },
             ],
             net: None,
             vsock_cid: record.vsock_cid.unwrap_or(0),
-            vsock_path: record
-                .vsock_path
-                .clone()
-                .unwrap_or_else(|| dir.join(vm_files::VSOCK)),
-            log_path: dir.join(vm_files::VMM_LOG),
+            vsock_path: record.vsock_path.clone().unwrap_or_else(|| files.vsock()),
+            log_path: files.console_log(),
             vm_dir: dir,
         }
     }
@@ -82,7 +80,7 @@ impl Lifecycle {
             .attach_and_launch(record, image, backend.as_ref(), action, prepared)
             .inspect_err(|_| {
                 // The config drive exists only while the VM runs.
-                let _ = std::fs::remove_file(ctx.dir.join(vm_files::CONFIG_DRIVE));
+                let _ = std::fs::remove_file(banger_host::VmDir::new(&ctx.dir).config_drive());
             })?;
         self.crash_point("boot:launched");
         let pid = launched.pid;
@@ -121,7 +119,11 @@ impl Lifecycle {
     pub(super) fn prepare_vmm(&self, record: &VmRecord, action: &'static str) -> Result<Prepared> {
         let dir = self.vm_dir(&record.id);
         self.backend(&record.vmm)
-            .prepare(&dir, &record.id, &dir.join(vm_files::VMM_LOG))
+            .prepare(
+                &dir,
+                &record.id,
+                &banger_host::VmDir::new(&dir).console_log(),
+            )
             .map_err(|e| LifecycleError::step(action, &record.name, "starting the VMM", e))
     }
 
@@ -137,7 +139,7 @@ impl Lifecycle {
         let id = record.id.clone();
         let backend = self.backend(&record.vmm);
         // What the VMM logs from here on explains its exit (see `explain_exit`).
-        let log = self.vm_dir(&record.id).join(vm_files::VMM_LOG);
+        let log = banger_host::VmDir::new(self.vm_dir(&record.id)).console_log();
         let log_offset = std::fs::metadata(&log).map_or(0, |m| m.len());
         let spawned = std::thread::Builder::new()
             .name(format!("vm-exit-{pid}"))

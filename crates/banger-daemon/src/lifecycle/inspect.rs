@@ -103,9 +103,9 @@ impl Lifecycle {
     pub fn stats(&self, id: &str) -> Result<VmStats> {
         let record = self.record(id)?;
         let dir = self.vm_dir(id);
-        let usage = |file: &str| {
-            let (allocated_bytes, apparent_bytes) =
-                procfs::disk_usage(&dir.join(file)).unwrap_or((0, 0));
+        let files = banger_host::VmDir::new(&dir);
+        let usage = |file: std::path::PathBuf| {
+            let (allocated_bytes, apparent_bytes) = procfs::disk_usage(&file).unwrap_or((0, 0));
             DiskUsage {
                 allocated_bytes,
                 apparent_bytes,
@@ -125,8 +125,8 @@ impl Lifecycle {
             uptime_secs: pid
                 .and(record.started_at)
                 .map(|started| u64::try_from(now() - started).unwrap_or(0)),
-            overlay: usage(vm_files::OVERLAY),
-            work_disk: usage(vm_files::WORK_DISK),
+            overlay: usage(files.overlay()),
+            work_disk: usage(files.work_disk()),
         })
     }
 }

@@ -21,7 +21,6 @@ use crate::capability::{self, Capability, CapabilityError, VmContext};
 use crate::exits::ExitBoard;
 use crate::locks::VmLocks;
 use crate::namegen::{self, NamegenError};
-use crate::service::vm_files;
 use crate::store::{Store, StoreError, VmRecord};
 
 mod boot;
@@ -239,11 +238,9 @@ impl Lifecycle {
     fn remove_runtime_files(&self, record: &VmRecord) {
         let dir = self.vm_dir(&record.id);
         self.backend(&record.vmm).cleanup(&dir);
-        let mut files = vec![
-            dir.join(banger_vmm::firecracker::API_SOCKET),
-            dir.join(vm_files::CONFIG_DRIVE),
-            dir.join(banger_vmm::process::VMM_PID_FILE),
-        ];
+        // The backend's own files (sockets, helpers) went with cleanup.
+        let files_of = banger_host::VmDir::new(&dir);
+        let mut files = vec![files_of.config_drive(), files_of.vmm_pid()];
         files.extend(record.vsock_path.clone());
         for file in files {
             let _ = std::fs::remove_file(file);

@@ -36,9 +36,7 @@ impl Lifecycle {
         mut record: VmRecord,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let pid_file = self
-            .vm_dir(&record.id)
-            .join(banger_vmm::process::VMM_PID_FILE);
+        let pid_file = banger_host::VmDir::new(self.vm_dir(&record.id)).vmm_pid();
         // The stored PID, or, when a daemon died between starting the VMM
         // and storing its PID, the identity written at its spawn.
         let recorded = banger_vmm::process::recorded_process(&pid_file);

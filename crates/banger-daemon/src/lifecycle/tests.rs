@@ -1311,8 +1311,9 @@ fn assert_consistent(fx: &Fixture, taps: &[String], step: &str) {
     assert_eq!(dirs, ids, "{step}: a directory for each VM, and no other");
     for vm in &rows {
         let dir = fx.paths.vm_dir(&vm.id);
-        for disk in [vm_files::OVERLAY, vm_files::WORK_DISK] {
-            assert!(dir.join(disk).exists(), "{step}: {} lost {disk}", vm.name);
+        let files = banger_host::VmDir::new(&dir);
+        for disk in [files.overlay(), files.work_disk()] {
+            assert!(disk.exists(), "{step}: {} lost {}", vm.name, disk.display());
         }
         match vm.state {
             VmState::Running => {

@@ -1,0 +1,105 @@
+//! A VM's directory and every file banger keeps in it, each named here
+//! and nowhere else. The VMM backends, the daemon, the CLI and the bench
+//! all go through it.
+
+use std::path::{Path, PathBuf};
+
+/// `~/.local/state/banger/vms/<vm-id>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDir {
+    path: PathBuf,
+}
+
+impl VmDir {
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The VM's writable layer over the image (ext4, labelled banger-overlay).
+    pub fn overlay(&self) -> PathBuf {
+        self.path.join("overlay.ext4")
+    }
+
+    /// `/root` in the guest (ext4, labelled banger-work).
+    pub fn work_disk(&self) -> PathBuf {
+        self.path.join("work.ext4")
+    }
+
+    /// The guest's configuration for the current boot; exists while it runs.
+    pub fn config_drive(&self) -> PathBuf {
+        self.path.join("config.tar")
+    }
+
+    /// The host end of the guest's vsock (Firecracker's, or vhost-device-vsock's).
+    pub fn vsock(&self) -> PathBuf {
+        self.path.join("vsock.sock")
+    }
+
+    /// The guest console and the VMM's own output, on either backend. The
+    /// seed documents this name for it, so it stays.
+    pub fn console_log(&self) -> PathBuf {
+        self.path.join("firecracker.log")
+    }
+
+    /// The guest's SSH host key, as `vm ssh` first saw it.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.path.join("known_hosts")
+    }
+
+    /// "pid start_time" of the VMM process, for adoption after a restart.
+    pub fn vmm_pid(&self) -> PathBuf {
+        self.path.join("vmm.pid")
+    }
+
+    /// Firecracker's API socket.
+    pub fn firecracker_api(&self) -> PathBuf {
+        self.path.join("firecracker.sock")
+    }
+
+    /// QEMU's QMP socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.path.join("qmp.sock")
+    }
+
+    /// The vhost-user socket between QEMU and vhost-device-vsock.
+    pub fn vhost_vsock(&self) -> PathBuf {
+        self.path.join("vhost-vsock.sock")
+    }
+
+    /// "pid start_time" of vhost-device-vsock.
+    pub fn vhost_vsock_pid(&self) -> PathBuf {
+        self.path.join("vhost-vsock.pid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_inside_the_directory_and_distinct() {
+        let dir = VmDir::new("/s/vms/aa12");
+        let files = [
+            dir.overlay(),
+            dir.work_disk(),
+            dir.config_drive(),
+            dir.vsock(),
+            dir.console_log(),
+            dir.known_hosts(),
+            dir.vmm_pid(),
+            dir.firecracker_api(),
+            dir.qmp(),
+            dir.vhost_vsock(),
+            dir.vhost_vsock_pid(),
+        ];
+        let unique: std::collections::HashSet<_> = files.iter().collect();
+        assert_eq!(unique.len(), files.len());
+        assert!(files.iter().all(|f| f.parent() == Some(dir.path())));
+    }
+}
