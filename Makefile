@@ -6,6 +6,9 @@ LIBDIR ?= $(PREFIX)/lib/banger
 CARGO ?= cargo
 RUNTIME_DIR ?= runtime
 RUNTIME_MANIFEST ?= runtime-bundle.toml
+# The shipped binaries, built on their own so no test fake is compiled into
+# them (the bench enables the `testing` feature of banger-host and banger-vmm).
+RELEASE_BINS = --release -p banger-cli -p banger-daemon --bins
 
 .PHONY: all deps build install test lint unit bench runtime runtime-bundle runtime-package rootfs e2e e2e-firecracker clean
 
@@ -19,7 +22,7 @@ deps:
 ## and a fresh static banger-vsock-pingd in ./runtime, with its bundle.json entry, when
 ## the bundle exists (images keep the copy baked into them: make runtime rebuilds those)
 build:
-	$(CARGO) build --release --bins
+	$(CARGO) build $(RELEASE_BINS)
 	install -m 0755 target/release/banger ./banger
 	install -m 0755 target/release/bangerd ./bangerd
 	@if [ -f $(RUNTIME_DIR)/bundle.json ]; then \
@@ -89,7 +92,7 @@ e2e: runtime
 ## the qemu backend that serves as their KVM host. Needs BANGER_TEST_FIRECRACKER (a
 ## firecracker binary); without it, says SKIPPED.
 e2e-firecracker: runtime
-	$(CARGO) build --release --bins
+	$(CARGO) build $(RELEASE_BINS)
 	scripts/e2e-firecracker.sh
 
 clean:

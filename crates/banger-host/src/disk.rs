@@ -6,12 +6,11 @@
 //! StrictModes would then reject root's files), so ownership is set
 //! explicitly with debugfs after every seeding.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -535,84 +534,100 @@ fn debugfs_quote(path: &Path) -> String {
     }
 }
 
-/// Which operation a [`FakeDisks`] should fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DiskOp {
-    CreateOverlay,
-    CreateWorkDisk,
-    Grow,
-    WriteConfigDrive,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use fakes::*;
 
-/// Writes small sparse files instead of filesystems, and fails on demand.
-#[derive(Debug, Default)]
-pub struct FakeDisks {
-    fail: Mutex<HashSet<DiskOp>>,
-    written: Mutex<Vec<(PathBuf, Vec<GuestFile>)>>,
-}
+/// Disks in memory-light sparse files, failing on demand: compiled for tests and the `testing` feature only.
+#[cfg(any(test, feature = "testing"))]
+mod fakes {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
 
-impl FakeDisks {
-    pub fn new() -> Self {
-        Self::default()
+    /// Which operation a [`FakeDisks`] should fail.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum DiskOp {
+        CreateOverlay,
+        CreateWorkDisk,
+        Grow,
+        WriteConfigDrive,
     }
 
-    pub fn fail_on(&self, op: DiskOp) {
-        self.fail.lock().expect("fail lock").insert(op);
+    /// Writes small sparse files instead of filesystems, and fails on demand.
+    #[derive(Debug, Default)]
+    pub struct FakeDisks {
+        fail: Mutex<HashSet<DiskOp>>,
+        written: Mutex<Vec<(PathBuf, Vec<GuestFile>)>>,
     }
 
-    pub fn clear_failures(&self) {
-        self.fail.lock().expect("fail lock").clear();
-    }
+    impl FakeDisks {
+        pub fn new() -> Self {
+            Self::default()
+        }
 
-    /// Every `write_config_drive` call: the drive and the files.
-    pub fn written(&self) -> Vec<(PathBuf, Vec<GuestFile>)> {
-        self.written.lock().expect("written lock").clone()
-    }
+        pub fn fail_on(&self, op: DiskOp) {
+            self.fail.lock().expect("fail lock").insert(op);
+        }
 
-    fn check(&self, op: DiskOp) -> Result<()> {
-        if self.fail.lock().expect("fail lock").contains(&op) {
-            Err(DiskError::Injected(format!("{op:?}")))
-        } else {
-            Ok(())
+        pub fn clear_failures(&self) {
+            self.fail.lock().expect("fail lock").clear();
+        }
+
+        /// Every `write_config_drive` call: the drive and the files.
+        pub fn written(&self) -> Vec<(PathBuf, Vec<GuestFile>)> {
+            self.written.lock().expect("written lock").clone()
+        }
+
+        fn check(&self, op: DiskOp) -> Result<()> {
+            if self.fail.lock().expect("fail lock").contains(&op) {
+                Err(DiskError::Injected(format!("{op:?}")))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn sparse(path: &Path, size: u64) -> Result<()> {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| DiskError::Create(path.into(), e))?;
+            file.set_len(size)
+                .map_err(|e| DiskError::Create(path.into(), e))
         }
     }
 
-    fn sparse(path: &Path, size: u64) -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| DiskError::Create(path.into(), e))?;
-        file.set_len(size)
-            .map_err(|e| DiskError::Create(path.into(), e))
-    }
-}
+    impl Disks for FakeDisks {
+        fn create_overlay(&self, path: &Path, size: u64) -> Result<()> {
+            self.check(DiskOp::CreateOverlay)?;
+            Self::sparse(path, size)
+        }
 
-impl Disks for FakeDisks {
-    fn create_overlay(&self, path: &Path, size: u64) -> Result<()> {
-        self.check(DiskOp::CreateOverlay)?;
-        Self::sparse(path, size)
-    }
+        fn create_work_disk(
+            &self,
+            path: &Path,
+            size: u64,
+            _seed_image: Option<&Path>,
+        ) -> Result<()> {
+            self.check(DiskOp::CreateWorkDisk)?;
+            Self::sparse(path, size)
+        }
 
-    fn create_work_disk(&self, path: &Path, size: u64, _seed_image: Option<&Path>) -> Result<()> {
-        self.check(DiskOp::CreateWorkDisk)?;
-        Self::sparse(path, size)
-    }
+        fn grow(&self, path: &Path, size: u64) -> Result<()> {
+            self.check(DiskOp::Grow)?;
+            set_len(path, size)
+        }
 
-    fn grow(&self, path: &Path, size: u64) -> Result<()> {
-        self.check(DiskOp::Grow)?;
-        set_len(path, size)
-    }
-
-    /// Writes the real drive (it is only memory and one file) and records it.
-    fn write_config_drive(&self, path: &Path, files: &[GuestFile]) -> Result<()> {
-        self.check(DiskOp::WriteConfigDrive)?;
-        config_drive::write(path, files)?;
-        self.written
-            .lock()
-            .expect("written lock")
-            .push((path.to_path_buf(), files.to_vec()));
-        Ok(())
+        /// Writes the real drive (it is only memory and one file) and records it.
+        fn write_config_drive(&self, path: &Path, files: &[GuestFile]) -> Result<()> {
+            self.check(DiskOp::WriteConfigDrive)?;
+            config_drive::write(path, files)?;
+            self.written
+                .lock()
+                .expect("written lock")
+                .push((path.to_path_buf(), files.to_vec()));
+            Ok(())
+        }
     }
 }
 

@@ -579,114 +579,123 @@ pub fn routes_off_bridge(text: &str, bridge: &str) -> Vec<String> {
         .collect()
 }
 
-/// Which operation a [`FakeNetwork`] should fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NetOp {
-    Bridge,
-    CreateTap,
-    AddNat,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use fakes::*;
 
-/// Host networking as state in memory, for tests; fails on demand.
-#[derive(Debug, Default)]
-pub struct FakeNetwork {
-    state: std::sync::Mutex<FakeNetState>,
-}
+/// Host networking as state in memory, failing on demand: compiled for tests and the `testing` feature only.
+#[cfg(any(test, feature = "testing"))]
+mod fakes {
+    use super::*;
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct FakeNetState {
-    pub bridge: Option<String>,
-    pub taps: std::collections::BTreeMap<String, u32>,
-    pub nat: std::collections::BTreeMap<String, Ipv4Addr>,
-    pub routes: Vec<String>,
-    pub fail: std::collections::HashSet<NetOp>,
-}
-
-impl FakeNetwork {
-    pub fn new() -> Self {
-        Self::default()
+    /// Which operation a [`FakeNetwork`] should fail.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum NetOp {
+        Bridge,
+        CreateTap,
+        AddNat,
     }
 
-    pub fn state(&self) -> FakeNetState {
-        self.lock().clone()
+    /// Host networking as state in memory, for tests; fails on demand.
+    #[derive(Debug, Default)]
+    pub struct FakeNetwork {
+        state: std::sync::Mutex<FakeNetState>,
     }
 
-    pub fn fail_on(&self, op: NetOp) {
-        self.lock().fail.insert(op);
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    pub struct FakeNetState {
+        pub bridge: Option<String>,
+        pub taps: std::collections::BTreeMap<String, u32>,
+        pub nat: std::collections::BTreeMap<String, Ipv4Addr>,
+        pub routes: Vec<String>,
+        pub fail: std::collections::HashSet<NetOp>,
     }
 
-    pub fn clear_failures(&self) {
-        self.lock().fail.clear();
-    }
+    impl FakeNetwork {
+        pub fn new() -> Self {
+            Self::default()
+        }
 
-    /// A TAP or rule appearing or vanishing behind banger's back.
-    pub fn with_state(&self, f: impl FnOnce(&mut FakeNetState)) {
-        f(&mut self.lock());
-    }
+        pub fn state(&self) -> FakeNetState {
+            self.lock().clone()
+        }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeNetState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+        pub fn fail_on(&self, op: NetOp) {
+            self.lock().fail.insert(op);
+        }
 
-    fn check(state: &FakeNetState, op: NetOp) -> Result<()> {
-        if state.fail.contains(&op) {
-            Err(ProcessError::Reported {
-                cmd: format!("{op:?}"),
-                message: "injected failure".into(),
+        pub fn clear_failures(&self) {
+            self.lock().fail.clear();
+        }
+
+        /// A TAP or rule appearing or vanishing behind banger's back.
+        pub fn with_state(&self, f: impl FnOnce(&mut FakeNetState)) {
+            f(&mut self.lock());
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, FakeNetState> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        fn check(state: &FakeNetState, op: NetOp) -> Result<()> {
+            if state.fail.contains(&op) {
+                Err(ProcessError::Reported {
+                    cmd: format!("{op:?}"),
+                    message: "injected failure".into(),
+                }
+                .into())
+            } else {
+                Ok(())
             }
-            .into())
-        } else {
-            Ok(())
         }
     }
-}
 
-impl HostNetwork for FakeNetwork {
-    fn ensure_bridge(&self, pool: &Pool) -> Result<()> {
-        let mut state = self.lock();
-        Self::check(&state, NetOp::Bridge)?;
-        state.bridge = Some(format!("{}/{}", pool.gateway(), pool.prefix));
-        Ok(())
-    }
+    impl HostNetwork for FakeNetwork {
+        fn ensure_bridge(&self, pool: &Pool) -> Result<()> {
+            let mut state = self.lock();
+            Self::check(&state, NetOp::Bridge)?;
+            state.bridge = Some(format!("{}/{}", pool.gateway(), pool.prefix));
+            Ok(())
+        }
 
-    fn create_tap(&self, name: &str, uid: u32) -> Result<()> {
-        let mut state = self.lock();
-        Self::check(&state, NetOp::CreateTap)?;
-        state.taps.insert(name.to_owned(), uid);
-        Ok(())
-    }
+        fn create_tap(&self, name: &str, uid: u32) -> Result<()> {
+            let mut state = self.lock();
+            Self::check(&state, NetOp::CreateTap)?;
+            state.taps.insert(name.to_owned(), uid);
+            Ok(())
+        }
 
-    fn delete_tap(&self, name: &str) -> Result<()> {
-        self.lock().taps.remove(name);
-        Ok(())
-    }
+        fn delete_tap(&self, name: &str) -> Result<()> {
+            self.lock().taps.remove(name);
+            Ok(())
+        }
 
-    fn list_taps(&self) -> Result<Vec<String>> {
-        Ok(self.lock().taps.keys().cloned().collect())
-    }
+        fn list_taps(&self) -> Result<Vec<String>> {
+            Ok(self.lock().taps.keys().cloned().collect())
+        }
 
-    fn ensure_nat_chains(&self) -> Result<()> {
-        Ok(())
-    }
+        fn ensure_nat_chains(&self) -> Result<()> {
+            Ok(())
+        }
 
-    fn add_nat(&self, rule: &NatRule) -> Result<()> {
-        let mut state = self.lock();
-        Self::check(&state, NetOp::AddNat)?;
-        state.nat.insert(rule.vm_id.clone(), rule.guest_ip);
-        Ok(())
-    }
+        fn add_nat(&self, rule: &NatRule) -> Result<()> {
+            let mut state = self.lock();
+            Self::check(&state, NetOp::AddNat)?;
+            state.nat.insert(rule.vm_id.clone(), rule.guest_ip);
+            Ok(())
+        }
 
-    fn remove_nat(&self, vm_id: &str) -> Result<()> {
-        self.lock().nat.remove(vm_id);
-        Ok(())
-    }
+        fn remove_nat(&self, vm_id: &str) -> Result<()> {
+            self.lock().nat.remove(vm_id);
+            Ok(())
+        }
 
-    fn nat_vms(&self) -> Result<Vec<String>> {
-        Ok(self.lock().nat.keys().cloned().collect())
-    }
+        fn nat_vms(&self) -> Result<Vec<String>> {
+            Ok(self.lock().nat.keys().cloned().collect())
+        }
 
-    fn host_routes(&self) -> Result<Vec<String>> {
-        Ok(self.lock().routes.clone())
+        fn host_routes(&self) -> Result<Vec<String>> {
+            Ok(self.lock().routes.clone())
+        }
     }
 }
 

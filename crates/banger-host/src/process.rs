@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use thiserror::Error;
 
@@ -163,110 +162,120 @@ impl Runner for HostRunner {
     }
 }
 
-/// Runs every command inside a network namespace (`ip netns exec NAME ...`):
-/// real devices and rules, isolated from the host's. For root tests.
-#[derive(Debug)]
-pub struct NetnsRunner {
-    namespace: String,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use fakes::*;
 
-impl NetnsRunner {
-    /// Creates the namespace; it is deleted when the runner is dropped.
-    pub fn create(namespace: &str) -> Result<Self, ProcessError> {
-        HostRunner.run(&Cmd::new("ip").args(["netns", "add", namespace]))?;
-        let runner = Self {
-            namespace: namespace.to_owned(),
-        };
-        runner.run(&Cmd::new("ip").args(["link", "set", "lo", "up"]))?;
-        Ok(runner)
+/// Runners for tests: in a network namespace, and recording: compiled for tests and the `testing` feature only.
+#[cfg(any(test, feature = "testing"))]
+mod fakes {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Runs every command inside a network namespace (`ip netns exec NAME ...`):
+    /// real devices and rules, isolated from the host's. For root tests.
+    #[derive(Debug)]
+    pub struct NetnsRunner {
+        namespace: String,
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-}
+    impl NetnsRunner {
+        /// Creates the namespace; it is deleted when the runner is dropped.
+        pub fn create(namespace: &str) -> Result<Self, ProcessError> {
+            HostRunner.run(&Cmd::new("ip").args(["netns", "add", namespace]))?;
+            let runner = Self {
+                namespace: namespace.to_owned(),
+            };
+            runner.run(&Cmd::new("ip").args(["link", "set", "lo", "up"]))?;
+            Ok(runner)
+        }
 
-impl Runner for NetnsRunner {
-    fn output(&self, cmd: &Cmd) -> Result<CmdOutput, ProcessError> {
-        let wrapped = Cmd::new("ip")
-            .args(["netns", "exec", self.namespace.as_str()])
-            .arg(cmd.program.clone())
-            .args(cmd.args.iter().cloned());
-        HostRunner.output(&wrapped)
-    }
-}
-
-impl Drop for NetnsRunner {
-    fn drop(&mut self) {
-        let _ = HostRunner.run(&Cmd::new("ip").args(["netns", "del", self.namespace.as_str()]));
-    }
-}
-
-/// Records every command and answers from a script: the first rule whose
-/// program and argument fragment match decides the outcome.
-#[derive(Debug, Default)]
-pub struct RecordingRunner {
-    calls: Mutex<Vec<Cmd>>,
-    rules: Mutex<Vec<Rule>>,
-}
-
-#[derive(Debug, Clone)]
-struct Rule {
-    program: String,
-    contains: Option<String>,
-    output: CmdOutput,
-}
-
-impl RecordingRunner {
-    pub fn new() -> Self {
-        Self::default()
+        pub fn namespace(&self) -> &str {
+            &self.namespace
+        }
     }
 
-    /// Makes `program` (with an argument containing `contains`, if given) exit with `code`.
-    pub fn answer(
-        &self,
-        program: &str,
-        contains: Option<&str>,
-        code: i32,
-        stdout: &str,
-        stderr: &str,
-    ) {
-        self.rules.lock().expect("rules lock").push(Rule {
-            program: program.to_owned(),
-            contains: contains.map(str::to_owned),
-            output: CmdOutput {
-                code: Some(code),
-                stdout: stdout.to_owned(),
-                stderr: stderr.to_owned(),
-            },
-        });
+    impl Runner for NetnsRunner {
+        fn output(&self, cmd: &Cmd) -> Result<CmdOutput, ProcessError> {
+            let wrapped = Cmd::new("ip")
+                .args(["netns", "exec", self.namespace.as_str()])
+                .arg(cmd.program.clone())
+                .args(cmd.args.iter().cloned());
+            HostRunner.output(&wrapped)
+        }
     }
 
-    pub fn calls(&self) -> Vec<Cmd> {
-        self.calls.lock().expect("calls lock").clone()
+    impl Drop for NetnsRunner {
+        fn drop(&mut self) {
+            let _ = HostRunner.run(&Cmd::new("ip").args(["netns", "del", self.namespace.as_str()]));
+        }
     }
 
-    /// The recorded command lines, as text.
-    pub fn lines(&self) -> Vec<String> {
-        self.calls().iter().map(ToString::to_string).collect()
+    /// Records every command and answers from a script: the first rule whose
+    /// program and argument fragment match decides the outcome.
+    #[derive(Debug, Default)]
+    pub struct RecordingRunner {
+        calls: Mutex<Vec<Cmd>>,
+        rules: Mutex<Vec<Rule>>,
     }
-}
 
-impl Runner for RecordingRunner {
-    fn output(&self, cmd: &Cmd) -> Result<CmdOutput, ProcessError> {
-        self.calls.lock().expect("calls lock").push(cmd.clone());
-        let rules = self.rules.lock().expect("rules lock");
-        let rule = rules.iter().find(|r| {
-            r.program == cmd.program
-                && r.contains
-                    .as_ref()
-                    .is_none_or(|c| cmd.args.iter().any(|a| a.contains(c.as_str())))
-        });
-        Ok(rule.map(|r| r.output.clone()).unwrap_or(CmdOutput {
-            code: Some(0),
-            stdout: String::new(),
-            stderr: String::new(),
-        }))
+    #[derive(Debug, Clone)]
+    struct Rule {
+        program: String,
+        contains: Option<String>,
+        output: CmdOutput,
+    }
+
+    impl RecordingRunner {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Makes `program` (with an argument containing `contains`, if given) exit with `code`.
+        pub fn answer(
+            &self,
+            program: &str,
+            contains: Option<&str>,
+            code: i32,
+            stdout: &str,
+            stderr: &str,
+        ) {
+            self.rules.lock().expect("rules lock").push(Rule {
+                program: program.to_owned(),
+                contains: contains.map(str::to_owned),
+                output: CmdOutput {
+                    code: Some(code),
+                    stdout: stdout.to_owned(),
+                    stderr: stderr.to_owned(),
+                },
+            });
+        }
+
+        pub fn calls(&self) -> Vec<Cmd> {
+            self.calls.lock().expect("calls lock").clone()
+        }
+
+        /// The recorded command lines, as text.
+        pub fn lines(&self) -> Vec<String> {
+            self.calls().iter().map(ToString::to_string).collect()
+        }
+    }
+
+    impl Runner for RecordingRunner {
+        fn output(&self, cmd: &Cmd) -> Result<CmdOutput, ProcessError> {
+            self.calls.lock().expect("calls lock").push(cmd.clone());
+            let rules = self.rules.lock().expect("rules lock");
+            let rule = rules.iter().find(|r| {
+                r.program == cmd.program
+                    && r.contains
+                        .as_ref()
+                        .is_none_or(|c| cmd.args.iter().any(|a| a.contains(c.as_str())))
+            });
+            Ok(rule.map(|r| r.output.clone()).unwrap_or(CmdOutput {
+                code: Some(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            }))
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! asks it to shut down; waiting, signalling and exit detection work on the
 //! process and are the same for every backend (see [`process`]).
 
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod firecracker;
 pub mod process;
 pub mod qemu;
+#[cfg(any(test, feature = "testing"))]
 pub mod testkit;
 
 use std::fmt;
