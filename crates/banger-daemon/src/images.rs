@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use banger_host::Config;
+use banger_host::bundle::BundleFile;
 use banger_proto::Image;
 
 use crate::lifecycle::DEFAULT_IMAGE;
@@ -21,37 +22,24 @@ pub fn default_image(config: &Config, runtime_dir: Option<&Path>) -> Option<Imag
             None
         }
     });
-    let in_bundle = |name: &str| {
-        let entry = match name {
-            "rootfs-docker.ext4" => "rootfs_docker",
-            "rootfs.ext4" => "rootfs",
-            "vmlinux" => "kernel",
-            "initrd.img" => "initrd",
-            _ => "",
-        };
-        manifest
-            .as_ref()
-            .and_then(|b| b.file(entry))
-            .or_else(|| runtime_dir.map(|d| d.join(name)))
-            .filter(|p| p.exists())
-    };
+    let in_bundle = |file: BundleFile| file.locate(runtime_dir?, manifest.as_ref());
     let rootfs = config
         .default_rootfs
         .clone()
-        .or_else(|| in_bundle("rootfs-docker.ext4"))
-        .or_else(|| in_bundle("rootfs.ext4"))?;
+        .or_else(|| in_bundle(BundleFile::RootfsDocker))
+        .or_else(|| in_bundle(BundleFile::Rootfs))?;
     let kernel: Option<PathBuf> = config
         .default_kernel
         .clone()
-        .or_else(|| in_bundle("vmlinux"));
+        .or_else(|| in_bundle(BundleFile::Kernel));
     let initrd = config
         .default_initrd
         .clone()
-        .or_else(|| in_bundle("initrd.img"));
+        .or_else(|| in_bundle(BundleFile::Initrd));
     let modules_dir = config
         .default_modules_dir
         .clone()
-        .or_else(|| in_bundle("modules"));
+        .or_else(|| in_bundle(BundleFile::Modules));
     let docker = rootfs
         .file_name()
         .is_some_and(|n| n.to_string_lossy().contains("docker"));

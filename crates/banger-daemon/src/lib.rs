@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use banger_host::bundle::BundleFile;
 use banger_host::disk::{Disks, Ext4Disks};
 use banger_host::net::{HostNetwork, IpTablesNetwork};
 use banger_host::process::HostRunner;
@@ -124,9 +125,10 @@ fn public_keys(
 ) -> anyhow::Result<Vec<String>> {
     let (private, setting) = match (&config.ssh_key_path, runtime_dir) {
         (Some(path), _) => (path.clone(), "ssh_key_path in config.toml"),
-        (None, Some(dir)) if dir.join("id_ed25519").exists() => {
-            (dir.join("id_ed25519"), "the runtime bundle's key")
-        }
+        (None, Some(dir)) if dir.join(BundleFile::SshKey.file_name()).exists() => (
+            dir.join(BundleFile::SshKey.file_name()),
+            "the runtime bundle's key",
+        ),
         (None, _) => return Ok(Vec::new()),
     };
     let public = PathBuf::from(format!("{}.pub", private.display()));

@@ -13,7 +13,12 @@ use thiserror::Error;
 pub const SCHEMA: u32 = 1;
 pub const MANIFEST: &str = "bundle.json";
 /// Entries every bundle has; one of `rootfs` and `rootfs_docker` too.
-pub const REQUIRED: &[&str] = &["kernel", "initrd", "ssh_key", "vsock_ping_helper"];
+pub const REQUIRED: &[BundleFile] = &[
+    BundleFile::Kernel,
+    BundleFile::Initrd,
+    BundleFile::SshKey,
+    BundleFile::VsockPingHelper,
+];
 
 #[derive(Debug, Error)]
 pub enum BundleError {
@@ -49,6 +54,59 @@ pub enum BundleError {
 }
 
 pub type Result<T, E = BundleError> = std::result::Result<T, E>;
+
+/// A file of the runtime bundle: its `bundle.json` entry and the name
+/// `make runtime` gives it, each spelled here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleFile {
+    Kernel,
+    Initrd,
+    Rootfs,
+    RootfsDocker,
+    SshKey,
+    SshPublicKey,
+    VsockPingHelper,
+    Modules,
+}
+
+impl BundleFile {
+    /// The key in `bundle.json`'s `files`.
+    pub fn entry(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Initrd => "initrd",
+            Self::Rootfs => "rootfs",
+            Self::RootfsDocker => "rootfs_docker",
+            Self::SshKey => "ssh_key",
+            Self::SshPublicKey => "ssh_public_key",
+            Self::VsockPingHelper => "vsock_ping_helper",
+            Self::Modules => "modules",
+        }
+    }
+
+    /// Its name in a bundle `make runtime` built.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Kernel => "vmlinux",
+            Self::Initrd => "initrd.img",
+            Self::Rootfs => "rootfs.ext4",
+            Self::RootfsDocker => "rootfs-docker.ext4",
+            Self::SshKey => "id_ed25519",
+            Self::SshPublicKey => "id_ed25519.pub",
+            Self::VsockPingHelper => "banger-vsock-pingd",
+            Self::Modules => "modules",
+        }
+    }
+
+    /// Where it is in the bundle at `dir`: where `manifest` says, else its
+    /// conventional name; `None` when there is no such file.
+    pub fn locate(self, dir: &Path, manifest: Option<&Bundle>) -> Option<PathBuf> {
+        let path = manifest
+            .and_then(|b| b.file(self.entry()))
+            .unwrap_or_else(|| dir.join(self.file_name()));
+        path.exists().then_some(path)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -96,12 +154,16 @@ impl Bundle {
                 found: manifest.schema,
             });
         }
-        for entry in REQUIRED {
-            if !manifest.files.contains_key(*entry) {
-                return Err(BundleError::MissingEntry((*entry).to_owned()));
+        for file in REQUIRED {
+            if !manifest.files.contains_key(file.entry()) {
+                return Err(BundleError::MissingEntry(file.entry().to_owned()));
             }
         }
-        if !manifest.files.contains_key("rootfs") && !manifest.files.contains_key("rootfs_docker") {
+        if !manifest.files.contains_key(BundleFile::Rootfs.entry())
+            && !manifest
+                .files
+                .contains_key(BundleFile::RootfsDocker.entry())
+        {
             return Err(BundleError::NoRootfs);
         }
         let bundle = Self {
@@ -129,7 +191,8 @@ impl Bundle {
 
     /// The image new VMs boot by default: the Docker one when present.
     pub fn default_rootfs(&self) -> Option<PathBuf> {
-        self.file("rootfs_docker").or_else(|| self.file("rootfs"))
+        self.file(BundleFile::RootfsDocker.entry())
+            .or_else(|| self.file(BundleFile::Rootfs.entry()))
     }
 
     /// Checks every file's SHA-256.
@@ -175,12 +238,14 @@ mod tests {
     fn bundle(dir: &Path) -> Manifest {
         let mut files = BTreeMap::new();
         for (entry, name) in [
-            ("kernel", "vmlinux"),
-            ("initrd", "initrd.img"),
-            ("rootfs", "rootfs.ext4"),
-            ("ssh_key", "id_ed25519"),
-            ("vsock_ping_helper", "banger-vsock-pingd"),
-        ] {
+            BundleFile::Kernel,
+            BundleFile::Initrd,
+            BundleFile::Rootfs,
+            BundleFile::SshKey,
+            BundleFile::VsockPingHelper,
+        ]
+        .map(|f| (f.entry(), f.file_name()))
+        {
             std::fs::write(dir.join(name), format!("contents of {name}")).unwrap();
             let sha256 = sha256_file(&dir.join(name)).unwrap();
             files.insert(

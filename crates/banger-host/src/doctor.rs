@@ -169,57 +169,74 @@ fn bundle_checks(input: &DoctorInput<'_>, checks: &mut Vec<Check>) -> Option<Pat
 /// The kernel, initrd, rootfs, SSH key and guest helper VMs get: the
 /// configured paths, else the bundle's.
 fn bundle_file_checks(config: &Config, bundle: &Path, checks: &mut Vec<Check>) {
-    let file = |name: &str, configured: &Option<PathBuf>| {
-        configured.clone().unwrap_or_else(|| bundle.join(name))
+    use crate::bundle::BundleFile;
+    let file = |which: BundleFile, configured: &Option<PathBuf>| {
+        configured
+            .clone()
+            .unwrap_or_else(|| bundle.join(which.file_name()))
     };
-    for (what, path) in [
-        ("kernel", file("vmlinux", &config.default_kernel)),
-        ("initrd", file("initrd.img", &config.default_initrd)),
+    // The missing file is named, and the fix with it.
+    let present =
+        |what: &str, path: PathBuf, missing: fn(&str, String, String) -> Check, fix: &str| {
+            if path.is_file() {
+                Check::pass(what, path.display().to_string())
+            } else {
+                missing(
+                    what,
+                    format!("{} is missing", path.display()),
+                    fix.to_owned(),
+                )
+            }
+        };
+    for (what, which, configured) in [
+        ("kernel", BundleFile::Kernel, &config.default_kernel),
+        ("initrd", BundleFile::Initrd, &config.default_initrd),
     ] {
-        checks.push(if path.is_file() {
-            Check::pass(what, path.display().to_string())
-        } else {
-            Check::fail(
-                what,
-                format!("{} is missing", path.display()),
-                "run `make runtime` (or set default_kernel/default_initrd)",
-            )
-        });
+        checks.push(present(
+            what,
+            file(which, configured),
+            fail,
+            "run `make runtime` (or set default_kernel/default_initrd)",
+        ));
     }
     let rootfs = config.default_rootfs.clone().or_else(|| {
-        ["rootfs-docker.ext4", "rootfs.ext4"]
+        [BundleFile::RootfsDocker, BundleFile::Rootfs]
             .iter()
-            .map(|n| bundle.join(n))
+            .map(|f| bundle.join(f.file_name()))
             .find(|p| p.is_file())
     });
     checks.push(match rootfs {
         Some(path) if path.is_file() => Check::pass("rootfs", path.display().to_string()),
         _ => Check::fail(
             "rootfs",
-            "no rootfs-docker.ext4 or rootfs.ext4 in the bundle",
+            format!(
+                "no {} or {} in the bundle",
+                BundleFile::RootfsDocker.file_name(),
+                BundleFile::Rootfs.file_name()
+            ),
             "run `make runtime` (or set default_rootfs)",
         ),
     });
-    let key = file("id_ed25519", &config.ssh_key_path);
-    checks.push(if key.is_file() {
-        Check::pass("ssh key", key.display().to_string())
-    } else {
-        Check::fail(
-            "ssh key",
-            format!("{} is missing", key.display()),
-            "run `make runtime` (or set ssh_key_path)",
-        )
-    });
-    let helper = file("banger-vsock-pingd", &config.vsock_ping_helper_path);
-    checks.push(if helper.is_file() {
-        Check::pass("guest helper", helper.display().to_string())
-    } else {
-        Check::warn(
-            "guest helper",
-            format!("{} is missing", helper.display()),
-            "run `make build` to put banger-vsock-pingd in the bundle; without it the post-SSH reminder cannot reach guests",
-        )
-    });
+    checks.push(present(
+        "ssh key",
+        file(BundleFile::SshKey, &config.ssh_key_path),
+        fail,
+        "run `make runtime` (or set ssh_key_path)",
+    ));
+    checks.push(present(
+        "guest helper",
+        file(BundleFile::VsockPingHelper, &config.vsock_ping_helper_path),
+        warn,
+        "run `make build` to put banger-vsock-pingd in the bundle; without it the post-SSH reminder cannot reach guests",
+    ));
+}
+
+fn fail(name: &str, detail: String, fix: String) -> Check {
+    Check::fail(name, detail, fix)
+}
+
+fn warn(name: &str, detail: String, fix: String) -> Check {
+    Check::warn(name, detail, fix)
 }
 
 /// The VMM backends: Firecracker and KVM, then QEMU and its vsock helper.

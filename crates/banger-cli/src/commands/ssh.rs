@@ -31,10 +31,11 @@ pub fn ssh_key(ctx: &Context) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().unwrap_or_default();
     let runtime = banger_host::runtime_dir::resolve(config.runtime_dir.as_deref(), &exe)
         .context("finding the runtime bundle's SSH key (or set ssh_key_path)")?;
-    let key = runtime.path.join("id_ed25519");
+    let name = banger_host::bundle::BundleFile::SshKey.file_name();
+    let key = runtime.path.join(name);
     anyhow::ensure!(
         key.is_file(),
-        "the runtime bundle at {} has no id_ed25519: run `make runtime`, or set ssh_key_path",
+        "the runtime bundle at {} has no {name}: run `make runtime`, or set ssh_key_path",
         runtime.path.display()
     );
     Ok(key)
