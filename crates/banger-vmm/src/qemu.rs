@@ -149,21 +149,67 @@ impl Qemu {
     }
 }
 
-/// One QMP command after the capabilities handshake.
-fn qmp(socket: &Path, command: &str) -> std::io::Result<String> {
+/// One line from QMP: a command's answer, or an event, which can arrive
+/// before the answer at any time.
+#[derive(Debug, serde::Deserialize)]
+struct QmpLine {
+    #[serde(rename = "return")]
+    answer: Option<serde_json::Value>,
+    error: Option<QmpError>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct QmpError {
+    class: String,
+    desc: String,
+}
+
+/// `query-status`'s answer.
+#[derive(Debug, serde::Deserialize)]
+struct QmpStatus {
+    status: String,
+}
+
+/// Runs one QMP command after the capabilities handshake and returns its
+/// `return` value. Events are skipped; an `error` answer is an error.
+/// Kept by hand rather than the `qapi` crate: banger sends two commands
+/// (`query-status`, `system_powerdown`), each one line of JSON, and `qapi`
+/// brings types generated for every command of QEMU's schema.
+fn qmp(socket: &Path, command: &str) -> std::io::Result<serde_json::Value> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?; // greeting
-    writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
-    line.clear();
-    reader.read_line(&mut line)?;
-    writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
-    line.clear();
-    reader.read_line(&mut line)?;
-    Ok(line)
+    for execute in ["qmp_capabilities", command] {
+        writer.write_all(
+            serde_json::json!({ "execute": execute })
+                .to_string()
+                .as_bytes(),
+        )?;
+        writer.write_all(b"\n")?;
+        let answer = loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let parsed: QmpLine = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            if let Some(error) = parsed.error {
+                return Err(std::io::Error::other(format!(
+                    "QMP {execute}: {} ({})",
+                    error.desc, error.class
+                )));
+            }
+            if let Some(answer) = parsed.answer {
+                break answer;
+            }
+        };
+        if execute == command {
+            return Ok(answer);
+        }
+    }
+    unreachable!("the loop returns at the command's answer")
 }
 
 impl Vmm for Qemu {
@@ -245,12 +291,12 @@ impl Vmm for Qemu {
     /// failed disk write (werror=enospc, its default, on ENOSPC).
     fn io_error_pause(&self, vm_dir: &Path) -> Option<bool> {
         let answer = qmp(&banger_host::VmDir::new(vm_dir).qmp(), "query-status").ok()?;
-        Some(answer.contains("\"io-error\""))
+        let status: QmpStatus = serde_json::from_value(answer).ok()?;
+        Some(status.status == "io-error")
     }
 
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
-        qmp(&banger_host::VmDir::new(vm_dir).qmp(), "query-status")
-            .is_ok_and(|answer| answer.contains("return"))
+        qmp(&banger_host::VmDir::new(vm_dir).qmp(), "query-status").is_ok()
     }
 
     /// QEMU catches SIGTERM, SIGINT and SIGHUP, logs `terminating on
@@ -298,6 +344,50 @@ impl Vmm for Qemu {
 mod tests {
     use super::*;
     use crate::{Drive, NetSpec};
+
+    /// A QMP server that greets, answers the handshake, sends an event,
+    /// then answers `query-status` with `status`.
+    fn fake_qmp(dir: &Path, status: &'static str) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("qmp.sock")).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut seen = Vec::new();
+            writer.write_all(b"{\"QMP\": {\"version\": {}}}\n").unwrap();
+            for answer in [
+                "{\"return\": {}}\n".to_owned(),
+                format!(
+                    "{{\"event\": \"BLOCK_IO_ERROR\", \"data\": {{}}}}\n{{\"return\": {{\"status\": \"{status}\", \"running\": false}}}}\n"
+                ),
+            ] {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                seen.push(line.trim().to_owned());
+                writer.write_all(answer.as_bytes()).unwrap();
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn qmp_answers_are_read_past_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let qemu = Qemu::new(PathBuf::from("qemu"), PathBuf::from("vhost"));
+        let server = fake_qmp(tmp.path(), "io-error");
+        assert_eq!(qemu.io_error_pause(tmp.path()), Some(true));
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                r#"{"execute":"qmp_capabilities"}"#,
+                r#"{"execute":"query-status"}"#
+            ]
+        );
+        std::fs::remove_file(tmp.path().join("qmp.sock")).unwrap();
+        let server = fake_qmp(tmp.path(), "running");
+        assert_eq!(qemu.io_error_pause(tmp.path()), Some(false));
+        server.join().unwrap();
+    }
 
     #[test]
     fn a_signal_qemu_turned_into_exit_0_is_reported_as_the_signal() {
