@@ -121,14 +121,18 @@ EOF
     check "doctor in $host: real KVM, not PVM ($virt)" grep -q '^pass' <<<"$virt"
 }
 
-# Step 5: the suite inside the host VM; returns 2 when the host VM itself
+# Step 5: the suite inside the host VM, its guests with one vCPU each: with
+# two, a guest's cross-CPU TLB flush sometimes never completed under the
+# emulated nested SVM here (a stall in on_each_cpu_cond_mask, measured once
+# in three runs), which hardware nested virtualization does not do.
+# Returns 2 when the host VM itself
 # died (its kernel panicked), so the caller can try once more.
 run_suite() {
     say "== 5. the e2e suite inside $host, on Firecracker"
     in_host "cd /root/kit && TMPDIR=/root/tmp BANGER_E2E_VMM=firecracker \
         BANGER_E2E_BANGER=/root/kit/bin/banger BANGER_E2E_FIRECRACKER=/root/kit/bin/firecracker \
         BANGER_RUNTIME_DIR=/root/kit/runtime BANGER_E2E_IMAGES=rootfs.ext4 BANGER_E2E_POOL=default \
-        BANGER_E2E_BOOT_TIMEOUT=$boot_timeout scripts/e2e.sh" 2>&1 | tee "$world/inner.log"
+        BANGER_E2E_BOOT_TIMEOUT=$boot_timeout BANGER_E2E_VCPU=1 scripts/e2e.sh" 2>&1 | tee "$world/inner.log"
     local inner=${PIPESTATUS[0]}
     local line
     line=$(grep -E '^e2e \(firecracker\): ' "$world/inner.log" | tail -n1)

@@ -18,6 +18,7 @@
 #                           route over the default pool first, so the daemon
 #                           must move to a free one (banger inside a banger VM)
 #   BANGER_E2E_BOOT_TIMEOUT seconds to wait for SSH (default 240)
+#   BANGER_E2E_VCPU         vCPUs of the suite's VMs (default: banger's, 2)
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,9 @@ vmm=${BANGER_E2E_VMM:-qemu}
 banger="${BANGER_E2E_BANGER:-$repo/target/debug/banger}"
 bundle="${BANGER_RUNTIME_DIR:-$repo/runtime}"
 boot_timeout=${BANGER_E2E_BOOT_TIMEOUT:-240}
+# Every VM the suite creates gets these (empty: banger's defaults).
+sizes=()
+[ -n "${BANGER_E2E_VCPU:-}" ] && sizes=(--vcpu "$BANGER_E2E_VCPU")
 
 world=$(mktemp -d "${TMPDIR:-/tmp}/banger-e2e-XXXXXX")
 # The caller's HOME, for cargo/rustup (make install builds).
@@ -161,7 +165,7 @@ if [ "${BANGER_E2E_POOL:-}" = default ]; then
 fi
 
 say "== 1. create e2e-a with NAT and a 2G work disk, wait for SSH ($vmm)"
-check "vm create e2e-a --wait (boots to SSH)" "$banger" vm create --name e2e-a --disk-size 2G --nat --wait --wait-timeout "$boot_timeout"
+check "vm create e2e-a --wait (boots to SSH)" "$banger" vm create --name e2e-a "${sizes[@]}" --disk-size 2G --nat --wait --wait-timeout "$boot_timeout"
 check "vm ssh works" wait_ssh e2e-a
 
 say "== 2. inside e2e-a"
@@ -239,7 +243,7 @@ check "/root is still the banger-work disk" test "$(in_vm e2e-a findmnt -n -o LA
 check "the /root file is still there after the resize" test "$(in_vm e2e-a cat /root/e2e-root)" = kept
 
 say "== 6. a second VM reaches e2e-a by name"
-check "vm create e2e-b" "$banger" vm create --name e2e-b --disk-size 2G
+check "vm create e2e-b" "$banger" vm create --name e2e-b "${sizes[@]}" --disk-size 2G
 check "e2e-b boots to SSH" wait_ssh e2e-b
 check "e2e-b resolves e2e-a.vm" test "$(in_vm e2e-b getent hosts e2e-a.vm | cut -d' ' -f1)" = "$ip_a"
 check "e2e-b reaches e2e-a over the bridge" in_vm e2e-b ping -c1 -W5 e2e-a.vm
@@ -278,7 +282,7 @@ say "== 9. bangerd killed in the middle of vm create (BANGER_TEST_CRASH_AT)"
 crashed=""
 for step in create:provisioned boot:launched; do
     before=$(ls "$state/vms" 2>/dev/null)
-    BANGER_TEST_CRASH_AT=$step "$banger" vm create --name "crash-${step%%:*}" >/dev/null 2>&1
+    BANGER_TEST_CRASH_AT=$step "$banger" vm create --name "crash-${step%%:*}" "${sizes[@]}" >/dev/null 2>&1
     new_dirs=$(comm -13 <(printf '%s\n' $before | sort) <(ls "$state/vms" 2>/dev/null | sort))
     say "      killed at $step, leaving ${new_dirs:-nothing}"
     crashed="$crashed $new_dirs"
@@ -293,7 +297,7 @@ for id in $crashed; do
     ip -o link show | grep -q " bg-${id:0:10}[:@]" && { say "      the TAP of $id remains"; leftover=1; }
 done
 check "no process, TAP or file of the interrupted creates remains" test "$leftover" = 0
-check "vm create crash2 --wait (takes the freed IP)" "$banger" vm create --name crash2 --disk-size 1G --wait --wait-timeout "$boot_timeout"
+check "vm create crash2 --wait (takes the freed IP)" "$banger" vm create --name crash2 "${sizes[@]}" --disk-size 1G --wait --wait-timeout "$boot_timeout"
 check "crash2's SSH reaches crash2, not a leaked guest" test "$(in_vm crash2 hostname)" = crash2
 # QEMU turns SIGTERM into exit status 0, Firecracker has no handler for
 # it; either way banger records a kill.
