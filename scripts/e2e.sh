@@ -345,11 +345,14 @@ elif mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
     shown=$(as_full vm show filler 2>&1)
     check "vm show says the disk write failed and how much is free" grep -q "disk write failed: the host filesystem holding .* free" <<<"$shown"
     check "vm list still answers" as_full vm list
+    # The writer's `vm ssh` goes first: ended later, its post-SSH reminder
+    # would start a new daemon after `daemon stop`. Its ssh ends with it.
+    kill "$filling" 2>/dev/null
+    wait "$filling" 2>/dev/null
     check "vm stop works on the full disk" as_full vm stop filler
     check "vm delete works on the full disk" as_full vm delete filler
     check "daemon stop works on the full disk" as_full daemon stop
-    kill "$filling" 2>/dev/null
-    wait "$filling" 2>/dev/null
+    check "no daemon runs afterwards" sh -c "! XDG_STATE_HOME='$full/state' XDG_RUNTIME_DIR='$full/run' XDG_CONFIG_HOME='$full/config' '$banger' daemon status >/dev/null 2>&1"
     umount "$full/state" || umount -l "$full/state"
     drop_bridge "bgfull-$(( $$ % 100000 ))"
 else
