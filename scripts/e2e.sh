@@ -333,7 +333,10 @@ elif mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
     as_full() { XDG_STATE_HOME="$full/state" XDG_RUNTIME_DIR="$full/run" XDG_CONFIG_HOME="$full/config" "$banger" "$@"; }
     full_state() { as_full vm show filler --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
     check "vm create filler with its state on a 1.1G disk" as_full vm create --name filler --disk-size 4G --memory 512 --vcpu 1 --wait --wait-timeout "$boot_timeout"
-    as_full vm ssh filler -- 'dd if=/dev/zero of=/root/fill bs=1M count=3000 conv=fsync' >/dev/null 2>&1 &
+    # banger itself in the background (not through as_full, a function:
+    # its $! would be a subshell, and killing that leaves banger running).
+    XDG_STATE_HOME="$full/state" XDG_RUNTIME_DIR="$full/run" XDG_CONFIG_HOME="$full/config" \
+        "$banger" vm ssh filler -- 'dd if=/dev/zero of=/root/fill bs=1M count=3000 conv=fsync' >/dev/null 2>&1 &
     filling=$!
     state_f=""
     for _ in $(seq 240); do
@@ -352,6 +355,7 @@ elif mount -t tmpfs -o size=1100m tmpfs "$full/state"; then
     check "vm stop works on the full disk" as_full vm stop filler
     check "vm delete works on the full disk" as_full vm delete filler
     check "daemon stop works on the full disk" as_full daemon stop
+    check "the writer's vm ssh is gone" sh -c "! kill -0 $filling 2>/dev/null"
     check "no daemon runs afterwards" sh -c "! XDG_STATE_HOME='$full/state' XDG_RUNTIME_DIR='$full/run' XDG_CONFIG_HOME='$full/config' '$banger' daemon status >/dev/null 2>&1"
     umount "$full/state" || umount -l "$full/state"
     drop_bridge "bgfull-$(( $$ % 100000 ))"
