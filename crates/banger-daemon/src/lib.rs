@@ -377,8 +377,8 @@ fn settle_pool(mut config: Config, network: &dyn HostNetwork) -> (Config, Option
         Vec::new()
     });
     match banger_host::net::choose_pool(&configured, config.guest_ip_pool_explicit, &routes) {
-        Ok(choice) if choice.moved_because.is_some() => {
-            let said = choice.describe(&configured);
+        Ok(choice) if choice.moved_from.is_some() => {
+            let said = choice.describe();
             tracing::warn!(pool = %said, "the default guest IP pool is taken; using a free one");
             config.guest_ip_pool = choice.pool.to_string();
             (config, Some(said))

@@ -201,9 +201,8 @@ fn bundle_file_checks(config: &Config, bundle: &Path, checks: &mut Vec<Check>) {
     }
     let rootfs = config.default_rootfs.clone().or_else(|| {
         [BundleFile::RootfsDocker, BundleFile::Rootfs]
-            .iter()
-            .map(|f| bundle.join(f.file_name()))
-            .find(|p| p.is_file())
+            .into_iter()
+            .find_map(|f| f.locate(bundle, None))
     });
     checks.push(match rootfs {
         Some(path) if path.is_file() => Check::pass("rootfs", path.display().to_string()),
@@ -467,16 +466,10 @@ pub fn bridge_check(bridge: &str, instance_tag: &str, ip: &dyn IpQuery) -> Check
 pub fn pool_check(config: &Config, ip: &dyn IpQuery) -> Check {
     let name = format!("guest_ip_pool {}", config.guest_ip_pool);
     match daemon_pool(config, ip) {
-        Ok(choice) if choice.moved_because.is_none() => {
+        Ok(choice) if choice.moved_from.is_none() => {
             Check::pass(name, "clear of the host's routes")
         }
-        Ok(choice) => Check::pass(
-            name,
-            format!(
-                "the daemon uses {}",
-                choice.describe(&crate::net::Pool::parse(&config.guest_ip_pool).expect("parsed"))
-            ),
-        ),
+        Ok(choice) => Check::pass(name, format!("the daemon uses {}", choice.describe())),
         Err(e) => Check::fail(
             name,
             e.to_string(),

@@ -759,16 +759,17 @@ pub fn check_pool_against_routes(pool: &Pool, routes: &[String]) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolChoice {
     pub pool: Pool,
-    /// Set when the default pool was taken: which route took it.
-    pub moved_because: Option<String>,
+    /// Set when the default pool was taken: the default, and the route
+    /// that took it.
+    pub moved_from: Option<(Pool, String)>,
 }
 
 impl PoolChoice {
     /// One line for logs, `daemon status` and doctor.
-    pub fn describe(&self, default: &Pool) -> String {
-        match &self.moved_because {
+    pub fn describe(&self) -> String {
+        match &self.moved_from {
             None => format!("{}", self.pool),
-            Some(route) => format!(
+            Some((default, route)) => format!(
                 "{} (the default {default} overlaps the host route {route}; set guest_ip_pool in config.toml to choose)",
                 self.pool
             ),
@@ -787,7 +788,7 @@ pub fn choose_pool(configured: &Pool, explicit: bool, routes: &[String]) -> Resu
         Ok(()) => {
             return Ok(PoolChoice {
                 pool: *configured,
-                moved_because: None,
+                moved_from: None,
             });
         }
         Err(e) if explicit => return Err(e),
@@ -807,7 +808,7 @@ pub fn choose_pool(configured: &Pool, explicit: bool, routes: &[String]) -> Resu
         if check_pool_against_routes(&pool, routes).is_ok() {
             return Ok(PoolChoice {
                 pool,
-                moved_because: Some(conflict),
+                moved_from: Some((*configured, conflict)),
             });
         }
     }
@@ -896,7 +897,7 @@ mod tests {
         let default = Pool::parse("10.219.0.0/24").unwrap();
         let clear = ["10.0.0.0/24 dev eth0".to_owned()];
         let choice = choose_pool(&default, false, &clear).unwrap();
-        assert_eq!((choice.pool, choice.moved_because), (default, None));
+        assert_eq!((choice.pool, choice.moved_from), (default, None));
         // banger inside a banger VM: eth0 is in the default pool, and the
         // next /24 is taken too.
         let taken = [
@@ -906,7 +907,7 @@ mod tests {
         ];
         let choice = choose_pool(&default, false, &taken).unwrap();
         assert_eq!(choice.pool, Pool::parse("10.219.2.0/24").unwrap());
-        let said = choice.describe(&default);
+        let said = choice.describe();
         assert!(
             said.starts_with("10.219.2.0/24 (the default 10.219.0.0/24 overlaps the host route 10.219.0.0/24 dev eth0"),
             "{said}"
