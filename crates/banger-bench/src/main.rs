@@ -1092,16 +1092,17 @@ impl World {
         store.write(|w| {
             for i in 0..count {
                 w.insert_vm(&VmRecord {
-                    id: format!("{i:08x}{:024x}", u64::from(i) * 7919),
-                    name: format!("bench-vm-{i}"),
+                    id: banger_proto::VmId::new(format!("{i:08x}{:024x}", u64::from(i) * 7919)),
+                    name: banger_proto::VmName::parse(&format!("bench-vm-{i}"))
+                        .expect("a valid name"),
                     state: VmState::Stopped,
                     image: "default".into(),
-                    vmm: "firecracker".into(),
+                    vmm: banger_proto::Backend::Firecracker,
                     vcpu: 2,
-                    memory_mib: 2048,
-                    disk_size_bytes: 16 << 30,
+                    memory_mib: banger_proto::MemoryMib(2048),
+                    disk_size_bytes: banger_proto::DiskSize(16 << 30),
                     nat: i % 2 == 0,
-                    guest_ip: Some(Self::seed_ip(i).to_string()),
+                    guest_ip: Some(Self::seed_ip(i)),
                     tap: None,
                     vsock_cid: Some(3 + i),
                     vsock_path: Some(state.join(format!("vms/{i}/vsock.sock"))),

@@ -1,6 +1,6 @@
 //! The whole command tree of `banger`, readable in one place.
 
-use banger_proto::validate;
+use banger_proto::{Backend, validate};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -100,8 +100,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub nat: bool,
     /// VMM backend: firecracker or qemu (default: chosen by the daemon, see `banger daemon status`)
-    #[arg(long, value_parser = ["firecracker", "qemu"])]
-    pub vmm: Option<String>,
+    #[arg(long, value_parser = parse_backend)]
+    pub vmm: Option<Backend>,
     #[command(flatten)]
     pub wait: WaitFlags,
     #[command(flatten)]
@@ -252,6 +252,10 @@ fn parse_name(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_backend(text: &str) -> Result<Backend, String> {
+    Backend::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_size(text: &str) -> Result<String, String> {
     validate::disk_size(text)
         .map(|_| text.to_owned())
@@ -344,7 +348,7 @@ mod tests {
                     "json: true",
                 ],
             ),
-            (&["vm", "create", "--vmm", "qemu"], &["vmm: Some(\"qemu\")"]),
+            (&["vm", "create", "--vmm", "qemu"], &["vmm: Some(Qemu)"]),
             (&["vm", "list"], &["List(JsonFlag { json: false })"]),
             (&["vm", "ls", "--json"], &["List(JsonFlag { json: true })"]),
             (

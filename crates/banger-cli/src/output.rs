@@ -76,10 +76,6 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
-pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(8)]
-}
-
 /// `45s`, `12m`, `3h`, `4d`: how long ago `unix_secs` was.
 pub fn age(unix_secs: i64, now: i64) -> String {
     let secs = (now - unix_secs).max(0);
@@ -143,13 +139,13 @@ pub fn vm_table(vms: &[VmSummary], now: i64) -> String {
         .iter()
         .map(|vm| {
             vec![
-                vm.name.clone(),
-                short_id(&vm.id).to_owned(),
+                vm.name.to_string(),
+                vm.id.short().to_owned(),
                 vm.state.to_string(),
                 vm.image.clone(),
                 vm.vcpu.to_string(),
-                format!("{}M", vm.memory_mib),
-                vm.guest_ip.clone().unwrap_or_else(|| "-".into()),
+                vm.memory_mib.to_string(),
+                vm.guest_ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
                 if vm.nat { "yes" } else { "no" }.to_owned(),
                 age(vm.created_at, now),
             ]
@@ -167,16 +163,16 @@ pub fn vm_details(vm: &Vm, now: i64) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let path = |p: &std::path::Path| p.display().to_string();
     let fields: Vec<(&str, String)> = vec![
-        ("name", vm.name.clone()),
-        ("id", vm.id.clone()),
+        ("name", vm.name.to_string()),
+        ("id", vm.id.to_string()),
         ("state", vm.state.to_string()),
         ("image", vm.image.clone()),
-        ("vmm", vm.vmm.clone()),
+        ("vmm", vm.vmm.to_string()),
         ("vcpu", vm.vcpu.to_string()),
-        ("memory", format!("{} MiB", vm.memory_mib)),
-        ("disk size", format_size(vm.disk_size_bytes)),
+        ("memory", format!("{} MiB", vm.memory_mib.0)),
+        ("disk size", vm.disk_size_bytes.to_string()),
         ("nat", vm.nat.to_string()),
-        ("guest ip", opt(vm.guest_ip.clone())),
+        ("guest ip", opt(vm.guest_ip.map(|ip| ip.to_string()))),
         ("tap", opt(vm.tap.clone())),
         ("vsock cid", opt(vm.vsock_cid.map(|c| c.to_string()))),
         ("vsock path", opt(vm.vsock_path.as_deref().map(path))),
@@ -225,7 +221,7 @@ pub fn vm_stats(stats: &VmStats) -> String {
         )
     };
     let fields: Vec<(&str, String)> = vec![
-        ("vm", format!("{} ({})", stats.vm, short_id(&stats.id))),
+        ("vm", format!("{} ({})", stats.vm, stats.id.short())),
         ("state", stats.state.to_string()),
         ("pid", opt(stats.pid.map(|p| p.to_string()))),
         ("cpu", opt(stats.cpu_seconds.map(|c| format!("{c:.2}s")))),

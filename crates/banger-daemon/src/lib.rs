@@ -265,7 +265,7 @@ pub async fn run(
     if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())? {
         tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
     }
-    let vmm_name = deps.backends[0].name();
+    let vmm_name = deps.backends[0].kind();
     let vmm_reason = deps.vmm_reason.clone();
     let dns = capabilities::DnsTable::default();
     let lifecycle = start_lifecycle(&paths, &config, deps, store, dns.clone()).await?;
@@ -290,7 +290,7 @@ pub async fn run(
         config,
         lifecycle.clone(),
         dns_error,
-        vmm_name.to_owned(),
+        vmm_name,
         vmm_reason,
         pool_reason,
     );

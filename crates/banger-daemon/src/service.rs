@@ -77,7 +77,7 @@ pub struct Daemon {
     /// Why the DNS listener could not be opened, if it could not.
     pub dns_error: Option<String>,
     /// The default VMM backend, and why it was chosen.
-    pub vmm: String,
+    pub vmm: banger_proto::Backend,
     pub vmm_reason: String,
     /// Why `config.guest_ip_pool` is not the configured pool, when it is not.
     pub pool_reason: Option<String>,
@@ -93,7 +93,7 @@ impl Daemon {
         config: Config,
         lifecycle: Arc<Lifecycle>,
         dns_error: Option<String>,
-        vmm: String,
+        vmm: banger_proto::Backend,
         vmm_reason: String,
         pool_reason: Option<String>,
     ) -> Arc<Self> {
@@ -324,7 +324,7 @@ impl Daemon {
             log_path: self.paths.log_file.clone(),
             dns_listen: self.config.dns_listen.to_string(),
             dns_error: self.dns_error.clone(),
-            vmm: self.vmm.clone(),
+            vmm: self.vmm,
             vmm_reason: self.vmm_reason.clone(),
             guest_ip_pool: self.config.guest_ip_pool.clone(),
             guest_ip_pool_reason: self.pool_reason.clone(),
@@ -356,7 +356,7 @@ impl Daemon {
             .list_vms()
             .map_err(ApiError::from)?
             .iter()
-            .map(vm_summary)
+            .map(VmSummary::from)
             .collect();
         let answer = answer::<method::VmList>(vms)?;
         *cached = Some((generation, answer.clone()));
@@ -367,25 +367,7 @@ impl Daemon {
         let dir = self.paths.vm_dir(&record.id);
         let files = banger_host::VmDir::new(&dir);
         Vm {
-            id: record.id.clone(),
-            name: record.name.clone(),
-            state: record.state,
-            image: record.image.clone(),
-            vmm: record.vmm.clone(),
-            vcpu: record.vcpu,
-            memory_mib: record.memory_mib,
-            disk_size_bytes: record.disk_size_bytes,
-            nat: record.nat,
-            guest_ip: record.guest_ip.clone(),
-            tap: record.tap.clone(),
-            vsock_cid: record.vsock_cid,
-            vsock_path: record.vsock_path.clone(),
-            pid: record.pid,
-            created_at: record.created_at,
-            started_at: record.started_at,
-            stopped_at: record.stopped_at,
-            exit_reason: record.exit_reason.clone(),
-            last_error: record.last_error.clone(),
+            record: record.clone(),
             overlay_path: files.overlay(),
             work_disk_path: files.work_disk(),
             vmm_log_path: files.console_log(),
@@ -400,24 +382,6 @@ fn params_of<M: Method>(params: Value) -> Result<M::Params, ApiError> {
         method: M::NAME.to_owned(),
         source,
     })
-}
-
-fn vm_summary(record: &VmRecord) -> VmSummary {
-    VmSummary {
-        id: record.id.clone(),
-        name: record.name.clone(),
-        state: record.state,
-        image: record.image.clone(),
-        vmm: record.vmm.clone(),
-        vcpu: record.vcpu,
-        memory_mib: record.memory_mib,
-        disk_size_bytes: record.disk_size_bytes,
-        nat: record.nat,
-        guest_ip: record.guest_ip.clone(),
-        pid: record.pid,
-        created_at: record.created_at,
-        started_at: record.started_at,
-    }
 }
 
 /// Method `M`'s answer, encoded: only the type `M` declares is accepted.

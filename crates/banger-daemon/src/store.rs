@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use banger_proto::{Image, VmState};
+use banger_proto::{Backend, DiskSize, Image, MemoryMib, VmId, VmName, VmState};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use thiserror::Error;
 
@@ -23,8 +23,12 @@ pub enum StoreError {
     TooNew { found: usize, known: usize },
     #[error("state database query failed")]
     Query(#[from] rusqlite::Error),
-    #[error("stored VM {id} has unknown state {state:?}")]
-    BadState { id: String, state: String },
+    #[error("stored VM {id} has an invalid {field} {value:?}")]
+    BadRow {
+        id: String,
+        field: &'static str,
+        value: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -66,32 +70,8 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// A VM row as stored. Paths derived from the VM's directory are not stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VmRecord {
-    pub id: String,
-    pub name: String,
-    pub state: VmState,
-    pub image: String,
-    pub vmm: String,
-    pub vcpu: u32,
-    pub memory_mib: u64,
-    pub disk_size_bytes: u64,
-    pub nat: bool,
-    pub guest_ip: Option<String>,
-    pub tap: Option<String>,
-    pub vsock_cid: Option<u32>,
-    pub vsock_path: Option<PathBuf>,
-    pub pid: Option<u32>,
-    /// The VMM process's start time in clock ticks since boot (from
-    /// `/proc/<pid>/stat`), so a recycled PID is never mistaken for it.
-    pub pid_start_time: Option<u64>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub stopped_at: Option<i64>,
-    pub exit_reason: Option<String>,
-    pub last_error: Option<String>,
-}
+/// The VM model, stored: the daemon's rows are the one [`VmRecord`].
+pub use banger_proto::VmRecord;
 
 const VM_COLUMNS: &str = "id, name, state, image, vmm, vcpu, memory_mib, disk_size_bytes, nat,
     guest_ip, tap, vsock_cid, vsock_path, pid, pid_start_time, created_at, started_at,
@@ -404,37 +384,57 @@ fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// A row before its state text is checked.
+/// A row before its texts are checked: the fields the model types.
 struct RawVm {
-    record: VmRecord,
+    id: String,
+    name: String,
     state: String,
+    vmm: String,
+    guest_ip: Option<String>,
+    rest: VmRecord,
 }
 
 impl RawVm {
     fn into_record(self) -> Result<VmRecord> {
-        let mut record = self.record;
-        record.state = VmState::parse(&self.state).ok_or_else(|| StoreError::BadState {
-            id: record.id.clone(),
-            state: self.state,
-        })?;
-        Ok(record)
+        let bad = |field, value: &str| StoreError::BadRow {
+            id: self.id.clone(),
+            field,
+            value: value.to_owned(),
+        };
+        let guest_ip = match &self.guest_ip {
+            Some(text) => Some(text.parse().map_err(|_| bad("guest IP", text))?),
+            None => None,
+        };
+        Ok(VmRecord {
+            id: VmId::new(self.id.clone()),
+            name: VmName::parse(&self.name).map_err(|_| bad("name", &self.name))?,
+            state: VmState::parse(&self.state).ok_or_else(|| bad("state", &self.state))?,
+            vmm: Backend::parse(&self.vmm).map_err(|_| bad("backend", &self.vmm))?,
+            guest_ip,
+            ..self.rest
+        })
     }
 }
 
 fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
     Ok(RawVm {
+        id: row.get(0)?,
+        name: row.get(1)?,
         state: row.get(2)?,
-        record: VmRecord {
-            id: row.get(0)?,
-            name: row.get(1)?,
+        vmm: row.get(4)?,
+        guest_ip: row.get(9)?,
+        // The typed fields are placeholders here, replaced by `into_record`.
+        rest: VmRecord {
+            id: VmId::new(String::new()),
+            name: VmName::parse("x").expect("a valid name"),
             state: VmState::Failed,
             image: row.get(3)?,
-            vmm: row.get(4)?,
+            vmm: Backend::Firecracker,
             vcpu: row.get(5)?,
-            memory_mib: row.get(6)?,
-            disk_size_bytes: row.get(7)?,
+            memory_mib: MemoryMib(row.get(6)?),
+            disk_size_bytes: DiskSize(row.get(7)?),
             nat: row.get(8)?,
-            guest_ip: row.get(9)?,
+            guest_ip: None,
             tap: row.get(10)?,
             vsock_cid: row.get(11)?,
             vsock_path: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
@@ -451,16 +451,16 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
 
 fn vm_params(vm: &VmRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
     vec![
-        Box::new(&vm.id),
-        Box::new(&vm.name),
+        Box::new(vm.id.as_ref() as &str),
+        Box::new(vm.name.as_ref() as &str),
         Box::new(vm.state.as_str()),
         Box::new(&vm.image),
-        Box::new(&vm.vmm),
+        Box::new(vm.vmm.as_str()),
         Box::new(vm.vcpu),
-        Box::new(vm.memory_mib),
-        Box::new(vm.disk_size_bytes),
+        Box::new(vm.memory_mib.0),
+        Box::new(vm.disk_size_bytes.0),
         Box::new(vm.nat),
-        Box::new(&vm.guest_ip),
+        Box::new(vm.guest_ip.map(|ip| ip.to_string())),
         Box::new(&vm.tap),
         Box::new(vm.vsock_cid),
         Box::new(vm.vsock_path.as_deref().map(path_text)),
@@ -493,14 +493,14 @@ pub(crate) mod tests {
 
     pub(crate) fn sample_vm(id: &str, name: &str) -> VmRecord {
         VmRecord {
-            id: id.into(),
-            name: name.into(),
+            id: VmId::new(id),
+            name: VmName::parse(name).unwrap(),
             state: VmState::Stopped,
             image: "default".into(),
-            vmm: "firecracker".into(),
+            vmm: Backend::Firecracker,
             vcpu: 2,
-            memory_mib: 1024,
-            disk_size_bytes: 8 << 30,
+            memory_mib: MemoryMib(1024),
+            disk_size_bytes: DiskSize(8 << 30),
             nat: false,
             guest_ip: None,
             tap: None,
@@ -565,6 +565,25 @@ pub(crate) mod tests {
             msg.contains("99") && msg.contains("upgrade banger"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_row_the_model_cannot_hold_is_named_not_guessed() {
+        let store = Store::open_in_memory().unwrap();
+        let mut vm = sample_vm("a1", "calm-otter");
+        vm.guest_ip = Some(std::net::Ipv4Addr::new(10, 219, 0, 2));
+        store.insert_vm(&vm).unwrap();
+        assert_eq!(
+            store.get_vm("a1").unwrap().unwrap(),
+            vm,
+            "typed fields round-trip"
+        );
+        store
+            .conn()
+            .execute("UPDATE vms SET vmm = 'xen' WHERE id = 'a1'", [])
+            .unwrap();
+        let err = store.get_vm("a1").unwrap_err().to_string();
+        assert_eq!(err, "stored VM a1 has an invalid backend \"xen\"");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::rpc::RpcError;
+use crate::vm::{Backend, Vm, VmId, VmName, VmSummary};
 
 /// One RPC method, declared once: its wire name, the params it takes and
 /// the answer it gives. The CLI can call only a declared method
@@ -99,9 +100,8 @@ pub struct DaemonStatus {
     /// Why the DNS server is not serving, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_error: Option<String>,
-    /// The backend new VMs get (`firecracker`, `qemu`).
-    #[serde(default)]
-    pub vmm: String,
+    /// The backend new VMs get.
+    pub vmm: Backend,
     /// Why the daemon chose that backend on this host.
     #[serde(default)]
     pub vmm_reason: String,
@@ -150,9 +150,9 @@ pub struct CreateVmParams {
     pub disk_size: Option<String>,
     #[serde(default)]
     pub nat: bool,
-    /// `firecracker` or `qemu`; the daemon's default when absent.
+    /// The daemon's default when absent.
     #[serde(default)]
-    pub vmm: Option<String>,
+    pub vmm: Option<Backend>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -228,62 +228,10 @@ impl std::fmt::Display for VmState {
     }
 }
 
-/// One VM in `vm list`: the table's columns and what scripts select on.
-/// `vm show` has every field; keeping the list to these keeps `vm list
-/// --json` fast with a thousand VMs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VmSummary {
-    pub id: String,
-    pub name: String,
-    pub state: VmState,
-    pub image: String,
-    pub vmm: String,
-    pub vcpu: u32,
-    pub memory_mib: u64,
-    pub disk_size_bytes: u64,
-    pub nat: bool,
-    pub guest_ip: Option<String>,
-    pub pid: Option<u32>,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-}
-
-/// Everything the daemon stores about a VM, plus the paths derived from its directory.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Vm {
-    pub id: String,
-    pub name: String,
-    pub state: VmState,
-    pub image: String,
-    pub vmm: String,
-    pub vcpu: u32,
-    pub memory_mib: u64,
-    pub disk_size_bytes: u64,
-    pub nat: bool,
-    pub guest_ip: Option<String>,
-    pub tap: Option<String>,
-    pub vsock_cid: Option<u32>,
-    pub vsock_path: Option<PathBuf>,
-    pub pid: Option<u32>,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub stopped_at: Option<i64>,
-    /// Why the VMM last exited (clean shutdown, signal, error exit).
-    pub exit_reason: Option<String>,
-    /// The last failed action's error, cleared by the next success.
-    pub last_error: Option<String>,
-    pub dir: PathBuf,
-    pub overlay_path: PathBuf,
-    pub work_disk_path: PathBuf,
-    pub vmm_log_path: PathBuf,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VmStats {
-    pub vm: String,
-    pub id: String,
+    pub vm: VmName,
+    pub id: VmId,
     pub state: VmState,
     pub pid: Option<u32>,
     /// CPU time the VMM process used, user plus system.

@@ -5,6 +5,8 @@ pub mod check;
 pub mod ping;
 pub mod rpc;
 pub mod validate;
+pub mod vm;
 
 pub use api::*;
 pub use rpc::{ErrorKind, MAX_MESSAGE_BYTES, Request, Response, RpcError};
+pub use vm::*;

@@ -35,6 +35,8 @@ pub enum ValidationError {
         "invalid signal {0:?}: use a name like TERM, KILL, INT, HUP (SIG prefix optional) or a number 1 to 64"
     )]
     Signal(String),
+    #[error("unknown backend {0:?}: use firecracker or qemu")]
+    Backend(String),
 }
 
 /// Longest user input echoed whole in an error (and so in the log).

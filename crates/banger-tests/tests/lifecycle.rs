@@ -44,7 +44,7 @@ fn create_inspect_stop_start_set_and_delete() {
         "vm", "create", "--name", "buildbox", "--vcpu", "4", "--memory", "4096",
     ]);
     assert!(
-        text.contains("backend fake: fake VMM for tests"),
+        text.contains("backend firecracker: fake VMM for tests"),
         "create says which backend and why: {text}"
     );
     assert!(

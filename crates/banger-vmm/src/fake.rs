@@ -42,11 +42,21 @@ pub struct FakeVmm {
     launches: Mutex<Vec<LaunchSpec>>,
     prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
+    /// The backend it poses as; Firecracker unless set.
+    kind: Option<banger_proto::Backend>,
 }
 
 impl FakeVmm {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake that poses as `kind`, for a daemon with two backends.
+    pub fn posing_as(kind: banger_proto::Backend) -> Self {
+        Self {
+            kind: Some(kind),
+            ..Self::default()
+        }
     }
 
     pub fn fail_on(&self, op: FakeOp) {
@@ -97,8 +107,8 @@ impl FakeVmm {
 }
 
 impl Vmm for FakeVmm {
-    fn name(&self) -> &'static str {
-        "fake"
+    fn kind(&self) -> banger_proto::Backend {
+        self.kind.unwrap_or(banger_proto::Backend::Firecracker)
     }
 
     /// Starts the "guest" early, as Firecracker's process is.

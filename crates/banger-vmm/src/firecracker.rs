@@ -109,8 +109,8 @@ fn open_api(socket: &Path, child: &mut Child) -> std::result::Result<api::Sessio
 }
 
 impl Vmm for Firecracker {
-    fn name(&self) -> &'static str {
-        "firecracker"
+    fn kind(&self) -> banger_proto::Backend {
+        banger_proto::Backend::Firecracker
     }
 
     /// Firecracker leaves its API socket behind when it is killed.

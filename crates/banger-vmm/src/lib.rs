@@ -145,8 +145,8 @@ impl Drop for Prepared {
 }
 
 pub trait Vmm: Send + Sync + fmt::Debug {
-    /// `firecracker`, `qemu`, ...: stored on each VM.
-    fn name(&self) -> &'static str;
+    /// Which VMM this is: stored on each VM it runs.
+    fn kind(&self) -> banger_proto::Backend;
 
     /// Starts what needs neither the VM's disks nor its network
     /// (Firecracker: its process, up to its API socket), so that starting

@@ -213,8 +213,8 @@ fn qmp(socket: &Path, command: &str) -> std::io::Result<serde_json::Value> {
 }
 
 impl Vmm for Qemu {
-    fn name(&self) -> &'static str {
-        "qemu"
+    fn kind(&self) -> banger_proto::Backend {
+        banger_proto::Backend::Qemu
     }
 
     fn checks(&self) -> Vec<Check> {

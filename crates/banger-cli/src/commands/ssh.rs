@@ -54,7 +54,6 @@ pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     );
     let ip = vm
         .guest_ip
-        .clone()
         .with_context(|| format!("{} has no guest IP", vm.name))?;
     let key = ssh_key(ctx)?;
     let known_hosts = banger_host::VmDir::new(&vm.dir).known_hosts();

@@ -64,7 +64,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         disk_size: args.disk_size,
         nat: args.nat,
-        vmm: args.vmm.clone(),
+        vmm: args.vmm,
     };
     let vm: Vm = ctx.client()?.call::<method::VmCreate>(params)?;
     if args.output.json {
@@ -73,10 +73,10 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         println!(
             "created {} ({}): {} on {}, ip {}; connect with `banger vm ssh {}`",
             vm.name,
-            output::short_id(&vm.id),
+            vm.id.short(),
             vm.state,
             vm.vmm,
-            vm.guest_ip.as_deref().unwrap_or("-"),
+            vm.guest_ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
             vm.name
         );
     }

@@ -14,7 +14,6 @@ use banger_proto::Vm;
 pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Result<()> {
     let ip = vm
         .guest_ip
-        .as_deref()
         .ok_or_else(|| anyhow::anyhow!("{} has no guest IP to wait for", vm.name))?;
     let addr: SocketAddr = format!("{ip}:22").parse()?;
     eprintln!(
@@ -27,7 +26,7 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
     while started.elapsed() < timeout {
         if ssh_banner(addr) {
             match identity(ctx, &vm.name) {
-                Ok(hostname) if hostname == vm.name => {
+                Ok(hostname) if vm.name == hostname.as_str() => {
                     eprintln!(
                         "{} is ready (answered SSH after {:.1}s, confirmed over vsock)",
                         vm.name,

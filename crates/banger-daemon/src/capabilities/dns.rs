@@ -62,7 +62,7 @@ impl DnsCapability {
 }
 
 fn record(vm: &VmRecord) -> Option<(String, Ipv4Addr)> {
-    Some((vm.name.clone(), vm.guest_ip.as_deref()?.parse().ok()?))
+    Some((vm.name.to_string(), vm.guest_ip?))
 }
 
 impl Capability for DnsCapability {

@@ -22,16 +22,12 @@ impl NatCapability {
     }
 
     fn add(&self, vm: &VmRecord) -> Result<()> {
-        let guest_ip: Ipv4Addr = vm
-            .guest_ip
-            .as_deref()
-            .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| {
-                CapabilityError::new("nat", format!("{} has no guest IP recorded", vm.name))
-            })?;
+        let guest_ip = vm.guest_ip.ok_or_else(|| {
+            CapabilityError::new("nat", format!("{} has no guest IP recorded", vm.name))
+        })?;
         self.net
             .add_nat(&NatRule {
-                vm_id: vm.id.clone(),
+                vm_id: vm.id.to_string(),
                 guest_ip,
             })
             .map_err(|e| CapabilityError::caused("nat", "adding NAT rules", e))
@@ -95,7 +91,7 @@ impl Capability for NatCapability {
             .nat_vms()
             .map_err(|e| CapabilityError::caused("nat", "listing NAT rules", e))?;
         for id in present {
-            if !wanted.iter().any(|vm| vm.id == id) {
+            if !wanted.iter().any(|vm| *vm.id == *id) {
                 tracing::info!(vm_id = %id, "removing NAT rules no running VM owns");
                 self.remove(&id)?;
             }

@@ -35,7 +35,7 @@ impl Capability for NetworkCapability {
     }
 
     fn guest_config(&self, vm: &VmRecord, config: &mut GuestConfig) {
-        if let Some(address) = vm.guest_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+        if let Some(address) = vm.guest_ip {
             config.network = Some(GuestNetwork {
                 address,
                 prefix: self.pool.prefix,
@@ -56,29 +56,23 @@ impl Capability for NetworkCapability {
     }
 
     fn reserve(&self, vm: &mut VmRecord, others: &[VmRecord]) -> Result<()> {
-        let used: Vec<Ipv4Addr> = others
-            .iter()
-            .filter_map(|o| o.guest_ip.as_deref()?.parse().ok())
-            .collect();
+        let used: Vec<Ipv4Addr> = others.iter().filter_map(|o| o.guest_ip).collect();
         let ip = self
             .pool
             .allocate(&used)
             .map_err(|e| Self::fail("leasing a guest IP", e))?;
-        vm.guest_ip = Some(ip.to_string());
+        vm.guest_ip = Some(ip);
         vm.tap = Some(tap_name(&vm.id));
         Ok(())
     }
 
     fn attach(&self, vm: &VmRecord, spec: &mut LaunchSpec) -> Result<()> {
-        let (Some(ip), Some(tap)) = (vm.guest_ip.as_deref(), vm.tap.as_deref()) else {
+        let (Some(ip), Some(tap)) = (vm.guest_ip, vm.tap.as_deref()) else {
             return Err(CapabilityError::new(
                 "network",
                 format!("{} has no guest IP or TAP recorded", vm.name),
             ));
         };
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|e| Self::fail("reading the recorded guest IP", e))?;
         if !self.pool.contains(ip) {
             // The pool changed since the lease (config.toml, or the default
             // moved off a new host route): the guest would get no route.

@@ -54,7 +54,7 @@ impl Capability for StorageCapability {
         self.disks
             .create_work_disk(
                 &banger_host::VmDir::new(&ctx.dir).work_disk(),
-                vm.disk_size_bytes,
+                vm.disk_size_bytes.bytes(),
                 Some(&ctx.base_rootfs),
             )
             .map_err(|e| CapabilityError::caused("storage", "creating the work disk", e))
@@ -89,7 +89,7 @@ impl Capability for StorageCapability {
             self.disks
                 .grow(
                     &banger_host::VmDir::new(&ctx.dir).work_disk(),
-                    new.disk_size_bytes,
+                    new.disk_size_bytes.bytes(),
                 )
                 .map_err(|e| CapabilityError::caused("storage", "growing the work disk", e))?;
         }

@@ -8,9 +8,9 @@ impl Lifecycle {
         let dir = self.vm_dir(&record.id);
         let files = banger_host::VmDir::new(&dir);
         LaunchSpec {
-            vm_id: record.id.clone(),
+            vm_id: record.id.to_string(),
             vcpu: record.vcpu,
-            memory_mib: record.memory_mib,
+            memory_mib: record.memory_mib.0,
             kernel: image.kernel.clone().unwrap_or_default(),
             initrd: image.initrd.clone(),
             boot_args: BOOT_ARGS.to_owned(),
@@ -53,8 +53,7 @@ impl Lifecycle {
         action: &'static str,
         prepared: Option<Prepared>,
     ) -> Result<u32> {
-        let backend = self.backend(&record.vmm);
-        record.vmm = backend.name().to_owned();
+        let backend = self.backend(record.vmm)?;
         // Started before the guest config and the TAP, so they overlap.
         let prepared = match prepared {
             Some(prepared) => prepared,
@@ -65,7 +64,7 @@ impl Lifecycle {
             base_rootfs: image.rootfs.clone(),
         };
         let mut guest = crate::guest::GuestConfig {
-            hostname: record.name.clone(),
+            hostname: record.name.to_string(),
             ..Default::default()
         };
         for c in &self.capabilities {
@@ -118,7 +117,7 @@ impl Lifecycle {
 
     pub(super) fn prepare_vmm(&self, record: &VmRecord, action: &'static str) -> Result<Prepared> {
         let dir = self.vm_dir(&record.id);
-        self.backend(&record.vmm)
+        self.backend(record.vmm)?
             .prepare(
                 &dir,
                 &record.id,
@@ -137,7 +136,7 @@ impl Lifecycle {
         self.exits.register(pid);
         let this = self.clone();
         let id = record.id.clone();
-        let backend = self.backend(&record.vmm);
+        let backend = self.backend(record.vmm).ok();
         // What the VMM logs from here on explains its exit (see `explain_exit`).
         let log = banger_host::VmDir::new(self.vm_dir(&record.id)).console_log();
         let log_offset = std::fs::metadata(&log).map_or(0, |m| m.len());
@@ -148,7 +147,10 @@ impl Lifecycle {
                     Some(child) => wait_child(child),
                     None => wait_foreign(pid, Some(start_time)),
                 };
-                let reason = backend.explain_exit(status, &log_since(&log, log_offset));
+                let reason = match &backend {
+                    Some(backend) => backend.explain_exit(status, &log_since(&log, log_offset)),
+                    None => status,
+                };
                 this.exits.post(pid, reason.clone());
                 this.record_exit(&id, pid, &reason);
                 this.exits.mark_handled(pid);
@@ -195,7 +197,7 @@ impl Lifecycle {
             return Ok(record);
         }
         let image = self.usable_image(&record.image)?;
-        self.preflight("start", &record)?;
+        self.preflight("start", &record.name, &record)?;
         record.state = VmState::Starting;
         self.store.update_vm(&record)?;
         match self.boot(&mut record, &image, "starting", None) {

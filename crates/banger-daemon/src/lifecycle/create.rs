@@ -6,9 +6,7 @@ use super::*;
 impl Lifecycle {
     #[tracing::instrument(skip_all, fields(name = params.name.as_deref().unwrap_or("(generated)")))]
     pub fn create(self: &Arc<Self>, params: &CreateVmParams) -> Result<VmRecord> {
-        if let Some(name) = &params.name {
-            validate::vm_name(name)?;
-        }
+        let name = params.name.as_deref().map(VmName::parse).transpose()?;
         let vcpu = params.vcpu.unwrap_or(DEFAULT_VCPU);
         validate::vcpu(vcpu)?;
         let memory_mib = params.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
@@ -23,19 +21,16 @@ impl Lifecycle {
             .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
         let image = self.usable_image(&image_name)?;
 
+        // The ID and name are placeholders until `reserve` picks them.
         let template = VmRecord {
-            id: String::new(),
-            name: params.name.clone().unwrap_or_else(|| "the new VM".into()),
+            id: VmId::new(String::new()),
+            name: VmName::parse("new-vm").expect("a valid name"),
             state: VmState::Creating,
             image: image_name.clone(),
-            vmm: match params.vmm.as_deref() {
-                Some(name) if self.backends.iter().any(|b| b.name() == name) => name.to_owned(),
-                Some(other) => return Err(LifecycleError::UnknownVmm(other.to_owned())),
-                None => self.backends[0].name().to_owned(),
-            },
+            vmm: params.vmm.unwrap_or_else(|| self.backends[0].kind()),
             vcpu,
-            memory_mib,
-            disk_size_bytes: disk_size,
+            memory_mib: MemoryMib(memory_mib),
+            disk_size_bytes: DiskSize(disk_size),
             nat: params.nat,
             guest_ip: None,
             tap: None,
@@ -49,9 +44,10 @@ impl Lifecycle {
             exit_reason: None,
             last_error: None,
         };
-        self.preflight("create", &template)?;
+        let shown = name.as_ref().map_or("the new VM", |n| n.as_ref());
+        self.preflight("create", shown, &template)?;
         self.check_free_space("creating a VM")?;
-        let mut record = self.reserve(params.name.as_deref(), template)?;
+        let mut record = self.reserve(name, template)?;
         let id = record.id.clone();
         let name = record.name.clone();
         self.locks.with(&id, || {
@@ -75,18 +71,18 @@ impl Lifecycle {
 
     /// Picks a name (given or generated) and every capability's identifiers,
     /// and inserts the row, atomically.
-    pub(super) fn reserve(&self, name: Option<&str>, template: VmRecord) -> Result<VmRecord> {
+    pub(super) fn reserve(&self, name: Option<VmName>, template: VmRecord) -> Result<VmRecord> {
         let _allocation = self.allocation.lock().unwrap_or_else(|p| p.into_inner());
         let existing = self.store.list_vms()?;
         let taken = |n: &str| existing.iter().any(|vm| vm.name == n);
         let name = match name {
-            Some(name) if taken(name) => return Err(LifecycleError::NameTaken(name.to_owned())),
-            Some(name) => name.to_owned(),
-            None => namegen::generate(self.namegen_path.as_deref(), &taken)?,
+            Some(name) if taken(&name) => return Err(LifecycleError::NameTaken(name.to_string())),
+            Some(name) => name,
+            None => VmName::parse(&namegen::generate(self.namegen_path.as_deref(), &taken)?)?,
         };
         let id = loop {
             let id = new_id();
-            if !existing.iter().any(|vm| vm.id.starts_with(&id[..8])) {
+            if !existing.iter().any(|vm| vm.id.starts_with(id.short())) {
                 break id;
             }
         };
@@ -159,8 +155,14 @@ impl Lifecycle {
 
     /// The backend's and every capability's checks; any failure stops the
     /// action before it changes anything, with doctor's messages.
-    pub(super) fn preflight(&self, action: &'static str, record: &VmRecord) -> Result<()> {
-        let mut checks = self.backend(&record.vmm).checks();
+    /// `shown` names the VM in the error (a VM being created has no name yet).
+    pub(super) fn preflight(
+        &self,
+        action: &'static str,
+        shown: &str,
+        record: &VmRecord,
+    ) -> Result<()> {
+        let mut checks = self.backend(record.vmm)?.checks();
         for c in &self.capabilities {
             checks.extend(c.checks(record));
         }
@@ -174,15 +176,15 @@ impl Lifecycle {
         } else {
             Err(LifecycleError::NotReady {
                 action,
-                name: record.name.clone(),
+                name: shown.to_owned(),
                 failures,
             })
         }
     }
 }
 
-pub(super) fn new_id() -> String {
+pub(super) fn new_id() -> VmId {
     use rand::Rng;
     let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    VmId::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }

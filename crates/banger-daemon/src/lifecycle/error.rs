@@ -32,8 +32,8 @@ pub enum LifecycleError {
         name: String,
         failures: Vec<String>,
     },
-    #[error("unknown VMM backend {0:?}: use firecracker or qemu")]
-    UnknownVmm(String),
+    #[error("this bangerd has no {0} backend")]
+    NoBackend(banger_proto::Backend),
     #[error("{name} is running: stop it first with `banger vm stop {name}`")]
     MustBeStopped { name: String },
     #[error(
@@ -90,7 +90,7 @@ impl LifecycleError {
             Self::Invalid(_)
             | Self::Ambiguous { .. }
             | Self::Shrink { .. }
-            | Self::UnknownVmm(_) => K::InvalidInput,
+            | Self::NoBackend(_) => K::InvalidInput,
             Self::NoSpace { .. } => K::Unavailable,
             Self::NameTaken(_) | Self::MustBeStopped { .. } | Self::NotRunning { .. } => {
                 K::Conflict

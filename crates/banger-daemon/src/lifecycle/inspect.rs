@@ -72,7 +72,7 @@ impl Lifecycle {
         let running = Self::running_pid(&record)
             .is_some_and(|pid| procfs::is_running(pid, record.pid_start_time));
         let mut result = PingResult {
-            vm: record.name.clone(),
+            vm: record.name.to_string(),
             state: record.state,
             reachable: false,
             rtt_ms: None,

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use banger_host::{Paths, procfs};
 use banger_proto::validate::{self, ValidationError, format_size};
-use banger_proto::{CreateVmParams, DiskUsage, Image, PingResult, SetVmParams, VmState, VmStats};
+use banger_proto::{
+    Backend, CreateVmParams, DiskSize, DiskUsage, Image, MemoryMib, PingResult, SetVmParams, VmId,
+    VmName, VmState, VmStats,
+};
 use banger_vmm::process::{ExitReason, send_signal, wait_child, wait_foreign};
 use banger_vmm::{Drive, LaunchSpec, Launched, Prepared, Vmm};
 use thiserror::Error;
@@ -192,12 +195,14 @@ impl Lifecycle {
         &self.store
     }
 
-    fn backend(&self, name: &str) -> Arc<dyn Vmm> {
+    /// The backend that runs `kind`'s VMs. bangerd has both; a test
+    /// daemon may have one, and then a VM of the other is refused by name.
+    fn backend(&self, kind: Backend) -> Result<Arc<dyn Vmm>> {
         self.backends
             .iter()
-            .find(|b| b.name() == name)
-            .unwrap_or(&self.backends[0])
-            .clone()
+            .find(|b| b.kind() == kind)
+            .cloned()
+            .ok_or(LifecycleError::NoBackend(kind))
     }
 
     fn vm_dir(&self, id: &str) -> PathBuf {
@@ -241,7 +246,9 @@ impl Lifecycle {
     /// Sockets and helpers a dead VMM leaves behind.
     fn remove_runtime_files(&self, record: &VmRecord) {
         let dir = self.vm_dir(&record.id);
-        self.backend(&record.vmm).cleanup(&dir);
+        if let Ok(backend) = self.backend(record.vmm) {
+            backend.cleanup(&dir);
+        }
         // The backend's own files (sockets, helpers) went with cleanup.
         let files_of = banger_host::VmDir::new(&dir);
         let mut files = vec![files_of.config_drive(), files_of.vmm_pid()];

@@ -55,12 +55,12 @@ impl Lifecycle {
                 if !dir.exists() && deleting_dir(&dir).exists() {
                     self.store.delete_vm(&record.id)?;
                     tracing::warn!(vm = %record.name, "finished a delete that was interrupted");
-                    report.removed.push(record.name);
+                    report.removed.push(record.name.to_string());
                 }
             }
             VmState::Creating => {
                 self.undo_interrupted_create(&record, &pid_file, alive)?;
-                report.removed.push(record.name);
+                report.removed.push(record.name.to_string());
             }
             VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
                 self.reconcile_live(record, &pid_file, alive, report)?;
@@ -104,9 +104,13 @@ impl Lifecycle {
         alive: Option<u32>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let backend = self.backend(&record.vmm);
+        let backend = self.backend(record.vmm).ok();
         let reason = match alive {
-            Some(pid) if backend.responds(&self.vm_dir(&record.id), pid) => {
+            Some(pid)
+                if backend
+                    .as_ref()
+                    .is_some_and(|b| b.responds(&self.vm_dir(&record.id), pid)) =>
+            {
                 record.state = VmState::Running;
                 self.store.update_vm(&record)?;
                 let start_time = record.pid_start_time.unwrap_or(0);
@@ -117,7 +121,7 @@ impl Lifecycle {
                 };
                 self.watch(&record, launched);
                 tracing::info!(vm = %record.name, pid, "adopted running VM");
-                report.adopted.push(record.name);
+                report.adopted.push(record.name.to_string());
                 return Ok(());
             }
             Some(pid) => {
@@ -132,7 +136,7 @@ impl Lifecycle {
         mark_stopped(&mut record, reason.into());
         self.store.update_vm(&record)?;
         tracing::info!(vm = %record.name, reason, "VM found stopped");
-        report.stopped.push(record.name);
+        report.stopped.push(record.name.to_string());
         Ok(())
     }
 
@@ -148,7 +152,11 @@ impl Lifecycle {
             .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
         {
             let dir = self.vm_dir(&vm.id);
-            let Some(paused) = self.backend(&vm.vmm).io_error_pause(&dir) else {
+            let Some(paused) = self
+                .backend(vm.vmm)
+                .ok()
+                .and_then(|b| b.io_error_pause(&dir))
+            else {
                 continue;
             };
             let _ = self.locks.with(&vm.id, || -> Result<()> {

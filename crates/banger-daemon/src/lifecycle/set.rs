@@ -15,7 +15,8 @@ impl Lifecycle {
             .disk_size
             .as_deref()
             .map(validate::disk_size)
-            .transpose()?;
+            .transpose()?
+            .map(DiskSize);
         self.locks.with(id, || {
             let old = self.record(id)?;
             let running = Self::running_pid(&old).is_some();
@@ -23,14 +24,14 @@ impl Lifecycle {
                 params.vcpu.is_some() || params.memory_mib.is_some() || disk_size.is_some();
             if needs_stopped && running {
                 return Err(LifecycleError::MustBeStopped {
-                    name: old.name.clone(),
+                    name: old.name.to_string(),
                 });
             }
             if let Some(size) = disk_size.filter(|size| *size < old.disk_size_bytes) {
                 return Err(LifecycleError::Shrink {
-                    name: old.name.clone(),
-                    current: old.disk_size_bytes,
-                    requested: size,
+                    name: old.name.to_string(),
+                    current: old.disk_size_bytes.bytes(),
+                    requested: size.bytes(),
                 });
             }
             if disk_size.is_some_and(|size| size > old.disk_size_bytes) {
@@ -38,7 +39,7 @@ impl Lifecycle {
             }
             let mut new = old.clone();
             new.vcpu = params.vcpu.unwrap_or(old.vcpu);
-            new.memory_mib = params.memory_mib.unwrap_or(old.memory_mib);
+            new.memory_mib = params.memory_mib.map_or(old.memory_mib, MemoryMib);
             new.disk_size_bytes = disk_size.unwrap_or(old.disk_size_bytes);
             new.nat = params.nat.unwrap_or(old.nat);
             let ctx = self.context(&old);

@@ -17,7 +17,13 @@ impl Lifecycle {
     pub(super) fn shut_down(&self, record: &VmRecord, pid: u32) -> String {
         let dir = self.vm_dir(&record.id);
         let graceful = self.stop_timeouts.graceful;
-        let why = match self.backend(&record.vmm).request_shutdown(&dir, pid) {
+        let requested = match self.backend(record.vmm) {
+            Ok(backend) => backend
+                .request_shutdown(&dir, pid)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let why = match requested {
             Ok(()) => match self.exits.wait_exit(pid, graceful) {
                 Some(reason) => {
                     self.remove_runtime_files(record);
@@ -87,9 +93,9 @@ impl Lifecycle {
         let pid = self.locks.with(id, || -> Result<u32> {
             let record = self.record(id)?;
             let pid = Self::running_pid(&record)
-                .ok_or_else(|| LifecycleError::NotRunning { name: record.name.clone() })?;
+                .ok_or_else(|| LifecycleError::NotRunning { name: record.name.to_string() })?;
             send_signal(pid, signal).map_err(|source| LifecycleError::Signal {
-                name: record.name.clone(),
+                name: record.name.to_string(),
                 signal: validate::signal_name(signal),
                 pid,
                 source,

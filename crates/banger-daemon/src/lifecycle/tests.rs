@@ -512,7 +512,7 @@ fn set_needs_a_stopped_vm_and_never_shrinks() {
     let changed = fx.lifecycle.set(&vm.id, &grow).unwrap();
     assert_eq!(
         (changed.vcpu, changed.memory_mib, changed.disk_size_bytes),
-        (4, 4096, 3 << 30)
+        (4, MemoryMib(4096), DiskSize(3 << 30))
     );
     let work = fx.paths.vm_dir(&vm.id).join("work.ext4");
     assert_eq!(std::fs::metadata(&work).unwrap().len(), 3 << 30);
@@ -569,8 +569,8 @@ fn reconcile_adopts_live_vms_and_stops_dead_ones() {
     });
     // A half-created VM, as a daemon killed during create leaves it.
     let mut half = fx.store.get_vm(&alive.id).unwrap().unwrap();
-    half.id = "ffffffffffffffffffffffffffffffff".into();
-    half.name = "half".into();
+    half.id = VmId::new("ffffffffffffffffffffffffffffffff");
+    half.name = VmName::parse("half").unwrap();
     half.state = VmState::Creating;
     half.pid = None;
     half.vsock_cid = Some(99);
@@ -615,13 +615,18 @@ fn reconcile_adopts_live_vms_and_stops_dead_ones() {
 fn interrupted(fx: &Fixture, like: &VmRecord, name: &str, state: VmState) -> (VmRecord, u32) {
     use banger_vmm::Vmm;
     let mut record = like.clone();
-    record.id = format!("{:0>32}", name.len().to_string() + name);
-    record.name = name.into();
+    record.id = VmId::new(format!("{:0>32}", name.len().to_string() + name));
+    record.name = VmName::parse(name).unwrap();
     record.state = state;
     record.pid = None;
     record.pid_start_time = None;
     record.vsock_cid = Some(90 + u32::try_from(name.len()).unwrap());
-    record.guest_ip = Some(format!("10.219.0.{}", 200 + name.len()));
+    record.guest_ip = Some(std::net::Ipv4Addr::new(
+        10,
+        219,
+        0,
+        200 + u8::try_from(name.len()).unwrap(),
+    ));
     record.tap = Some(banger_host::net::tap_name(&record.id));
     fx.store.insert_vm(&record).unwrap();
     let dir = fx.paths.vm_dir(&record.id);
@@ -845,14 +850,21 @@ fn network_nat_and_dns_follow_the_vm() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(vm.guest_ip.as_deref(), Some("10.219.0.2"));
+    assert_eq!(
+        vm.guest_ip.map(|ip| ip.to_string()).as_deref(),
+        Some("10.219.0.2")
+    );
     let tap = vm.tap.clone().unwrap();
     assert_eq!(tap, format!("bg-{}", &vm.id[..10]));
     let state = fx.network.state();
     assert_eq!(state.bridge.as_deref(), Some("10.219.0.1/24"));
     assert!(state.taps.contains_key(&tap));
     assert_eq!(
-        state.nat.get(&vm.id).map(ToString::to_string).as_deref(),
+        state
+            .nat
+            .get(vm.id.as_ref() as &str)
+            .map(ToString::to_string)
+            .as_deref(),
         Some("10.219.0.2")
     );
     assert_eq!(
@@ -897,15 +909,22 @@ fn network_nat_and_dns_follow_the_vm() {
             .unwrap()
             .unwrap()
             .guest_ip
+            .map(|ip| ip.to_string())
             .as_deref(),
         Some("10.219.0.2")
     );
     assert!(fx.dns.lookup("web").is_some());
     // A second VM gets the next address; the first keeps its own across restarts.
     let other = fx.create("db");
-    assert_eq!(other.guest_ip.as_deref(), Some("10.219.0.3"));
+    assert_eq!(
+        other.guest_ip.map(|ip| ip.to_string()).as_deref(),
+        Some("10.219.0.3")
+    );
     let again = fx.lifecycle.start(&vm.id).unwrap();
-    assert_eq!(again.guest_ip.as_deref(), Some("10.219.0.2"));
+    assert_eq!(
+        again.guest_ip.map(|ip| ip.to_string()).as_deref(),
+        Some("10.219.0.2")
+    );
     assert_eq!(
         fx.network.state().nat.len(),
         1,
@@ -924,7 +943,10 @@ fn network_nat_and_dns_follow_the_vm() {
     fx.lifecycle.delete(&vm.id).unwrap();
     assert!(fx.dns.lookup("web").is_none());
     let reuse = fx.create("web2");
-    assert_eq!(reuse.guest_ip.as_deref(), Some("10.219.0.2"));
+    assert_eq!(
+        reuse.guest_ip.map(|ip| ip.to_string()).as_deref(),
+        Some("10.219.0.2")
+    );
 }
 
 #[test]
@@ -958,7 +980,7 @@ fn reconcile_repairs_rules_and_removes_orphans() {
     let state = fx.network.state();
     assert_eq!(
         state.nat.keys().collect::<Vec<_>>(),
-        [&vm.id],
+        [&vm.id.to_string()],
         "missing rule back, orphan gone"
     );
     assert!(
@@ -1123,7 +1145,7 @@ fn real_network_follows_the_vm_lifecycle() {
         "the hand-deleted rule is back and the orphan gone: {rules:?}"
     );
     assert!(
-        ours.iter().all(|r| r.contains(&vm.id)) && ours.iter().any(|r| r.contains("MASQUERADE")),
+        ours.iter().all(|r| r.contains(&*vm.id)) && ours.iter().any(|r| r.contains("MASQUERADE")),
         "{rules:?}"
     );
     assert!(
@@ -1306,7 +1328,7 @@ fn assert_consistent(fx: &Fixture, taps: &[String], step: &str) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     dirs.sort();
-    let mut ids: Vec<String> = rows.iter().map(|vm| vm.id.clone()).collect();
+    let mut ids: Vec<String> = rows.iter().map(|vm| vm.id.to_string()).collect();
     ids.sort();
     assert_eq!(dirs, ids, "{step}: a directory for each VM, and no other");
     for vm in &rows {
@@ -1423,7 +1445,7 @@ fn crash_matrix(host: &dyn Fn(&Fixture) -> CrashHost) {
             first.stop(&existing.id).unwrap();
         }
         first.retire();
-        let id = existing.id.clone();
+        let id = existing.id.to_string();
         let report = crash_then_restart(&fx, &*daemon, step, move |lc| op(lc, id));
         assert!(report.failed.is_empty(), "{step}: {report:?}");
         assert_consistent(&fx, &taps(), step);
