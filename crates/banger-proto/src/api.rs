@@ -222,6 +222,36 @@ impl VmState {
     }
 }
 
+/// The VM state machine: which states a VM may move to from each, and
+/// what each state allows. The daemon persists every move through one
+/// function that checks it here.
+impl VmState {
+    /// Whether a VM in this state may move to `next`.
+    pub fn can_become(self, next: VmState) -> bool {
+        use VmState::*;
+        matches!(
+            (self, next),
+            (Creating, Running)
+                | (Stopped | Failed, Starting | Stopped)
+                | (Starting, Running | Stopped)
+                | (Running, Stopping | Stopped | Paused)
+                | (Paused, Running | Stopping | Stopped)
+                // A stop cut short by a daemon's death: the next daemon
+                // adopts the VMM that still runs, or records it stopped.
+                | (Stopping, Stopped | Running)
+        )
+    }
+
+    /// A VMM process may run in this state: stop, kill and the guest
+    /// channel need one; resizing needs there to be none.
+    pub fn has_vmm(self) -> bool {
+        matches!(
+            self,
+            Self::Starting | Self::Running | Self::Paused | Self::Stopping
+        )
+    }
+}
+
 impl std::fmt::Display for VmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -304,6 +334,44 @@ mod tests {
         }
         assert_eq!(Name::parse("vm.explode"), None);
         assert_eq!(method::VmCreate::NAME, "vm.create");
+    }
+
+    #[test]
+    fn the_state_machine_allows_only_the_lifecycle_s_moves() {
+        use VmState::*;
+        let all = [
+            Creating, Starting, Running, Paused, Stopping, Stopped, Failed,
+        ];
+        let allowed: Vec<(VmState, VmState)> = all
+            .iter()
+            .flat_map(|from| all.iter().map(move |to| (*from, *to)))
+            .filter(|(from, to)| from.can_become(*to))
+            .collect();
+        for (from, to) in [
+            (Creating, Running),
+            (Stopped, Starting),
+            (Starting, Running),
+            (Running, Stopping),
+            (Stopping, Stopped),
+            (Running, Paused),
+            (Paused, Running),
+        ] {
+            assert!(allowed.contains(&(from, to)), "{from} -> {to}");
+        }
+        for (from, to) in [
+            (Stopped, Running),
+            (Creating, Starting),
+            (Stopped, Paused),
+            (Failed, Running),
+        ] {
+            assert!(!from.can_become(to), "{from} -> {to} skips a step");
+        }
+        assert!(
+            all.iter().all(|s| !s.can_become(Creating)),
+            "only create makes Creating"
+        );
+        let with_vmm: Vec<_> = all.iter().filter(|s| s.has_vmm()).collect();
+        assert_eq!(with_vmm, [&Starting, &Running, &Paused, &Stopping]);
     }
 
     #[test]

@@ -177,8 +177,7 @@ impl Lifecycle {
             tracing::info!(vm = %record.name, pid, reason = %reason.describe(), "VMM exited");
             self.remove_runtime_files(&record);
             self.detach_all(&record);
-            mark_stopped(&mut record, reason.describe());
-            if let Err(e) = self.store.update_vm(&record) {
+            if let Err(e) = self.record_stopped(&mut record, reason.describe()) {
                 tracing::error!(vm = %record.name, error = %e, "recording the VMM's exit");
             }
         });
@@ -198,20 +197,17 @@ impl Lifecycle {
         }
         let image = self.usable_image(&record.image)?;
         self.preflight("start", &record.name, &record)?;
-        record.state = VmState::Starting;
-        self.store.update_vm(&record)?;
+        self.transition(&mut record, VmState::Starting)?;
         match self.boot(&mut record, &image, "starting", None) {
             Ok(_) => {
-                record.state = VmState::Running;
                 record.last_error = None;
-                self.store.update_vm(&record)?;
+                self.transition(&mut record, VmState::Running)?;
                 tracing::info!(vm = %record.name, pid = ?record.pid, "VM started");
                 Ok(record)
             }
             Err(err) => {
-                mark_stopped(&mut record, "start failed".into());
                 record.last_error = Some(error_text(&err));
-                self.store.update_vm(&record)?;
+                self.record_stopped(&mut record, "start failed".into())?;
                 Err(err)
             }
         }

@@ -146,9 +146,7 @@ impl Lifecycle {
             this.force_stop(pid);
             this.detach_all(&booted);
         });
-        record.state = VmState::Running;
-        self.store
-            .update_vm(record)
+        self.transition(record, VmState::Running)
             .map_err(|e| LifecycleError::step("creating", &name, "recording the running VM", e))?;
         Ok(())
     }

@@ -10,8 +10,7 @@ impl Lifecycle {
             let mut record = self.record(id)?;
             if let Some(pid) = Self::running_pid(&record) {
                 let reason = self.shut_down(&record, pid);
-                mark_stopped(&mut record, reason);
-                self.store.update_vm(&record)?;
+                self.record_stopped(&mut record, reason)?;
             }
             // The directory leaves its place in one rename before the row
             // goes: a daemon killed at any point leaves either the whole VM

@@ -34,6 +34,12 @@ pub enum LifecycleError {
     },
     #[error("this bangerd has no {0} backend")]
     NoBackend(banger_proto::Backend),
+    #[error("{name} cannot go from {from} to {to}")]
+    Transition {
+        name: String,
+        from: VmState,
+        to: VmState,
+    },
     #[error("{name} is running: stop it first with `banger vm stop {name}`")]
     MustBeStopped { name: String },
     #[error(
@@ -92,9 +98,10 @@ impl LifecycleError {
             | Self::Shrink { .. }
             | Self::NoBackend(_) => K::InvalidInput,
             Self::NoSpace { .. } => K::Unavailable,
-            Self::NameTaken(_) | Self::MustBeStopped { .. } | Self::NotRunning { .. } => {
-                K::Conflict
-            }
+            Self::NameTaken(_)
+            | Self::MustBeStopped { .. }
+            | Self::NotRunning { .. }
+            | Self::Transition { .. } => K::Conflict,
             Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
             Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
             Self::Reserve(..) | Self::NotReady { .. } => K::Unavailable,

@@ -259,23 +259,34 @@ impl Lifecycle {
     }
 
     fn running_pid(record: &VmRecord) -> Option<u32> {
-        match record.state {
-            VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
-                record.pid
-            }
-            _ => None,
-        }
+        record.pid.filter(|_| record.state.has_vmm())
     }
-}
 
-impl Lifecycle {}
+    /// Moves `record` to `next` and stores it, with whatever else the
+    /// caller changed on it: the one place a VM's state is written. A move
+    /// the state machine ([`VmState::can_become`]) does not allow is
+    /// refused, and nothing is stored.
+    fn transition(&self, record: &mut VmRecord, next: VmState) -> Result<()> {
+        if record.state != next && !record.state.can_become(next) {
+            return Err(LifecycleError::Transition {
+                name: record.name.to_string(),
+                from: record.state,
+                to: next,
+            });
+        }
+        record.state = next;
+        self.store.update_vm(record)?;
+        Ok(())
+    }
 
-fn mark_stopped(record: &mut VmRecord, reason: String) {
-    record.state = VmState::Stopped;
-    record.pid = None;
-    record.pid_start_time = None;
-    record.stopped_at = Some(now());
-    record.exit_reason = Some(reason);
+    /// The VMM is gone: the record says how, and holds no process.
+    fn record_stopped(&self, record: &mut VmRecord, reason: String) -> Result<()> {
+        record.pid = None;
+        record.pid_start_time = None;
+        record.stopped_at = Some(now());
+        record.exit_reason = Some(reason);
+        self.transition(record, VmState::Stopped)
+    }
 }
 
 #[cfg(test)]

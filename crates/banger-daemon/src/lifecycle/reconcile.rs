@@ -111,8 +111,7 @@ impl Lifecycle {
                     .as_ref()
                     .is_some_and(|b| b.responds(&self.vm_dir(&record.id), pid)) =>
             {
-                record.state = VmState::Running;
-                self.store.update_vm(&record)?;
+                self.transition(&mut record, VmState::Running)?;
                 let start_time = record.pid_start_time.unwrap_or(0);
                 let launched = Launched {
                     pid,
@@ -133,8 +132,7 @@ impl Lifecycle {
         };
         self.remove_runtime_files(&record);
         self.detach_all(&record);
-        mark_stopped(&mut record, reason.into());
-        self.store.update_vm(&record)?;
+        self.record_stopped(&mut record, reason.into())?;
         tracing::info!(vm = %record.name, reason, "VM found stopped");
         report.stopped.push(record.name.to_string());
         Ok(())
@@ -161,27 +159,26 @@ impl Lifecycle {
             };
             let _ = self.locks.with(&vm.id, || -> Result<()> {
                 let mut record = self.record(&vm.id)?;
-                match (record.state, paused) {
+                let next = match (record.state, paused) {
                     (VmState::Running, true) => {
                         let free = banger_host::disk::free_bytes(&dir)
                             .map_or_else(|_| "an unknown amount".to_owned(), format_size);
-                        record.state = VmState::Paused;
                         record.last_error = Some(format!(
                             "the VMM paused the guest after a disk write failed: the host filesystem holding {} has {free} free; free space there, then `banger vm restart {}`",
                             dir.display(),
                             record.name
                         ));
                         tracing::error!(vm = %record.name, free = %free, "guest paused on an I/O error");
+                        VmState::Paused
                     }
                     (VmState::Paused, false) => {
-                        record.state = VmState::Running;
                         record.last_error = None;
                         tracing::info!(vm = %record.name, "guest runs again");
+                        VmState::Running
                     }
                     _ => return Ok(()),
-                }
-                self.store.update_vm(&record)?;
-                Ok(())
+                };
+                self.transition(&mut record, next)
             });
         }
     }

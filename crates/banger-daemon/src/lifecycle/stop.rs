@@ -63,20 +63,15 @@ impl Lifecycle {
     pub(super) fn stop_locked(&self, id: &str) -> Result<VmRecord> {
         let mut record = self.record(id)?;
         let Some(pid) = Self::running_pid(&record) else {
-            if record.state != VmState::Stopped {
-                record.state = VmState::Stopped;
-                self.store.update_vm(&record)?;
-            }
+            self.transition(&mut record, VmState::Stopped)?;
             return Ok(record);
         };
-        record.state = VmState::Stopping;
-        self.store.update_vm(&record)?;
+        self.transition(&mut record, VmState::Stopping)?;
         self.crash_point("stop:stopping");
         let reason = self.shut_down(&record, pid);
         tracing::info!(vm = %record.name, reason = %reason, "VM stopped");
-        mark_stopped(&mut record, reason);
         record.last_error = None;
-        self.store.update_vm(&record)?;
+        self.record_stopped(&mut record, reason)?;
         Ok(record)
     }
 

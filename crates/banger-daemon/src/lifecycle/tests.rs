@@ -1563,3 +1563,21 @@ fn a_vm_whose_ip_left_the_pool_is_refused_with_the_fix() {
         VmState::Stopped
     );
 }
+
+#[test]
+fn a_move_the_state_machine_forbids_is_refused_and_stores_nothing() {
+    let fx = fixture();
+    let vm = fx.create("steady");
+    let mut stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let err = fx
+        .lifecycle
+        .transition(&mut stopped, VmState::Running)
+        .unwrap_err();
+    assert_eq!(err.to_string(), "steady cannot go from stopped to running");
+    assert_eq!(err.kind(), banger_proto::ErrorKind::Conflict);
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert_eq!(
+        fx.store.get_vm(&vm.id).unwrap().unwrap().state,
+        VmState::Stopped
+    );
+}
