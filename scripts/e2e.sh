@@ -376,6 +376,9 @@ elif HOME="$real_home" make -C "$repo" --no-print-directory install PREFIX="$pre
     source_of_bundle=$(cd / && env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \
         "$prefix/bin/banger" doctor --json | python3 -c 'import json,sys; print([c["detail"] for c in json.load(sys.stdin) if c["name"] == "runtime bundle"][0])')
     check "doctor from the prefix finds $prefix/lib/banger ($source_of_bundle)" grep -q "^$prefix/lib/banger (Installed)" <<<"$source_of_bundle"
+    # doctor's checks ran in the installed daemon it started: stop it.
+    check "the installed daemon stops" env -u BANGER_RUNTIME_DIR HOME="$world/installed-home" XDG_RUNTIME_DIR="$world/installed-run" \
+        "$prefix/bin/banger" daemon stop
 else
     check "make install PREFIX=$prefix" false
     tail -n 20 "$world/install.log"

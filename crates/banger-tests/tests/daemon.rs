@@ -533,5 +533,34 @@ fn doctor_reports_json_and_fails_without_a_bundle() {
         "{text}"
     );
     assert!(text.lines().last().unwrap().ends_with("failed"), "{text}");
-    assert!(!world.socket().exists(), "doctor does not need the daemon");
+    assert!(world.socket().exists(), "the daemon ran the checks");
+}
+
+#[test]
+fn doctor_runs_the_checks_itself_when_no_daemon_can_start_and_says_so() {
+    let world = World::new();
+    // A banger with no bangerd beside it or on PATH cannot start one.
+    let lone = world.home().join("lone-bin");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(&*support::BANGER, lone.join("banger")).unwrap();
+    let out = world
+        .command(lone.join("banger"))
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("BANGER_RUNTIME_DIR", world.home().join("no-bundle"))
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("note: no daemon could start (could not find the bangerd binary")
+            && stderr(&out).contains("these checks ran in this banger instead"),
+        "{}",
+        stderr(&out)
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        checks.iter().any(|c| c["name"] == "runtime bundle"),
+        "{checks:?}"
+    );
+    assert_eq!(out.status.code(), Some(1), "the missing bundle still fails");
+    assert!(!world.socket().exists(), "nothing was started");
 }

@@ -54,30 +54,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs every readiness check here, in the CLI's own environment (the one
-/// the daemon it starts inherits), so it works when the daemon cannot start.
+/// Doctor's checks, run by the daemon (started if need be) so they see
+/// what the daemon that boots VMs sees. When no daemon can start, the
+/// checks run here instead, in the environment a daemon would inherit,
+/// and the CLI says so: that is when doctor is needed most.
 fn doctor(json: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
     use banger_proto::check::CheckStatus;
-    let config = banger_host::Config::load(&ctx.paths.config_file, &ctx.paths.home, |v| {
-        std::env::var_os(v)
-    })
-    .context("loading configuration")?;
-    let probe = banger_host::probe::Probe::host();
-    let exe = std::env::current_exe().unwrap_or_default();
-    // Where this user's daemon, if one runs, serves DNS: a port held by
-    // anything else is not ours.
-    let daemon_dns = crate::client::Client::connect(&ctx.paths.socket)
-        .ok()
-        .and_then(|mut client| client.call::<banger_proto::method::DaemonStatus>(()).ok())
-        .and_then(|status| status.dns_listen.parse().ok());
-    let checks = banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
-        probe: &probe,
-        config: &config,
-        exe: &exe,
-        daemon_dns,
-        instance_tag: &ctx.paths.instance_tag(),
-        ip: &banger_host::doctor::IpOutput,
-    });
+    let answered = ctx
+        .client()
+        .and_then(|mut client| Ok(client.call::<banger_proto::method::Doctor>(())?));
+    let checks = match answered {
+        Ok(checks) => checks,
+        Err(err) => {
+            eprintln!(
+                "note: no daemon could start ({err:#}); these checks ran in this banger instead"
+            );
+            local_doctor(ctx)?
+        }
+    };
     if json {
         crate::output::print_json(&checks)?;
     } else {
@@ -89,6 +83,26 @@ fn doctor(json: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Doctor without a daemon: the same checks, with this user's config.
+fn local_doctor(ctx: &Context) -> anyhow::Result<Vec<banger_proto::check::Check>> {
+    let config = banger_host::Config::load(&ctx.paths.config_file, &ctx.paths.home, |v| {
+        std::env::var_os(v)
+    })
+    .context("loading configuration")?;
+    let probe = banger_host::probe::Probe::host();
+    let exe = std::env::current_exe().unwrap_or_default();
+    Ok(banger_host::doctor::doctor(
+        &banger_host::doctor::DoctorInput {
+            probe: &probe,
+            config: &config,
+            exe: &exe,
+            daemon_dns: None,
+            instance_tag: &ctx.paths.instance_tag(),
+            ip: &banger_host::doctor::IpOutput,
+        },
+    ))
 }
 
 /// Commands whose behaviour has not landed yet say so and fail.
