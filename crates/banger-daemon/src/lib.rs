@@ -261,10 +261,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _lock = instance::InstanceLock::acquire(&paths.pid_file, &paths.socket)?;
     let (config, pool_reason) = settle_pool(config, deps.network.as_ref());
-    let store = Arc::new(store::Store::open(&paths.db_file)?);
-    if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())? {
-        tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
-    }
+    let store = {
+        // SQLite only ever runs on the blocking pool, startup included.
+        let (db_file, config) = (paths.db_file.clone(), config.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<store::Store>> {
+            let store = Arc::new(store::Store::open(&db_file)?);
+            if let Some(image) = images::register_default(&store, &config, runtime_dir.as_deref())?
+            {
+                tracing::info!(rootfs = %image.rootfs.display(), "default image registered");
+            }
+            Ok(store)
+        })
+        .await
+        .context("opening the state database")??
+    };
     let vmm_name = deps.backends[0].kind();
     let vmm_reason = deps.vmm_reason.clone();
     let dns = capabilities::DnsTable::default();

@@ -143,16 +143,25 @@ impl Daemon {
             return Err(ApiError::UnknownMethod(name.to_owned()).into());
         };
         match method {
-            Name::DaemonStatus => answer::<method::DaemonStatus>(self.status()?),
+            Name::DaemonStatus => {
+                let status = self.on_store("daemon.status", |d| d.status()).await?;
+                answer::<method::DaemonStatus>(status)
+            }
             Name::DaemonStop => {
                 tracing::info!("shutdown requested over RPC");
                 self.request_shutdown();
                 answer::<method::DaemonStop>(Stopping { stopping: true })
             }
-            Name::VmList => self.vm_list(),
+            Name::VmList => match self.cached_vm_list() {
+                Some(answer) => Ok(answer),
+                None => self.on_store("vm.list", |d| d.vm_list()).await,
+            },
             Name::VmShow => {
                 let VmRef { vm } = params_of::<method::VmShow>(params)?;
-                answer::<method::VmShow>(self.vm_view(&self.lifecycle.resolve(&vm)?))
+                let record = self
+                    .on_store("vm.show", move |d| Ok(d.lifecycle.resolve(&vm)?))
+                    .await?;
+                answer::<method::VmShow>(self.vm_view(&record))
             }
             Name::VmStats => {
                 let VmRef { vm } = params_of::<method::VmStats>(params)?;
@@ -204,15 +213,20 @@ impl Daemon {
                     .await?;
                 answer::<method::VmPing>(pong)
             }
-            Name::ImageList => answer::<method::ImageList>(
-                self.lifecycle
-                    .store()
-                    .list_images()
-                    .map_err(ApiError::from)?,
-            ),
+            Name::ImageList => {
+                let images = self
+                    .on_store("image.list", |d| {
+                        Ok(d.lifecycle.store().list_images().map_err(ApiError::from)?)
+                    })
+                    .await?;
+                answer::<method::ImageList>(images)
+            }
             Name::ImageShow => {
                 let ImageRef { image } = params_of::<method::ImageShow>(params)?;
-                answer::<method::ImageShow>(self.image(&image)?)
+                let image = self
+                    .on_store("image.show", move |d| Ok(d.image(&image)?))
+                    .await?;
+                answer::<method::ImageShow>(image)
             }
             Name::Doctor => answer::<method::Doctor>(self.doctor().await?),
             Name::ImageBuild | Name::ImageDelete => {
@@ -241,6 +255,20 @@ impl Daemon {
         })
         .await
         .map_err(|_| ApiError::Worker("doctor"))
+    }
+
+    /// Runs `read` on the blocking pool. Every SQLite call goes through
+    /// here or through a lifecycle action (`blocking`), so none holds up
+    /// the async runtime that serves the other clients.
+    async fn on_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        what: &'static str,
+        read: impl FnOnce(&Arc<Self>) -> Result<T, RpcError> + Send + 'static,
+    ) -> Result<T, RpcError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || read(&this))
+            .await
+            .map_err(|_| RpcError::from(ApiError::Worker(what)))?
     }
 
     /// Runs a lifecycle action on the blocking pool.
@@ -316,7 +344,7 @@ impl Daemon {
         answer::<M>(BatchResult { items })
     }
 
-    fn status(&self) -> Result<DaemonStatus, ApiError> {
+    fn status(&self) -> Result<DaemonStatus, RpcError> {
         Ok(DaemonStatus {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -330,7 +358,7 @@ impl Daemon {
             guest_ip_pool_reason: self.pool_reason.clone(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
-            vm_count: self.lifecycle.store().vm_count()?,
+            vm_count: self.lifecycle.store().vm_count().map_err(ApiError::from)?,
         })
     }
 
@@ -341,8 +369,19 @@ impl Daemon {
             .ok_or_else(|| ApiError::ImageNotFound(name.to_owned()))
     }
 
-    /// Served from the last answer while no VM row changed: listing is what
-    /// scripts and the TUI poll, and it stays cheap with a thousand VMs.
+    /// The last `vm.list` answer while no VM row changed since: listing is
+    /// what scripts and the TUI poll, and it stays cheap with a thousand
+    /// VMs. Memory only, so it is answered without the blocking pool.
+    fn cached_vm_list(&self) -> Option<Box<RawValue>> {
+        let generation = self.lifecycle.store().vms_generation();
+        let cached = self.vm_list.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|(tag, _)| *tag == generation)
+            .map(|(_, answer)| answer.clone())
+    }
+
+    /// Lists the VMs from the store and caches the answer (blocking pool).
     fn vm_list(&self) -> Result<Box<RawValue>, RpcError> {
         let store = self.lifecycle.store();
         let generation = store.vms_generation();

@@ -46,8 +46,8 @@ pub enum ConfigDriveError {
     PathTooLong(String),
     #[error("the symlink target {target:?} of {path:?} is longer than ustar's 100 bytes")]
     LinkTooLong { path: String, target: String },
-    #[error("{0:?} is too large for a ustar entry")]
-    TooLarge(String),
+    #[error("adding {0:?} to the config drive")]
+    Archive(String, #[source] std::io::Error),
     #[error("writing the config drive {0}")]
     Write(PathBuf, #[source] std::io::Error),
 }
@@ -72,52 +72,88 @@ pub fn write(path: &Path, files: &[GuestFile]) -> Result<()> {
 }
 
 /// The archive: the marker first, then `files` in order, then the two zero
-/// blocks that end a tar archive.
+/// blocks that end a tar archive. Headers are plain ustar (no GNU or PAX
+/// extensions): busybox tar in the initrd reads them.
 pub fn archive(files: &[GuestFile], mtime: u64) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(BLOCK * (2 * files.len() + 4));
-    append_file(&mut out, MARKER, 0o644, FORMAT_VERSION.as_bytes(), mtime)?;
+    let mut builder = tar::Builder::new(Vec::with_capacity(BLOCK * (2 * files.len() + 4)));
+    append(
+        &mut builder,
+        MARKER,
+        &GuestContent::File {
+            data: FORMAT_VERSION.to_owned(),
+            mode: 0o644,
+        },
+        mtime,
+    )?;
     for file in files {
-        let name = archive_name(&file.path)?;
-        match &file.content {
-            GuestContent::File { data, mode } => {
-                append_file(&mut out, name, *mode, data.as_bytes(), mtime)?;
-            }
-            GuestContent::Symlink(target) => {
-                if target.len() > 100 {
-                    return Err(ConfigDriveError::LinkTooLong {
-                        path: file.path.clone(),
-                        target: target.clone(),
-                    });
-                }
-                let header = Header {
-                    name,
-                    kind: b'2',
-                    mode: 0o777,
-                    size: 0,
-                    mtime,
-                    link: target,
-                };
-                out.extend_from_slice(&header.encode()?);
-            }
-        }
+        append(
+            &mut builder,
+            archive_name(&file.path)?,
+            &file.content,
+            mtime,
+        )
+        .map_err(|e| e.for_path(&file.path))?;
     }
-    out.resize(out.len() + 2 * BLOCK, 0);
-    Ok(out)
+    builder
+        .into_inner()
+        .map_err(|e| ConfigDriveError::Archive(MARKER.to_owned(), e))
 }
 
-fn append_file(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8], mtime: u64) -> Result<()> {
-    let header = Header {
-        name,
-        kind: b'0',
-        mode,
-        size: data.len() as u64,
-        mtime,
-        link: "",
+/// One root-owned entry. The `tar` crate splits a long path into ustar's
+/// prefix and name fields, and refuses what fits neither.
+fn append(
+    builder: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    content: &GuestContent,
+    mtime: u64,
+) -> Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header
+        .set_path(name)
+        .map_err(|_| ConfigDriveError::PathTooLong(name.to_owned()))?;
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    let _ = header.set_username("root");
+    let _ = header.set_groupname("root");
+    let data: &[u8] = match content {
+        GuestContent::File { data, mode } => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(mode & 0o7777);
+            header.set_size(data.len() as u64);
+            data.as_bytes()
+        }
+        GuestContent::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_mode(0o777);
+            header.set_size(0);
+            header
+                .set_link_name(target)
+                .map_err(|_| ConfigDriveError::LinkTooLong {
+                    path: name.to_owned(),
+                    target: target.clone(),
+                })?;
+            &[]
+        }
     };
-    out.extend_from_slice(&header.encode()?);
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
-    Ok(())
+    header.set_cksum();
+    builder
+        .append(&header, data)
+        .map_err(|e| ConfigDriveError::Archive(name.to_owned(), e))
+}
+
+impl ConfigDriveError {
+    /// Errors name the guest's absolute path, not the archive's relative one.
+    fn for_path(self, path: &str) -> Self {
+        match self {
+            Self::PathTooLong(_) => Self::PathTooLong(path.to_owned()),
+            Self::LinkTooLong { target, .. } => Self::LinkTooLong {
+                path: path.to_owned(),
+                target,
+            },
+            other => other,
+        }
+    }
 }
 
 /// `/etc/hostname` as `etc/hostname`, refusing anything that could land
@@ -134,69 +170,6 @@ fn archive_name(path: &str) -> Result<&str> {
     } else {
         Err(ConfigDriveError::BadPath(path.to_owned()))
     }
-}
-
-struct Header<'a> {
-    name: &'a str,
-    kind: u8,
-    mode: u32,
-    size: u64,
-    mtime: u64,
-    link: &'a str,
-}
-
-impl Header<'_> {
-    fn encode(&self) -> Result<[u8; BLOCK]> {
-        let mut block = [0u8; BLOCK];
-        let (prefix, name) = split_name(self.name)?;
-        let too_large = || ConfigDriveError::TooLarge(self.name.to_owned());
-        put(&mut block[0..100], name.as_bytes());
-        octal(&mut block[100..108], u64::from(self.mode & 0o7777)).ok_or_else(too_large)?;
-        octal(&mut block[108..116], 0).ok_or_else(too_large)?; // uid
-        octal(&mut block[116..124], 0).ok_or_else(too_large)?; // gid
-        octal(&mut block[124..136], self.size).ok_or_else(too_large)?;
-        octal(&mut block[136..148], self.mtime).ok_or_else(too_large)?;
-        block[148..156].fill(b' ');
-        block[156] = self.kind;
-        put(&mut block[157..257], self.link.as_bytes());
-        block[257..263].copy_from_slice(b"ustar\0");
-        block[263..265].copy_from_slice(b"00");
-        put(&mut block[265..297], b"root");
-        put(&mut block[297..329], b"root");
-        put(&mut block[345..500], prefix.as_bytes());
-        let sum: u64 = block.iter().map(|b| u64::from(*b)).sum();
-        octal(&mut block[148..155], sum).ok_or_else(too_large)?;
-        block[155] = b' ';
-        Ok(block)
-    }
-}
-
-/// ustar keeps long paths as a directory prefix plus a name.
-fn split_name(path: &str) -> Result<(&str, &str)> {
-    if path.len() <= 100 {
-        return Ok(("", path));
-    }
-    path.match_indices('/')
-        .map(|(i, _)| (&path[..i], &path[i + 1..]))
-        .find(|(prefix, name)| prefix.len() <= 155 && name.len() <= 100)
-        .ok_or_else(|| ConfigDriveError::PathTooLong(path.to_owned()))
-}
-
-fn put(field: &mut [u8], value: &[u8]) {
-    field[..value.len()].copy_from_slice(value);
-}
-
-/// Zero-padded octal filling all but the field's last byte, which stays NUL.
-/// `None` when the value needs more digits than the field has.
-fn octal(field: &mut [u8], value: u64) -> Option<()> {
-    let digits = field.len() - 1;
-    let text = format!("{value:0digits$o}");
-    if text.len() > digits {
-        return None;
-    }
-    field[..digits].copy_from_slice(text.as_bytes());
-    field[digits] = 0;
-    Some(())
 }
 
 #[cfg(test)]
@@ -244,8 +217,8 @@ mod tests {
         assert!(bytes[bytes.len() - 2 * BLOCK..].iter().all(|b| *b == 0));
         // Every header's checksum is the byte sum with the field as spaces.
         let first: &[u8] = &bytes[..BLOCK];
-        let stored =
-            u64::from_str_radix(std::str::from_utf8(&first[148..154]).unwrap(), 8).unwrap();
+        let field = std::str::from_utf8(&first[148..156]).unwrap();
+        let stored = u64::from_str_radix(field.trim_end_matches(['\0', ' ']), 8).unwrap();
         let mut blank = first.to_vec();
         blank[148..156].fill(b' ');
         assert_eq!(stored, blank.iter().map(|b| u64::from(*b)).sum::<u64>());
