@@ -7,6 +7,7 @@ pub mod fake;
 pub mod firecracker;
 pub mod process;
 pub mod qemu;
+pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testkit;
 

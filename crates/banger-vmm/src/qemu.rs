@@ -275,9 +275,7 @@ impl Vmm for Qemu {
             return Err(err);
         }
         // The helper is supervised by pid file from here on; reap it when it exits.
-        std::thread::spawn(move || {
-            let _ = helper.wait();
-        });
+        crate::supervisor::Supervisor::shared().reap(helper);
         Ok(process::launched(child))
     }
 

@@ -126,7 +126,8 @@ impl Lifecycle {
             .map_err(|e| LifecycleError::step(action, &record.name, "starting the VMM", e))
     }
 
-    /// A thread per running VMM that records its exit, whenever it happens.
+    /// Records the VMM's exit, whenever it happens: the supervisor (one
+    /// thread for every VMM) calls back when its pidfd says it is gone.
     pub(super) fn watch(self: &Arc<Self>, record: &VmRecord, launched: Launched) {
         let Launched {
             pid,
@@ -135,18 +136,13 @@ impl Lifecycle {
         } = launched;
         self.exits.register(pid);
         let this = self.clone();
-        let id = record.id.clone();
+        let id = record.id.to_string();
         let backend = self.backend(record.vmm).ok();
         // What the VMM logs from here on explains its exit (see `explain_exit`).
         let log = banger_host::VmDir::new(self.vm_dir(&record.id)).console_log();
         let log_offset = std::fs::metadata(&log).map_or(0, |m| m.len());
-        let spawned = std::thread::Builder::new()
-            .name(format!("vm-exit-{pid}"))
-            .spawn(move || {
-                let status = match child {
-                    Some(child) => wait_child(child),
-                    None => wait_foreign(pid, Some(start_time)),
-                };
+        self.supervisor
+            .watch(pid, Some(start_time), child, move |status| {
                 let reason = match &backend {
                     Some(backend) => backend.explain_exit(status, &log_since(&log, log_offset)),
                     None => status,
@@ -155,9 +151,6 @@ impl Lifecycle {
                 this.record_exit(&id, pid, &reason);
                 this.exits.mark_handled(pid);
             });
-        if let Err(e) = spawned {
-            tracing::error!(pid, error = %e, "could not start the exit watcher thread");
-        }
     }
 
     /// A VMM exited on its own (guest powered off, crash, signal from

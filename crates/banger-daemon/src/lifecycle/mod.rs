@@ -16,7 +16,7 @@ use banger_proto::{
     Backend, CreateVmParams, DiskSize, DiskUsage, Image, MemoryMib, PingResult, SetVmParams, VmId,
     VmName, VmState, VmStats,
 };
-use banger_vmm::process::{ExitReason, send_signal, wait_child, wait_foreign};
+use banger_vmm::process::{ExitReason, send_signal};
 use banger_vmm::{Drive, LaunchSpec, Launched, Prepared, Vmm};
 use thiserror::Error;
 
@@ -102,6 +102,8 @@ pub struct Lifecycle {
     namegen_path: Option<PathBuf>,
     locks: VmLocks,
     exits: ExitBoard,
+    /// Waits on every VMM process, one thread for all.
+    supervisor: Arc<banger_vmm::supervisor::Supervisor>,
     /// Serializes choosing names and identifiers with inserting the row.
     allocation: Mutex<()>,
     /// Set when this daemon stops: its watchers then leave exits to the
@@ -144,6 +146,7 @@ impl Lifecycle {
             namegen_path,
             locks: VmLocks::default(),
             exits: ExitBoard::default(),
+            supervisor: banger_vmm::supervisor::Supervisor::shared(),
             allocation: Mutex::new(()),
             retired: std::sync::atomic::AtomicBool::new(false),
             stop_timeouts: StopTimeouts::default(),
