@@ -209,74 +209,6 @@ fn envelope_row(result: &str) -> anyhow::Result<Row> {
     ))
 }
 
-/// Why banger pipelines its Firecracker configuration (`Session::call_all`):
-/// the same six pre-boot requests sent at once and one at a time, against
-/// one Firecracker process (pre-boot PUTs may repeat).
-fn pipelining_row(binary: &Path, dir: &Path, kernel: &Path, rootfs: &Path) -> anyhow::Result<Row> {
-    use banger_vmm::firecracker::api::Session;
-    let socket = dir.join("pipelining.sock");
-    let _ = std::fs::remove_file(&socket);
-    let mut child = Command::new(binary)
-        .arg("--api-sock")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let outcome = (|| -> anyhow::Result<Row> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut session = loop {
-            match Session::connect(&socket, Duration::from_secs(5)) {
-                Ok(session) => break session,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let mut requests = vec![
-            (
-                "/machine-config".to_owned(),
-                serde_json::json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
-            ),
-            (
-                "/boot-source".to_owned(),
-                serde_json::json!({ "kernel_image_path": kernel, "boot_args": "console=ttyS0" }),
-            ),
-        ];
-        for id in ["base", "overlay", "work", "config"] {
-            requests.push((
-                format!("/drives/{id}"),
-                serde_json::json!({ "drive_id": id, "path_on_host": rootfs, "is_root_device": false, "is_read_only": true }),
-            ));
-        }
-        let batch: Vec<(&str, &serde_json::Value)> = requests
-            .iter()
-            .map(|(path, body)| (path.as_str(), body))
-            .collect();
-        let (mut pipelined, mut one_by_one) = (Vec::new(), Vec::new());
-        for _ in 0..RUNS {
-            let start = Instant::now();
-            session
-                .call_all("PUT", &batch)
-                .map_err(|(i, e)| anyhow::anyhow!("request {i}: {e}"))?;
-            pipelined.push(start.elapsed());
-            let start = Instant::now();
-            for (path, body) in &batch {
-                session.call("PUT", path, Some(body))?;
-            }
-            one_by_one.push(start.elapsed());
-        }
-        Ok(Row::spread(
-            "Firecracker API: 6 pre-boot requests pipelined",
-            &pipelined,
-            "one at a time",
-            &one_by_one,
-        ))
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&socket);
-    outcome
-}
-
 /// 50 CLI clients running `vm list --json` back to back for 30 s against a
 /// daemon holding 1,000 VMs: every call must succeed; the p99 is reported
 /// next to one client's alone.
@@ -542,7 +474,6 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "firecracker --config-file",
         &by_hand,
     ));
-    rows.push(pipelining_row(&binary, tmp.path(), &kernel, &rootfs)?);
     Ok(())
 }
 

@@ -189,19 +189,18 @@ impl Vmm for Firecracker {
                 return fail(&mut child, VmmError::Configure { step, source });
             }
         };
-        // The configuration goes out in one write; InstanceStart only once
-        // every part of it was accepted.
+        // One request at a time, InstanceStart only once every part of the
+        // configuration was accepted. Pipelining them saved 0.08 ms of a
+        // 12 ms create (`make bench BENCH=create`, 0.36 ms against 0.43 ms
+        // for six requests), so the simpler exchange stays.
         let requests = Self::requests(spec);
         let Some(((start_step, start_path, start_body), configure)) = requests.split_last() else {
             unreachable!("the request sequence ends with InstanceStart");
         };
-        let batch: Vec<(&str, &Value)> = configure
-            .iter()
-            .map(|(_, path, body)| (path.as_str(), body))
-            .collect();
-        if let Err((failed, source)) = session.call_all("PUT", &batch) {
-            let step = configure[failed].0;
-            return fail(&mut child, VmmError::Configure { step, source });
+        for (step, path, body) in configure {
+            if let Err(source) = session.call("PUT", path, Some(body)) {
+                return fail(&mut child, VmmError::Configure { step, source });
+            }
         }
         let started = session
             .set_timeout(INSTANCE_START_TIMEOUT)

@@ -107,41 +107,6 @@ impl Session {
         accepted(response, method, path)
     }
 
-    /// Sends every request at once (HTTP pipelining: Firecracker answers
-    /// them in order), then reads the answers. Stops at the first one that
-    /// is not 2xx and returns its index with the error; the requests after
-    /// it were still sent.
-    pub fn call_all(
-        &mut self,
-        method: &'static str,
-        requests: &[(&str, &Value)],
-    ) -> Result<(), (usize, ApiError)> {
-        let mut batch = Vec::new();
-        for (path, body) in requests {
-            batch.extend_from_slice(Self::request(method, path, Some(body), true).as_bytes());
-        }
-        if let Err(source) = self.stream.get_mut().write_all(&batch) {
-            let path = requests
-                .first()
-                .map(|(p, _)| (*p).to_owned())
-                .unwrap_or_default();
-            return Err((
-                0,
-                ApiError::Io {
-                    method,
-                    path,
-                    source,
-                },
-            ));
-        }
-        for (i, (path, _)) in requests.iter().enumerate() {
-            self.response(method, path)
-                .and_then(|r| accepted(r, method, path))
-                .map_err(|e| (i, e))?;
-        }
-        Ok(())
-    }
-
     fn request(method: &str, path: &str, body: Option<&Value>, keep_alive: bool) -> String {
         let payload = body.map(Value::to_string).unwrap_or_default();
         let mut request =
