@@ -386,47 +386,7 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let kernel = tmp.path().join("vmlinux");
     std::fs::write(&kernel, banger_vmm::testkit::spin_kernel())?;
     let rootfs = make_base_image(tmp.path(), 256 << 20)?;
-    let store = Arc::new(Store::open(&paths.db_file)?);
-    store.put_image(&Image {
-        name: "default".into(),
-        rootfs: rootfs.clone(),
-        kernel: Some(kernel.clone()),
-        initrd: None,
-        modules_dir: None,
-        docker: false,
-        managed: false,
-        created_at: 0,
-    })?;
-    // The NIC is a TAP name only: Firecracker creates the TAP when it opens
-    // it (as root), on both sides alike.
-    let deps = banger_daemon::Deps {
-        backends: vec![Arc::new(Firecracker::new(binary.clone()))],
-        disks: Arc::new(Ext4Disks::new(
-            Arc::new(HostRunner),
-            paths.cache_dir.clone(),
-        )),
-        network: Arc::new(banger_host::net::FakeNetwork::new()),
-        public_keys: Vec::new(),
-        vmm_reason: "benchmark".into(),
-        stop_timeouts: StopTimeouts {
-            graceful: Duration::from_millis(200),
-            term: Duration::from_secs(2),
-        },
-    };
-    let capabilities = banger_daemon::pipeline(
-        &paths,
-        &banger_host::Config::default(),
-        &deps,
-        Default::default(),
-    )?;
-    let lifecycle = Lifecycle::new(
-        paths.clone(),
-        store,
-        deps.backends.clone(),
-        capabilities,
-        None,
-    )
-    .with_stop_timeouts(deps.stop_timeouts);
+    let lifecycle = firecracker_lifecycle(&binary, &paths, &kernel, &rootfs)?;
     let create = |n: usize| -> anyhow::Result<Duration> {
         let start = Instant::now();
         let vm = lifecycle.create(&CreateVmParams {
@@ -475,6 +435,57 @@ fn firecracker_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         &by_hand,
     ));
     Ok(())
+}
+
+/// The lifecycle the create bench drives: real Firecracker, real ext4
+/// disks, a fake network (the TAP is a name Firecracker opens itself).
+fn firecracker_lifecycle(
+    binary: &Path,
+    paths: &Paths,
+    kernel: &Path,
+    rootfs: &Path,
+) -> anyhow::Result<Arc<Lifecycle>> {
+    let store = Arc::new(Store::open(&paths.db_file)?);
+    store.put_image(&Image {
+        name: "default".into(),
+        rootfs: rootfs.to_path_buf(),
+        kernel: Some(kernel.to_path_buf()),
+        initrd: None,
+        modules_dir: None,
+        docker: false,
+        managed: false,
+        created_at: 0,
+    })?;
+    // The NIC is a TAP name only: Firecracker creates the TAP when it opens
+    // it (as root), on both sides alike.
+    let deps = banger_daemon::Deps {
+        backends: vec![Arc::new(Firecracker::new(binary.to_path_buf()))],
+        disks: Arc::new(Ext4Disks::new(
+            Arc::new(HostRunner),
+            paths.cache_dir.clone(),
+        )),
+        network: Arc::new(banger_host::net::FakeNetwork::new()),
+        public_keys: Vec::new(),
+        vmm_reason: "benchmark".into(),
+        stop_timeouts: StopTimeouts {
+            graceful: Duration::from_millis(200),
+            term: Duration::from_secs(2),
+        },
+    };
+    let capabilities = banger_daemon::pipeline(
+        paths,
+        &banger_host::Config::default(),
+        &deps,
+        Default::default(),
+    )?;
+    Ok(Lifecycle::new(
+        paths.clone(),
+        store,
+        deps.backends.clone(),
+        capabilities,
+        None,
+    )
+    .with_stop_timeouts(deps.stop_timeouts))
 }
 
 /// Starts Firecracker with an equivalent config file and waits until its
@@ -769,7 +780,69 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // The same VM by hand: its disks, a TAP of the same name and MAC, the same command line.
     let ip: std::net::Ipv4Addr = vm["guest_ip"].as_str().context("no guest IP")?.parse()?;
     let tap = vm["tap"].as_str().context("no TAP")?.to_owned();
-    let spec = banger_vmm::LaunchSpec {
+    let spec = by_hand_spec(&vm, &bundle, &dir, ip, &tap);
+    let helper = which("vhost-device-vsock").or_else(|_| {
+        Ok::<_, anyhow::Error>(
+            PathBuf::from(std::env::var("HOME")?).join(".cargo/bin/vhost-device-vsock"),
+        )
+    })?;
+    // Alternating boots of the same guest, stopped cleanly (ACPI) between
+    // them on both sides. Both poll SSH every 200 ms: `--wait`'s interval.
+    let addr = std::net::SocketAddr::from((ip, 22));
+    let (mut through_banger, mut by_hand) = (Vec::new(), Vec::new());
+    let mut failure = None;
+    for _ in 0..BOOT_RUNS {
+        let start = Instant::now();
+        let started = world
+            .command(&["vm", "start", "bench-boot", "--wait"])
+            .env("BANGER_RUNTIME_DIR", &bundle)
+            .output()?;
+        through_banger.push(start.elapsed());
+        if !started.status.success() {
+            failure = Some(format!(
+                "banger vm start --wait failed: {}",
+                String::from_utf8_lossy(&started.stderr)
+            ));
+            break;
+        }
+        world.run(&["vm", "stop", "bench-boot"])?;
+        let booted = boot_by_hand_with_tap(&spec, &tap, &helper, addr);
+        match booted {
+            Ok(elapsed) => by_hand.push(elapsed),
+            Err(e) => {
+                failure = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    world.run(&["vm", "delete", "bench-boot"])?;
+    if made_bridge {
+        let _ = Command::new("ip").args(["link", "del", "banger0"]).status();
+    }
+    if let Some(failure) = failure {
+        bail!("{failure}");
+    }
+    rows.push(Row::spread(
+        format!("boot to SSH on qemu (vm start --wait), {BOOT_RUNS} runs"),
+        &through_banger,
+        "same qemu by hand",
+        &by_hand,
+    ));
+    Ok(())
+}
+
+/// The by-hand side's QEMU launch: the same VM's disks, a copy of its
+/// config drive, a TAP of the same name and MAC, the same command line.
+fn by_hand_spec(
+    vm: &serde_json::Value,
+    bundle: &Path,
+    dir: &Path,
+    ip: std::net::Ipv4Addr,
+    tap: &str,
+) -> banger_vmm::LaunchSpec {
+    let dir = dir.to_path_buf();
+    let tap = tap.to_owned();
+    banger_vmm::LaunchSpec {
         vm_id: vm["id"].as_str().unwrap_or_default().to_owned(),
         vm_dir: dir.clone(),
         vcpu: 2,
@@ -806,75 +879,38 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         vsock_cid: 3,
         vsock_path: dir.join("bench-vsock.sock"),
         log_path: dir.join("by-hand.log"),
-    };
-    let helper = which("vhost-device-vsock").or_else(|_| {
-        Ok::<_, anyhow::Error>(
-            PathBuf::from(std::env::var("HOME")?).join(".cargo/bin/vhost-device-vsock"),
-        )
-    })?;
-    // Alternating boots of the same guest, stopped cleanly (ACPI) between
-    // them on both sides. Both poll SSH every 200 ms: `--wait`'s interval.
-    let addr = std::net::SocketAddr::from((ip, 22));
-    let (mut through_banger, mut by_hand) = (Vec::new(), Vec::new());
-    let mut failure = None;
-    for _ in 0..BOOT_RUNS {
-        let start = Instant::now();
-        let started = world
-            .command(&["vm", "start", "bench-boot", "--wait"])
-            .env("BANGER_RUNTIME_DIR", &bundle)
-            .output()?;
-        through_banger.push(start.elapsed());
-        if !started.status.success() {
-            failure = Some(format!(
-                "banger vm start --wait failed: {}",
-                String::from_utf8_lossy(&started.stderr)
-            ));
-            break;
-        }
-        world.run(&["vm", "stop", "bench-boot"])?;
-        // banger's stop removed the TAP of that name: the by-hand boot
-        // makes its own each time, as banger does.
-        // So does its vsock helper: banger's stop cleans the VM directory.
-        let run = |args: &[&str]| Command::new("ip").args(args).status();
-        run(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        run(&["link", "set", "dev", &tap, "master", "banger0"])?;
-        run(&["link", "set", "dev", &tap, "up"])?;
-        let _ = std::fs::remove_file(banger_host::VmDir::new(&dir).vhost_vsock());
-        let mut vsock = Command::new(&helper)
-            .args(["--guest-cid", "3", "--socket"])
-            .arg(banger_host::VmDir::new(&dir).vhost_vsock())
-            .arg("--uds-path")
-            .arg(&spec.vsock_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(300));
-        let booted = boot_by_hand(&spec, addr);
-        let _ = vsock.kill();
-        let _ = vsock.wait();
-        let _ = run(&["link", "del", "dev", &tap]);
-        match booted {
-            Ok(elapsed) => by_hand.push(elapsed),
-            Err(e) => {
-                failure = Some(format!("{e:#}"));
-                break;
-            }
-        }
     }
-    world.run(&["vm", "delete", "bench-boot"])?;
-    if made_bridge {
-        let _ = Command::new("ip").args(["link", "del", "banger0"]).status();
-    }
-    if let Some(failure) = failure {
-        bail!("{failure}");
-    }
-    rows.push(Row::spread(
-        format!("boot to SSH on qemu (vm start --wait), {BOOT_RUNS} runs"),
-        &through_banger,
-        "same qemu by hand",
-        &by_hand,
-    ));
-    Ok(())
+}
+
+/// One by-hand boot with its own TAP and vsock helper, as banger makes them.
+fn boot_by_hand_with_tap(
+    spec: &banger_vmm::LaunchSpec,
+    tap: &str,
+    helper: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Duration> {
+    // banger's stop removed the TAP of that name: the by-hand boot
+    // makes its own each time, as banger does.
+    // So does its vsock helper: banger's stop cleans the VM directory.
+    let run = |args: &[&str]| Command::new("ip").args(args).status();
+    run(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+    run(&["link", "set", "dev", tap, "master", "banger0"])?;
+    run(&["link", "set", "dev", tap, "up"])?;
+    let _ = std::fs::remove_file(banger_host::VmDir::new(&spec.vm_dir).vhost_vsock());
+    let mut vsock = Command::new(helper)
+        .args(["--guest-cid", "3", "--socket"])
+        .arg(banger_host::VmDir::new(&spec.vm_dir).vhost_vsock())
+        .arg("--uds-path")
+        .arg(&spec.vsock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let booted = boot_by_hand(spec, addr);
+    let _ = vsock.kill();
+    let _ = vsock.wait();
+    let _ = run(&["link", "del", "dev", tap]);
+    booted
 }
 
 /// Boots `spec`'s QEMU command line by hand until `addr` sends an SSH

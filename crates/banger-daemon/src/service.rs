@@ -143,6 +143,30 @@ impl Daemon {
             return Err(ApiError::UnknownMethod(name.to_owned()).into());
         };
         match method {
+            Name::DaemonStatus | Name::DaemonStop | Name::Doctor => self.route_daemon(method).await,
+            Name::VmList
+            | Name::VmShow
+            | Name::VmStats
+            | Name::VmCreate
+            | Name::VmStart
+            | Name::VmStop
+            | Name::VmRestart
+            | Name::VmDelete
+            | Name::VmKill
+            | Name::VmSet
+            | Name::VmPing => self.route_vm(method, params).await,
+            Name::ImageList | Name::ImageShow | Name::ImageBuild | Name::ImageDelete => {
+                self.route_image(method, params).await
+            }
+        }
+    }
+
+    async fn route_daemon(
+        self: &Arc<Self>,
+        method: method::Name,
+    ) -> Result<Box<RawValue>, RpcError> {
+        use method::Name;
+        match method {
             Name::DaemonStatus => {
                 let status = self.on_store("daemon.status", |d| d.status()).await?;
                 answer::<method::DaemonStatus>(status)
@@ -152,6 +176,18 @@ impl Daemon {
                 self.request_shutdown();
                 answer::<method::DaemonStop>(Stopping { stopping: true })
             }
+            Name::Doctor => answer::<method::Doctor>(self.doctor().await?),
+            other => unreachable!("{} is not a daemon method", other.as_str()),
+        }
+    }
+
+    async fn route_vm(
+        self: &Arc<Self>,
+        method: method::Name,
+        params: Value,
+    ) -> Result<Box<RawValue>, RpcError> {
+        use method::Name;
+        match method {
             Name::VmList => match self.cached_vm_list() {
                 Some(answer) => Ok(answer),
                 None => self.on_store("vm.list", |d| d.vm_list()).await,
@@ -213,6 +249,17 @@ impl Daemon {
                     .await?;
                 answer::<method::VmPing>(pong)
             }
+            other => unreachable!("{} is not a VM method", other.as_str()),
+        }
+    }
+
+    async fn route_image(
+        self: &Arc<Self>,
+        method: method::Name,
+        params: Value,
+    ) -> Result<Box<RawValue>, RpcError> {
+        use method::Name;
+        match method {
             Name::ImageList => {
                 let images = self
                     .on_store("image.list", |d| {
@@ -228,10 +275,10 @@ impl Daemon {
                     .await?;
                 answer::<method::ImageShow>(image)
             }
-            Name::Doctor => answer::<method::Doctor>(self.doctor().await?),
             Name::ImageBuild | Name::ImageDelete => {
                 Err(ApiError::NotImplemented(method.as_str()).into())
             }
+            other => unreachable!("{} is not an image method", other.as_str()),
         }
     }
 

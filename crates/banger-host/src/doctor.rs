@@ -9,13 +9,12 @@ use std::process::Command;
 use banger_proto::check::Check;
 
 use crate::config::{Config, VmmChoice};
-use crate::probe::Probe;
+use crate::probe::{Probe, nat_checks, network_checks};
 use crate::runtime_dir;
 
 pub const KVM_MISSING_FIX: &str = "load kvm_intel or kvm_amd, or set vmm = \"qemu\" in config.toml";
 pub const KVM_ACCESS_FIX: &str =
     "add your user to group kvm (sudo usermod -aG kvm $USER) and log in again";
-pub const TUN_FIX: &str = "load the tun module (sudo modprobe tun)";
 
 /// The storage tools every VM needs.
 pub fn storage_checks(probe: &Probe) -> Vec<Check> {
@@ -25,48 +24,8 @@ pub fn storage_checks(probe: &Probe) -> Vec<Check> {
         .collect()
 }
 
-/// What a VM's network needs: `ip`, `/dev/net/tun`, and root or sudo.
-pub fn network_checks(probe: &Probe) -> Vec<Check> {
-    vec![
-        probe.tool("ip", "TAP devices"),
-        probe.device("net/tun", TUN_FIX, TUN_FIX),
-        privilege(probe),
-    ]
-}
-
-pub fn nat_checks(probe: &Probe) -> Vec<Check> {
-    vec![probe.tool("iptables", "NAT"), probe.tool("sysctl", "NAT")]
-}
-
 pub fn kvm_check(probe: &Probe) -> Check {
     probe.device("kvm", KVM_MISSING_FIX, KVM_ACCESS_FIX)
-}
-
-/// Root, or sudo without a password.
-pub fn privilege(probe: &Probe) -> Check {
-    if probe.euid == 0 {
-        return Check::pass("privileges", "running as root");
-    }
-    let Some(sudo) = probe.find("sudo") else {
-        return Check::fail(
-            "privileges",
-            "not root and sudo is missing",
-            "install sudo, or run bangerd as root",
-        );
-    };
-    let ok = Command::new(sudo)
-        .args(["-n", "true"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Check::pass("privileges", "sudo works without a password")
-    } else {
-        Check::fail(
-            "privileges",
-            "sudo asks for a password",
-            "allow ip, iptables and sysctl without a password in sudoers, or run bangerd as root",
-        )
-    }
 }
 
 /// The Firecracker binary banger would use: config, bundle, then PATH.

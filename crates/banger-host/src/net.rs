@@ -419,11 +419,11 @@ impl IpTablesNetwork {
 
 impl HostNetwork for IpTablesNetwork {
     fn checks(&self) -> Vec<banger_proto::check::Check> {
-        crate::doctor::network_checks(&crate::probe::Probe::host())
+        crate::probe::network_checks(&crate::probe::Probe::host())
     }
 
     fn nat_checks(&self) -> Vec<banger_proto::check::Check> {
-        crate::doctor::nat_checks(&crate::probe::Probe::host())
+        crate::probe::nat_checks(&crate::probe::Probe::host())
     }
 
     fn ensure_bridge(&self, pool: &Pool) -> Result<()> {

@@ -10,6 +10,51 @@ use banger_proto::check::Check;
 
 use crate::process::package_of;
 
+pub const TUN_FIX: &str = "load the tun module (sudo modprobe tun)";
+
+// The checks the network code asks for at preflight live here, beside the
+// probe, so `net` needs no part of `doctor` (which needs `config`, which
+// needs `net`).
+/// What a VM's network needs: `ip`, `/dev/net/tun`, and root or sudo.
+pub fn network_checks(probe: &Probe) -> Vec<Check> {
+    vec![
+        probe.tool("ip", "TAP devices"),
+        probe.device("net/tun", TUN_FIX, TUN_FIX),
+        privilege(probe),
+    ]
+}
+
+pub fn nat_checks(probe: &Probe) -> Vec<Check> {
+    vec![probe.tool("iptables", "NAT"), probe.tool("sysctl", "NAT")]
+}
+
+/// Root, or sudo without a password.
+pub fn privilege(probe: &Probe) -> Check {
+    if probe.euid == 0 {
+        return Check::pass("privileges", "running as root");
+    }
+    let Some(sudo) = probe.find("sudo") else {
+        return Check::fail(
+            "privileges",
+            "not root and sudo is missing",
+            "install sudo, or run bangerd as root",
+        );
+    };
+    let ok = std::process::Command::new(sudo)
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Check::pass("privileges", "sudo works without a password")
+    } else {
+        Check::fail(
+            "privileges",
+            "sudo asks for a password",
+            "allow ip, iptables and sysctl without a password in sudoers, or run bangerd as root",
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub path: Vec<PathBuf>,

@@ -32,8 +32,11 @@ mod create;
 mod delete;
 mod error;
 mod inspect;
+mod kill;
 mod reconcile;
+mod restart;
 mod set;
+mod start;
 mod stop;
 
 pub use crash::{CRASH_AT_VAR, Crash};
