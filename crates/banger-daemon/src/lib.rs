@@ -364,7 +364,7 @@ fn serve_dns(
     }
     // Guests ask the gateway. The bridge may not exist yet, hence freebind;
     // port 53 needs root, so ordinary users' guests use upstream DNS only.
-    let gateway = banger_host::net::Pool::parse(&daemon.config.guest_ip_pool)?.gateway();
+    let gateway = daemon.config.guest_ip_pool.gateway();
     match dns::bind_freebind(std::net::SocketAddr::from((gateway, 53))) {
         Ok(socket) => {
             tracing::info!(listen = %gateway, "DNS server listening for guests");
@@ -379,18 +379,19 @@ fn serve_dns(
 /// why when the default gave way to a free one. An explicit pool that
 /// overlaps a route is kept: starting a VM then says why it cannot.
 fn settle_pool(mut config: Config, network: &dyn HostNetwork) -> (Config, Option<String>) {
-    let Ok(configured) = banger_host::net::Pool::parse(&config.guest_ip_pool) else {
-        return (config, None);
-    };
     let routes = network.host_routes().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "reading host routes to check the guest IP pool");
         Vec::new()
     });
-    match banger_host::net::choose_pool(&configured, config.guest_ip_pool_explicit, &routes) {
+    match banger_host::net::choose_pool(
+        &config.guest_ip_pool,
+        config.guest_ip_pool_explicit,
+        &routes,
+    ) {
         Ok(choice) if choice.moved_from.is_some() => {
             let said = choice.describe();
             tracing::warn!(pool = %said, "the default guest IP pool is taken; using a free one");
-            config.guest_ip_pool = choice.pool.to_string();
+            config.guest_ip_pool = choice.pool;
             (config, Some(said))
         }
         Ok(_) => (config, None),
@@ -425,8 +426,7 @@ pub fn pipeline(
     deps: &Deps,
     dns: capabilities::DnsTable,
 ) -> anyhow::Result<Vec<Arc<dyn capability::Capability>>> {
-    let pool =
-        banger_host::net::Pool::parse(&config.guest_ip_pool).context("reading guest_ip_pool")?;
+    let pool = config.guest_ip_pool;
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     Ok(vec![
@@ -469,7 +469,7 @@ mod tests {
             s.routes = vec!["10.219.0.0/24 dev eth0 proto kernel scope link src 10.219.0.7".into()]
         });
         let (config, reason) = settle_pool(Config::default(), &network);
-        assert_eq!(config.guest_ip_pool, "10.219.1.0/24");
+        assert_eq!(config.guest_ip_pool.to_string(), "10.219.1.0/24");
         let reason = reason.expect("a reason is given");
         assert!(reason.contains("10.219.0.0/24 dev eth0"), "{reason}");
         let chosen = Config {
@@ -478,8 +478,8 @@ mod tests {
         };
         let (config, reason) = settle_pool(chosen, &network);
         assert_eq!(
-            (config.guest_ip_pool.as_str(), reason),
-            ("10.219.0.0/24", None)
+            (config.guest_ip_pool.to_string(), reason),
+            ("10.219.0.0/24".to_owned(), None)
         );
     }
 }

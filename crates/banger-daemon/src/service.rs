@@ -401,7 +401,7 @@ impl Daemon {
             dns_error: self.dns_error.clone(),
             vmm: self.vmm,
             vmm_reason: self.vmm_reason.clone(),
-            guest_ip_pool: self.config.guest_ip_pool.clone(),
+            guest_ip_pool: self.config.guest_ip_pool.to_string(),
             guest_ip_pool_reason: self.pool_reason.clone(),
             state_dir: self.paths.state_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),

@@ -123,7 +123,8 @@ pub struct Config {
     pub vmm: VmmChoice,
     pub dns_listen: SocketAddr,
     /// IPv4 CIDR: the bridge takes the first address, guests the rest.
-    pub guest_ip_pool: String,
+    /// Parsed once, here; everything downstream takes the `Pool`.
+    pub guest_ip_pool: crate::net::Pool,
     /// Whether config.toml names the pool. The default gives way to a host
     /// route (see `net::choose_pool`); a pool the user chose never does.
     pub guest_ip_pool_explicit: bool,
@@ -200,11 +201,13 @@ impl Config {
                 return Err(key_error(key, why.to_owned()));
             }
         }
-        if let Some(pool) = &file.guest_ip_pool
-            && let Err(e) = crate::net::Pool::parse(pool)
-        {
-            return Err(key_error("guest_ip_pool", e.to_string()));
-        }
+        let guest_ip_pool = match &file.guest_ip_pool {
+            Some(text) => Some(
+                crate::net::Pool::parse(text)
+                    .map_err(|e| key_error("guest_ip_pool", e.to_string()))?,
+            ),
+            None => None,
+        };
         if let Some(bridge) = &file.bridge
             && !valid_interface_name(bridge)
         {
@@ -232,10 +235,14 @@ impl Config {
         if let Some(addr) = dns_listen {
             config.dns_listen = addr;
         }
+        if let Some(pool) = guest_ip_pool {
+            config.guest_ip_pool = pool;
+        }
         Ok(config)
     }
 
-    /// The file's paths resolved; `dns_listen` (checked in `parse`) is the default.
+    /// The file's paths resolved; `dns_listen` and `guest_ip_pool` (checked
+    /// in `parse`) are the defaults.
     fn from_file(file: ConfigFile, base: &Path, home: &Path) -> Self {
         let resolve = |p: Option<PathBuf>| p.map(|p| resolve_path(&p, base, home));
         Self {
@@ -254,9 +261,8 @@ impl Config {
                 .parse()
                 .expect("the default DNS address parses"),
             guest_ip_pool_explicit: file.guest_ip_pool.is_some(),
-            guest_ip_pool: file
-                .guest_ip_pool
-                .unwrap_or_else(|| DEFAULT_GUEST_IP_POOL.to_owned()),
+            guest_ip_pool: crate::net::Pool::parse(DEFAULT_GUEST_IP_POOL)
+                .expect("the default pool parses"),
             bridge: file.bridge.unwrap_or_else(|| crate::net::BRIDGE.to_owned()),
         }
     }
@@ -357,7 +363,7 @@ bridge = "banger-ci"
         );
         assert_eq!(config.vmm, VmmChoice::Qemu);
         assert_eq!(config.dns_listen.to_string(), "127.0.0.1:5353");
-        assert_eq!(config.guest_ip_pool, "10.50.0.0/24");
+        assert_eq!(config.guest_ip_pool.to_string(), "10.50.0.0/24");
         assert_eq!(config.bridge, "banger-ci");
         assert_eq!(parse("").unwrap().bridge, "banger0");
         assert_eq!(

@@ -443,7 +443,7 @@ pub fn daemon_pool(
     config: &Config,
     ip: &dyn IpQuery,
 ) -> crate::net::Result<crate::net::PoolChoice> {
-    let configured = crate::net::Pool::parse(&config.guest_ip_pool)?;
+    let configured = config.guest_ip_pool;
     let routes = crate::net::routes_off_bridge(&ip.routes(), &config.bridge);
     crate::net::choose_pool(&configured, config.guest_ip_pool_explicit, &routes)
 }
@@ -781,7 +781,7 @@ mod tests {
         assert!(check.message().contains("unused"), "{}", check.message());
         let config = Config {
             bridge: "banger1".into(),
-            guest_ip_pool: "10.219.0.0/24".into(),
+            guest_ip_pool: crate::net::Pool::parse("10.219.0.0/24").unwrap(),
             guest_ip_pool_explicit: true,
             ..Config::default()
         };

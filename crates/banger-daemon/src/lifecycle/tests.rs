@@ -1544,7 +1544,7 @@ fn a_vm_whose_ip_left_the_pool_is_refused_with_the_fix() {
     // The next daemon runs with another pool (the default moved off a new
     // host route, or config.toml changed).
     let config = banger_host::Config {
-        guest_ip_pool: "10.219.1.0/24".into(),
+        guest_ip_pool: banger_host::net::Pool::parse("10.219.1.0/24").unwrap(),
         ..Default::default()
     };
     let deps = fake_deps(&fx.vmm, &fx.disks, &fx.network);
