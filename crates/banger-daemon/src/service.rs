@@ -275,9 +275,14 @@ impl Daemon {
                     .await?;
                 answer::<method::ImageShow>(image)
             }
-            Name::ImageBuild | Name::ImageDelete => {
-                Err(ApiError::NotImplemented(method.as_str()).into())
+            Name::ImageDelete => {
+                let ImageRef { image } = params_of::<method::ImageDelete>(params)?;
+                let deleted = self
+                    .blocking("image.delete", move |lc| lc.delete_image(&image))
+                    .await?;
+                answer::<method::ImageDelete>(deleted)
             }
+            Name::ImageBuild => Err(ApiError::NotImplemented(method.as_str()).into()),
             other => unreachable!("{} is not an image method", other.as_str()),
         }
     }

@@ -244,6 +244,17 @@ fn generated_names_and_create_errors() {
         "{}",
         stderr(&out)
     );
+    let out = world.banger(&["image", "delete", "default"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be deleted: set default_rootfs in config.toml"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        world.ok(&["image", "list"]).contains("default"),
+        "nothing changed"
+    );
     // Bad input the daemon finds (an image whose file is gone) exits 2,
     // as the CLI's own refusals do.
     let rootfs = world.home().join("bundle/rootfs.ext4");

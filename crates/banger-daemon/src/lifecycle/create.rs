@@ -73,6 +73,10 @@ impl Lifecycle {
     /// and inserts the row, atomically.
     pub(super) fn reserve(&self, name: Option<VmName>, template: VmRecord) -> Result<VmRecord> {
         let _allocation = self.allocation.lock().unwrap_or_else(|p| p.into_inner());
+        // The image may have been deleted since the caller looked it up.
+        if self.store.get_image(&template.image)?.is_none() {
+            return Err(LifecycleError::NoImage(template.image));
+        }
         let existing = self.store.list_vms()?;
         let taken = |n: &str| existing.iter().any(|vm| vm.name == n);
         let name = match name {

@@ -47,19 +47,21 @@ impl Lifecycle {
         Ok(record)
     }
 
-    /// The `.deleting` directories an interrupted delete left.
+    /// The `.deleting` directories an interrupted VM or image delete left.
     pub(super) fn remove_deleted_dirs(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.paths.vms_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".deleting") {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => {
-                        tracing::warn!(dir = %entry.path().display(), "removed what a delete left")
-                    }
-                    Err(e) => {
-                        tracing::error!(dir = %entry.path().display(), error = %e, "removing what a delete left")
+        for parent in [&self.paths.vms_dir, &self.paths.images_dir] {
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".deleting") {
+                    match std::fs::remove_dir_all(entry.path()) {
+                        Ok(()) => {
+                            tracing::warn!(dir = %entry.path().display(), "removed what a delete left")
+                        }
+                        Err(e) => {
+                            tracing::error!(dir = %entry.path().display(), error = %e, "removing what a delete left")
+                        }
                     }
                 }
             }
@@ -67,7 +69,7 @@ impl Lifecycle {
     }
 }
 
-/// Where a VM's directory goes while it is deleted.
+/// Where a VM's or an image's directory goes while it is deleted.
 pub(super) fn deleting_dir(dir: &std::path::Path) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(".deleting");

@@ -34,6 +34,16 @@ pub enum LifecycleError {
     },
     #[error("this bangerd has no {0} backend")]
     NoBackend(banger_proto::Backend),
+    #[error(
+        "image {0:?} is registered from the runtime bundle (or default_rootfs) at every bangerd start and cannot be deleted: set default_rootfs in config.toml to use another rootfs"
+    )]
+    ImageNotDeletable(String),
+    #[error(
+        "image {image:?} is used by {}: delete those VMs first (`banger vm delete {}`)",
+        .vms.join(", "),
+        .vms.join(" ")
+    )]
+    ImageInUse { image: String, vms: Vec<String> },
     #[error("{name} cannot go from {from} to {to}")]
     Transition {
         name: String,
@@ -96,12 +106,14 @@ impl LifecycleError {
             Self::Invalid(_)
             | Self::Ambiguous { .. }
             | Self::Shrink { .. }
-            | Self::NoBackend(_) => K::InvalidInput,
+            | Self::NoBackend(_)
+            | Self::ImageNotDeletable(_) => K::InvalidInput,
             Self::NoSpace { .. } => K::Unavailable,
             Self::NameTaken(_)
             | Self::MustBeStopped { .. }
             | Self::NotRunning { .. }
-            | Self::Transition { .. } => K::Conflict,
+            | Self::Transition { .. }
+            | Self::ImageInUse { .. } => K::Conflict,
             Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
             Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
             Self::Reserve(..) | Self::NotReady { .. } => K::Unavailable,

@@ -31,6 +31,7 @@ mod crash;
 mod create;
 mod delete;
 mod error;
+mod image_delete;
 mod inspect;
 mod kill;
 mod reconcile;

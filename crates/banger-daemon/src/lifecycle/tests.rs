@@ -1581,3 +1581,113 @@ fn a_move_the_state_machine_forbids_is_refused_and_stores_nothing() {
         VmState::Stopped
     );
 }
+
+/// A built image, as `image build` will register it: its files in its own
+/// directory under the state dir.
+fn put_built_image(fx: &Fixture, name: &str) -> PathBuf {
+    let dir = fx.paths.images_dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rootfs.ext4"), "built").unwrap();
+    let default = fx.store.get_image("default").unwrap().unwrap();
+    fx.store
+        .put_image(&Image {
+            name: name.into(),
+            rootfs: dir.join("rootfs.ext4"),
+            managed: true,
+            ..default
+        })
+        .unwrap();
+    dir
+}
+
+#[test]
+fn the_default_image_cannot_be_deleted() {
+    let fx = fixture();
+    let err = fx.lifecycle.delete_image("default").unwrap_err();
+    assert_eq!(err.kind(), banger_proto::ErrorKind::InvalidInput);
+    assert!(
+        err.to_string()
+            .contains("cannot be deleted: set default_rootfs"),
+        "{err}"
+    );
+    assert!(fx.store.get_image("default").unwrap().is_some());
+    let err = fx.lifecycle.delete_image("nope").unwrap_err();
+    assert!(err.to_string().contains("no image named \"nope\""), "{err}");
+}
+
+#[test]
+fn an_image_in_use_is_refused_naming_its_vms_and_deleted_once_free() {
+    let fx = fixture();
+    let dir = put_built_image(&fx, "dev-img");
+    let on_image = |name: &str| {
+        fx.lifecycle
+            .create(&CreateVmParams {
+                name: Some(name.into()),
+                image: Some("dev-img".into()),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let (a, b) = (on_image("user-a"), on_image("user-b"));
+    let err = fx.lifecycle.delete_image("dev-img").unwrap_err();
+    assert_eq!(err.kind(), banger_proto::ErrorKind::Conflict);
+    assert_eq!(
+        err.to_string(),
+        "image \"dev-img\" is used by user-a, user-b: delete those VMs first (`banger vm delete user-a user-b`)"
+    );
+    assert!(dir.join("rootfs.ext4").exists(), "files stay under the VMs");
+    fx.lifecycle.delete(&a.id).unwrap();
+    fx.lifecycle.delete(&b.id).unwrap();
+    let deleted = fx.lifecycle.delete_image("dev-img").unwrap();
+    assert_eq!(deleted.name, "dev-img");
+    assert!(!dir.exists() && !dir.with_extension("deleting").exists());
+    assert!(fx.store.get_image("dev-img").unwrap().is_none());
+    let err = fx
+        .lifecycle
+        .create(&CreateVmParams {
+            name: Some("late".into()),
+            image: Some("dev-img".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no image named \"dev-img\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_create_that_looked_up_a_since_deleted_image_stops_at_reserve() {
+    let fx = fixture();
+    put_built_image(&fx, "gone-img");
+    let template = fx.create("template");
+    fx.store.delete_image("gone-img").unwrap();
+    let mut record = template.clone();
+    record.image = "gone-img".into();
+    let err = fx
+        .lifecycle
+        .reserve(Some(VmName::parse("orphan").unwrap()), record)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no image named \"gone-img\""),
+        "{err}"
+    );
+    assert!(
+        fx.store
+            .list_vms()
+            .unwrap()
+            .iter()
+            .all(|vm| vm.name != "orphan"),
+        "no row was inserted"
+    );
+}
+
+#[test]
+fn what_an_interrupted_image_delete_left_goes_at_the_next_start() {
+    let fx = fixture();
+    let left = fx.paths.images_dir.join("half.deleting");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("rootfs.ext4"), "x").unwrap();
+    fx.new_lifecycle().reconcile().unwrap();
+    assert!(!left.exists());
+}
