@@ -6,8 +6,8 @@ use std::time::Instant;
 use banger_host::{Config, Paths};
 use banger_proto::api::method;
 use banger_proto::{
-    BatchItem, BatchResult, DaemonStatus, ErrorKind, Image, ImageRef, KillParams, Method, RpcError,
-    Stopping, Vm, VmRef, VmRefs, VmSummary, validate,
+    BatchItem, BatchResult, DaemonStatus, ErrorKind, Image, ImageDetail, ImageRef, KillParams,
+    Method, RpcError, Stopping, Vm, VmRef, VmRefs, VmSummary, validate,
 };
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -270,10 +270,22 @@ impl Daemon {
             }
             Name::ImageShow => {
                 let ImageRef { image } = params_of::<method::ImageShow>(params)?;
-                let image = self
-                    .on_store("image.show", move |d| Ok(d.image(&image)?))
+                let detail = self
+                    .on_store("image.show", move |d| {
+                        let image = d.image(&image)?;
+                        let used_by = d
+                            .lifecycle
+                            .store()
+                            .list_vms()
+                            .map_err(ApiError::from)?
+                            .into_iter()
+                            .filter(|vm| vm.image == image.name)
+                            .map(|vm| vm.name)
+                            .collect();
+                        Ok(ImageDetail { image, used_by })
+                    })
                     .await?;
-                answer::<method::ImageShow>(image)
+                answer::<method::ImageShow>(detail)
             }
             Name::ImageDelete => {
                 let ImageRef { image } = params_of::<method::ImageDelete>(params)?;

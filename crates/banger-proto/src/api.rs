@@ -77,7 +77,8 @@ pub mod method {
         VmSet = "vm.set": SetVmParams => BatchResult;
         VmPing = "vm.ping": VmRef => PingResult;
         ImageList = "image.list": () => Vec<super::Image>;
-        ImageShow = "image.show": ImageRef => Image;
+        /// The image and the VMs made from it.
+        ImageShow = "image.show": ImageRef => ImageDetail;
         ImageBuild = "image.build": BuildImageParams => Image;
         ImageDelete = "image.delete": ImageRef => Image;
         Doctor = "doctor": () => Vec<Check>;
@@ -304,6 +305,15 @@ pub struct Image {
     /// to registered from the runtime bundle.
     pub managed: bool,
     pub created_at: i64,
+}
+
+/// `image show`'s answer: the image, and the VMs that use it (which
+/// `image delete` waits for).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageDetail {
+    #[serde(flatten)]
+    pub image: Image,
+    pub used_by: Vec<VmName>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -64,6 +64,17 @@ fn create_inspect_stop_start_set_and_delete() {
         list.contains("calm-otter") && list.contains(&id[..8]) && list.contains("running"),
         "{list}"
     );
+    let image = json(&world.ok(&["image", "show", "default", "--json"]));
+    assert_eq!(image["name"], "default");
+    assert_eq!(
+        image["used_by"],
+        serde_json::json!(["buildbox", "calm-otter"])
+    );
+    let shown = world.ok(&["image", "show", "default"]);
+    assert!(
+        shown.contains("used by:     buildbox, calm-otter"),
+        "{shown}"
+    );
     let listed = json(&world.ok(&["vm", "list", "--json"]));
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 2);

@@ -19,12 +19,13 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
         }
         ImageCommand::Show(target) => {
-            let image: Image = client.call::<method::ImageShow>(ImageRef {
+            let detail = client.call::<method::ImageShow>(ImageRef {
                 image: target.image,
             })?;
             if target.output.json {
-                output::print_json(&image)?;
+                output::print_json(&detail)?;
             } else {
+                let image = &detail.image;
                 let opt = |p: &Option<std::path::PathBuf>| {
                     p.as_ref()
                         .map(|p| p.display().to_string())
@@ -39,6 +40,15 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 println!(
                     "source:      {}",
                     if image.managed { "built" } else { "bundle" }
+                );
+                let users: Vec<&str> = detail.used_by.iter().map(|n| n.as_ref()).collect();
+                println!(
+                    "used by:     {}",
+                    if users.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        users.join(", ")
+                    }
                 );
             }
         }
