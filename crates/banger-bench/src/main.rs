@@ -786,42 +786,13 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             PathBuf::from(std::env::var("HOME")?).join(".cargo/bin/vhost-device-vsock"),
         )
     })?;
-    // Alternating boots of the same guest, stopped cleanly (ACPI) between
-    // them on both sides. Both poll SSH every 200 ms: `--wait`'s interval.
     let addr = std::net::SocketAddr::from((ip, 22));
-    let (mut through_banger, mut by_hand) = (Vec::new(), Vec::new());
-    let mut failure = None;
-    for _ in 0..BOOT_RUNS {
-        let start = Instant::now();
-        let started = world
-            .command(&["vm", "start", "bench-boot", "--wait"])
-            .env("BANGER_RUNTIME_DIR", &bundle)
-            .output()?;
-        through_banger.push(start.elapsed());
-        if !started.status.success() {
-            failure = Some(format!(
-                "banger vm start --wait failed: {}",
-                String::from_utf8_lossy(&started.stderr)
-            ));
-            break;
-        }
-        world.run(&["vm", "stop", "bench-boot"])?;
-        let booted = boot_by_hand_with_tap(&spec, &tap, &helper, addr);
-        match booted {
-            Ok(elapsed) => by_hand.push(elapsed),
-            Err(e) => {
-                failure = Some(format!("{e:#}"));
-                break;
-            }
-        }
-    }
+    let measured = alternate_boots(&world, &bundle, &spec, &tap, &helper, addr);
     world.run(&["vm", "delete", "bench-boot"])?;
     if made_bridge {
         let _ = Command::new("ip").args(["link", "del", "banger0"]).status();
     }
-    if let Some(failure) = failure {
-        bail!("{failure}");
-    }
+    let (through_banger, by_hand) = measured?;
     rows.push(Row::spread(
         format!("boot to SSH on qemu (vm start --wait), {BOOT_RUNS} runs"),
         &through_banger,
@@ -829,6 +800,37 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         &by_hand,
     ));
     Ok(())
+}
+
+/// Alternating boots of the same guest, stopped cleanly (ACPI) between
+/// them on both sides: through `vm start --wait`, then by hand. Both poll
+/// SSH every 200 ms, `--wait`'s interval.
+fn alternate_boots(
+    world: &World,
+    bundle: &Path,
+    spec: &banger_vmm::LaunchSpec,
+    tap: &str,
+    helper: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut through_banger, mut by_hand) = (Vec::new(), Vec::new());
+    for _ in 0..BOOT_RUNS {
+        let start = Instant::now();
+        let started = world
+            .command(&["vm", "start", "bench-boot", "--wait"])
+            .env("BANGER_RUNTIME_DIR", bundle)
+            .output()?;
+        through_banger.push(start.elapsed());
+        if !started.status.success() {
+            bail!(
+                "banger vm start --wait failed: {}",
+                String::from_utf8_lossy(&started.stderr)
+            );
+        }
+        world.run(&["vm", "stop", "bench-boot"])?;
+        by_hand.push(boot_by_hand_with_tap(spec, tap, helper, addr)?);
+    }
+    Ok((through_banger, by_hand))
 }
 
 /// The by-hand side's QEMU launch: the same VM's disks, a copy of its

@@ -152,22 +152,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path, home: &Path) -> Result<Self> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
-            let line = text[..offset].matches('\n').count() + 1;
-            let key = text
-                .lines()
-                .nth(line - 1)
-                .and_then(|l| l.split_once('='))
-                .map(|(k, _)| k.trim().trim_matches('"').to_owned())
-                .filter(|k| !k.is_empty());
-            ConfigError::Parse {
-                path: path.into(),
-                line,
-                key,
-                message: e.message().trim().to_owned(),
-            }
-        })?;
+        let file: ConfigFile = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
         let key_error = |key: &str, message: String| {
             let line = text
                 .lines()
@@ -180,26 +165,8 @@ impl Config {
                 message,
             }
         };
-        for (key, set, why) in [
-            (
-                "customize_script",
-                file.customize_script.is_some(),
-                UNUSED_BY_NATIVE_BUILDS,
-            ),
-            (
-                "default_base_rootfs",
-                file.default_base_rootfs.is_some(),
-                READ_BY_IMAGE_BUILD,
-            ),
-            (
-                "default_packages_file",
-                file.default_packages_file.is_some(),
-                READ_BY_IMAGE_BUILD,
-            ),
-        ] {
-            if set {
-                return Err(key_error(key, why.to_owned()));
-            }
+        if let Some((key, why)) = file.unused_key() {
+            return Err(key_error(key, why.to_owned()));
         }
         let guest_ip_pool = match &file.guest_ip_pool {
             Some(text) => Some(
@@ -288,6 +255,50 @@ impl Config {
             self.runtime_dir = Some(path);
         }
         Ok(())
+    }
+}
+
+/// A TOML error as a config error: the line, and the key on it if any.
+fn toml_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let line = text[..offset].matches('\n').count() + 1;
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| !k.is_empty());
+    ConfigError::Parse {
+        path: path.into(),
+        line,
+        key,
+        message: e.message().trim().to_owned(),
+    }
+}
+
+impl ConfigFile {
+    /// The first seed key this banger does not use yet, and why.
+    fn unused_key(&self) -> Option<(&'static str, &'static str)> {
+        [
+            (
+                "customize_script",
+                self.customize_script.is_some(),
+                UNUSED_BY_NATIVE_BUILDS,
+            ),
+            (
+                "default_base_rootfs",
+                self.default_base_rootfs.is_some(),
+                READ_BY_IMAGE_BUILD,
+            ),
+            (
+                "default_packages_file",
+                self.default_packages_file.is_some(),
+                READ_BY_IMAGE_BUILD,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, set, _)| *set)
+        .map(|(key, _, why)| (key, why))
     }
 }
 
