@@ -273,15 +273,7 @@ impl Daemon {
                 let detail = self
                     .on_store("image.show", move |d| {
                         let image = d.image(&image)?;
-                        let used_by = d
-                            .lifecycle
-                            .store()
-                            .list_vms()
-                            .map_err(ApiError::from)?
-                            .into_iter()
-                            .filter(|vm| vm.image == image.name)
-                            .map(|vm| vm.name)
-                            .collect();
+                        let used_by = d.lifecycle.image_users(&image.name)?;
                         Ok(ImageDetail { image, used_by })
                     })
                     .await?;
@@ -306,16 +298,7 @@ impl Daemon {
         // This daemon serves DNS on its configured address unless it could not bind.
         let own_dns = self.dns_error.is_none().then_some(config.dns_listen);
         tokio::task::spawn_blocking(move || {
-            let probe = banger_host::probe::Probe::host();
-            let exe = std::env::current_exe().unwrap_or_default();
-            banger_host::doctor::doctor(&banger_host::doctor::DoctorInput {
-                probe: &probe,
-                config: &config,
-                exe: &exe,
-                daemon_dns: own_dns,
-                instance_tag: &tag,
-                ip: &banger_host::doctor::IpOutput,
-            })
+            banger_host::doctor::doctor_here(&config, own_dns, &tag)
         })
         .await
         .map_err(|_| ApiError::Worker("doctor"))

@@ -74,6 +74,24 @@ pub struct DoctorInput<'a> {
     pub ip: &'a dyn IpQuery,
 }
 
+/// Every check on this host, as this process sees it: what the daemon
+/// answers `doctor` with, and what the CLI runs when no daemon can start.
+pub fn doctor_here(
+    config: &Config,
+    daemon_dns: Option<SocketAddr>,
+    instance_tag: &str,
+) -> Vec<Check> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    doctor(&DoctorInput {
+        probe: &Probe::host(),
+        config,
+        exe: &exe,
+        daemon_dns,
+        instance_tag,
+        ip: &IpOutput,
+    })
+}
+
 pub fn doctor(input: &DoctorInput<'_>) -> Vec<Check> {
     let mut checks = Vec::new();
     let bundle = bundle_checks(input, &mut checks);

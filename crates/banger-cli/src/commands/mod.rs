@@ -91,17 +91,10 @@ fn local_doctor(ctx: &Context) -> anyhow::Result<Vec<banger_proto::check::Check>
         std::env::var_os(v)
     })
     .context("loading configuration")?;
-    let probe = banger_host::probe::Probe::host();
-    let exe = std::env::current_exe().unwrap_or_default();
-    Ok(banger_host::doctor::doctor(
-        &banger_host::doctor::DoctorInput {
-            probe: &probe,
-            config: &config,
-            exe: &exe,
-            daemon_dns: None,
-            instance_tag: &ctx.paths.instance_tag(),
-            ip: &banger_host::doctor::IpOutput,
-        },
+    Ok(banger_host::doctor::doctor_here(
+        &config,
+        None,
+        &ctx.paths.instance_tag(),
     ))
 }
 

@@ -17,17 +17,11 @@ impl Lifecycle {
         if name == DEFAULT_IMAGE || !image.managed {
             return Err(LifecycleError::ImageNotDeletable(name.to_owned()));
         }
-        let users: Vec<String> = self
-            .store
-            .list_vms()?
-            .into_iter()
-            .filter(|vm| vm.image == name)
-            .map(|vm| vm.name.to_string())
-            .collect();
+        let users = self.image_users(name)?;
         if !users.is_empty() {
             return Err(LifecycleError::ImageInUse {
                 image: name.to_owned(),
-                vms: users,
+                vms: users.iter().map(ToString::to_string).collect(),
             });
         }
         // As for a VM: the directory leaves in one rename before the row
@@ -54,5 +48,16 @@ impl Lifecycle {
         }
         tracing::info!(image = name, "image deleted");
         Ok(image)
+    }
+
+    /// The VMs made from image `name`, which keep it from being deleted.
+    pub fn image_users(&self, name: &str) -> Result<Vec<VmName>> {
+        Ok(self
+            .store
+            .list_vms()?
+            .into_iter()
+            .filter(|vm| vm.image == name)
+            .map(|vm| vm.name)
+            .collect())
     }
 }
