@@ -20,11 +20,12 @@ apt-get update -qq
 # e2fsprogs: ext4 images; iproute2, iptables, procps: TAPs, NAT, sysctl;
 # mmdebstrap, busybox-static, lz4, cpio, kmod: the runtime bundle build;
 # qemu-system-x86: the emulated backend; openssh-client: vm ssh;
-# python3: the e2e suite's JSON and DNS probes.
+# python3: the e2e suite's JSON and DNS probes; tmux: banger tui's
+# real-terminal tests.
 apt-get install -y -qq --no-install-recommends \
     e2fsprogs iproute2 iptables procps ca-certificates make curl \
     mmdebstrap busybox-static lz4 cpio kmod xz-utils zstd \
-    qemu-system-x86 openssh-client python3 file >/dev/null
+    qemu-system-x86 openssh-client python3 file tmux >/dev/null
 if ! command -v vhost-device-vsock >/dev/null; then
     echo "cargo install vhost-device-vsock (the qemu backend's vsock)"
     cargo install --locked --quiet vhost-device-vsock

@@ -100,6 +100,7 @@ as_neighbour() {
 }
 
 cleanup() {
+    [ -S "${tui_socket:-}" ] && tmux -S "$tui_socket" kill-server 2>/dev/null
     "$banger" vm delete e2e-a e2e-b crash2 >/dev/null 2>&1
     "$banger" daemon stop >/dev/null 2>&1
     if [ -d "$neighbour" ]; then
@@ -225,6 +226,50 @@ say "== 4. the post-SSH reminder over vsock"
 reminder=$("$banger" vm ssh e2e-a -- true 2>&1 >/dev/null | tail -n1)
 say "      $reminder"
 check "the reminder says e2e-a is still running with its uptime" grep -q "^e2e-a is still running (up " <<<"$reminder"
+
+say "== 4b. banger tui: SSH from it, and the reminder in its status line"
+if ! command -v tmux >/dev/null; then
+    skip "banger tui in a terminal" "tmux is not installed (apt-get install tmux)"
+else
+    # A tmux server of the suite's own; the TUI's pane stays after it exits.
+    tui_socket="$HOME/tmux-e2e.sock"
+    tui() { tmux -S "$tui_socket" "$@"; }
+    tui_screen() { tui capture-pane -p -t 0; }
+    # Waits (up to $2 tenths of a second) for the screen to show $1.
+    tui_shows() {
+        local i
+        for i in $(seq 1 "${2:-200}"); do
+            tui_screen | grep -qF -- "$1" && return 0
+            sleep 0.1
+        done
+        tui_screen | sed 's/^/      | /'
+        return 1
+    }
+    TERM=xterm-256color tui new-session -d -x 160 -y 45 -c "$PWD" "exec '$banger' tui"
+    tui set-option -g remain-on-exit on
+    check "the TUI lists e2e-a" tui_shows " e2e-a "
+    # Filter to e2e-a, so Enter is on its row whatever else exists.
+    tui send-keys -t 0 / && tui send-keys -t 0 -l e2e-a && tui send-keys -t 0 Enter
+    check "the TUI's filter shows e2e-a alone" tui_shows "VMs matching /e2e-a"
+    tui send-keys -t 0 Enter
+    # Typed only once the guest's shell prompts: keys sent earlier could
+    # reach the TUI instead of the session.
+    check "Enter opens an SSH session in e2e-a" tui_shows "root@e2e-a" 600
+    tui send-keys -t 0 -l 'echo typed-in-tui > /root/e2e-tui; exit'
+    tui send-keys -t 0 Enter
+    check "back in the TUI, the status line has the reminder" tui_shows "e2e-a is still running (up "
+    check "the TUI has the screen again (alternate screen on)" test "$(tui display-message -p -t 0 '#{alternate_on}')" = 1
+    check "what was typed in the TUI's SSH session ran in e2e-a" test "$(in_vm e2e-a cat /root/e2e-tui)" = typed-in-tui
+    tui send-keys -t 0 q
+    tui_exit=""
+    for _ in $(seq 1 50); do
+        tui_exit=$(tui display-message -p -t 0 '#{pane_dead_status}')
+        [ -n "$tui_exit" ] && break
+        sleep 0.1
+    done
+    check "q quits the TUI with status 0 (${tui_exit:-still running})" test "$tui_exit" = 0
+    tui kill-server 2>/dev/null || true
+fi
 
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.

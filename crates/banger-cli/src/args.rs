@@ -246,7 +246,7 @@ pub enum DaemonCommand {
     Stop,
 }
 
-fn parse_name(text: &str) -> Result<String, String> {
+pub(crate) fn parse_name(text: &str) -> Result<String, String> {
     validate::vm_name(text)
         .map(|()| text.to_owned())
         .map_err(|e| e.to_string())
@@ -256,13 +256,13 @@ fn parse_backend(text: &str) -> Result<Backend, String> {
     Backend::parse(text).map_err(|e| e.to_string())
 }
 
-fn parse_size(text: &str) -> Result<String, String> {
+pub(crate) fn parse_size(text: &str) -> Result<String, String> {
     validate::disk_size(text)
         .map(|_| text.to_owned())
         .map_err(|e| e.to_string())
 }
 
-fn parse_vcpu(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_vcpu(text: &str) -> Result<u32, String> {
     let count: u32 = text
         .parse()
         .map_err(|_| format!("invalid vCPU count {text:?}: use a whole number from 1 to 32"))?;
@@ -271,7 +271,7 @@ fn parse_vcpu(text: &str) -> Result<u32, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_memory(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
     let mib: u64 = text
         .parse()
         .map_err(|_| format!("invalid memory {text:?}: give MiB as a whole number, like 2048"))?;

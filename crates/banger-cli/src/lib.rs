@@ -5,6 +5,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod tui;
 
 use std::process::ExitCode;
 

@@ -154,7 +154,8 @@ impl Daemon {
             | Name::VmDelete
             | Name::VmKill
             | Name::VmSet
-            | Name::VmPing => self.route_vm(method, params).await,
+            | Name::VmPing
+            | Name::VmSuggestName => self.route_vm(method, params).await,
             Name::ImageList | Name::ImageShow | Name::ImageBuild | Name::ImageDelete => {
                 self.route_image(method, params).await
             }
@@ -248,6 +249,12 @@ impl Daemon {
                     .blocking("vm.ping", move |lc| lc.ping(&lc.resolve(&vm)?.id))
                     .await?;
                 answer::<method::VmPing>(pong)
+            }
+            Name::VmSuggestName => {
+                let name = self
+                    .blocking("vm.suggest_name", |lc| lc.suggest_name())
+                    .await?;
+                answer::<method::VmSuggestName>(name)
             }
             other => unreachable!("{} is not a VM method", other.as_str()),
         }

@@ -76,6 +76,9 @@ pub mod method {
         VmDelete = "vm.delete": VmRefs => BatchResult;
         VmSet = "vm.set": SetVmParams => BatchResult;
         VmPing = "vm.ping": VmRef => PingResult;
+        /// A free name from the name generator, as `vm create` without
+        /// `--name` would pick now (the TUI's create form shows it).
+        VmSuggestName = "vm.suggest_name": () => VmName;
         ImageList = "image.list": () => Vec<super::Image>;
         /// The image and the VMs made from it.
         ImageShow = "image.show": ImageRef => ImageDetail;

@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(command) => image::run(command, &Context::from_env()?),
         Command::Daemon(command) => daemon::run(command, &Context::from_env()?),
         Command::Doctor(flags) => doctor(flags.json, &Context::from_env()?),
-        Command::Tui => not_implemented("banger tui"),
+        Command::Tui => crate::tui::run(Context::from_env()?),
     }
 }
 

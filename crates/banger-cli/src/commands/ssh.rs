@@ -42,6 +42,14 @@ pub fn ssh_key(ctx: &Context) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let (code, reminder) = session(args, ctx)?;
+    eprintln!("{reminder}");
+    Ok(code)
+}
+
+/// The SSH session on this terminal, then the reminder line to show after
+/// it (the CLI prints it; the TUI puts it in its status line).
+pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String)> {
     let vm: Vm = ctx.client()?.call::<method::VmShow>(VmRef {
         vm: args.vm.clone(),
     })?;
@@ -99,25 +107,22 @@ pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             anyhow::Error::new(e).context("running ssh")
         }
     })?;
-    remind(ctx, &vm.name);
+    let reminder = remind(ctx, &vm.name);
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    Ok((ExitCode::from(u8::try_from(code).unwrap_or(1)), reminder))
 }
 
 /// Never stays silent about a running VM.
-fn remind(ctx: &Context, name: &str) {
+fn remind(ctx: &Context, name: &str) -> String {
     let answer = ctx.client().and_then(|mut c| {
         Ok(c.call::<method::VmPing>(VmRef {
             vm: name.to_owned(),
         })?)
     });
-    eprintln!(
-        "{}",
-        reminder(name, answer.as_ref().map_err(|e| format!("{e:#}")))
-    );
+    reminder(name, answer.as_ref().map_err(|e| format!("{e:#}")))
 }
 
 /// The line printed after SSH returns.

@@ -69,6 +69,17 @@ impl Lifecycle {
         })
     }
 
+    /// A name the generator would give a VM created now. Another create
+    /// may take it first; that create's reserve then picks another.
+    pub fn suggest_name(&self) -> Result<VmName> {
+        let existing = self.store.list_vms()?;
+        let taken = |n: &str| existing.iter().any(|vm| vm.name == n);
+        Ok(VmName::parse(&namegen::generate(
+            self.namegen_path.as_deref(),
+            &taken,
+        )?)?)
+    }
+
     /// Picks a name (given or generated) and every capability's identifiers,
     /// and inserts the row, atomically.
     pub(super) fn reserve(&self, name: Option<VmName>, template: VmRecord) -> Result<VmRecord> {
