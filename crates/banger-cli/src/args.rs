@@ -77,6 +77,19 @@ pub enum VmCommand {
     Delete(VmTargets),
     /// Change settings of VMs (memory, vCPU, disk size need the VM stopped)
     Set(SetArgs),
+    /// Rename a VM (its ID, disks and IP stay; the guest's hostname follows at its next boot)
+    Rename(RenameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    /// The new name (a-z, 0-9, '-')
+    #[arg(value_parser = parse_name)]
+    pub new_name: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -451,6 +464,10 @@ mod tests {
             (
                 &["vm", "set", "web", "--no-nat"],
                 &["nat: false", "no_nat: true"],
+            ),
+            (
+                &["vm", "rename", "calm-otter", "web-2"],
+                &["Rename(", "vm: \"calm-otter\"", "new_name: \"web-2\""],
             ),
             (&["tui"], &["Tui"]),
             (

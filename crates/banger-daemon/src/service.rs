@@ -154,6 +154,7 @@ impl Daemon {
             | Name::VmDelete
             | Name::VmKill
             | Name::VmSet
+            | Name::VmRename
             | Name::VmPing
             | Name::VmSuggestName => self.route_vm(method, params).await,
             Name::ImageList | Name::ImageShow | Name::ImageBuild | Name::ImageDelete => {
@@ -249,6 +250,16 @@ impl Daemon {
                     .blocking("vm.ping", move |lc| lc.ping(&lc.resolve(&vm)?.id))
                     .await?;
                 answer::<method::VmPing>(pong)
+            }
+            Name::VmRename => {
+                let banger_proto::RenameVmParams { vm, name } =
+                    params_of::<method::VmRename>(params)?;
+                let record = self
+                    .blocking("vm.rename", move |lc| {
+                        lc.rename(&lc.resolve(&vm)?.id, &name)
+                    })
+                    .await?;
+                answer::<method::VmRename>(self.vm_view(&record))
             }
             Name::VmSuggestName => {
                 let name = self

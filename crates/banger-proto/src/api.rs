@@ -75,6 +75,8 @@ pub mod method {
         VmKill = "vm.kill": KillParams => BatchResult;
         VmDelete = "vm.delete": VmRefs => BatchResult;
         VmSet = "vm.set": SetVmParams => BatchResult;
+        /// A new name for a VM; its ID, disks and IP stay.
+        VmRename = "vm.rename": RenameVmParams => Vm;
         VmPing = "vm.ping": VmRef => PingResult;
         /// A free name from the name generator, as `vm create` without
         /// `--name` would pick now (the TUI's create form shows it).
@@ -133,6 +135,15 @@ pub struct VmRef {
 #[serde(deny_unknown_fields)]
 pub struct VmRefs {
     pub vms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RenameVmParams {
+    /// The VM's name or ID prefix.
+    pub vm: String,
+    /// Its new name.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -28,6 +28,18 @@ fn ask(client: &UdpSocket, server: SocketAddr, name: &str, kind: RecordType) -> 
     Message::from_vec(&buf[..len]).unwrap()
 }
 
+/// A UDP socket to ask with, and the world's daemon's DNS address.
+fn dns_client(world: &World) -> (UdpSocket, SocketAddr) {
+    let status: serde_json::Value =
+        serde_json::from_str(&world.ok(&["daemon", "status", "--json"])).unwrap();
+    let server: SocketAddr = status["dns_listen"].as_str().unwrap().parse().unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    (client, server)
+}
+
 #[test]
 fn vm_names_resolve_over_udp_and_garbage_harms_nothing() {
     let world = World::new();
@@ -37,14 +49,7 @@ fn vm_names_resolve_over_udp_and_garbage_harms_nothing() {
         serde_json::from_str(&world.ok(&["vm", "create", "--name", "calm-otter", "--json"]))
             .unwrap();
     let ip = vm["guest_ip"].as_str().unwrap().to_owned();
-    let status: serde_json::Value =
-        serde_json::from_str(&world.ok(&["daemon", "status", "--json"])).unwrap();
-    let server: SocketAddr = status["dns_listen"].as_str().unwrap().parse().unwrap();
-
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let (client, server) = dns_client(&world);
 
     let reply = ask(&client, server, "calm-otter.vm.", RecordType::A);
     assert_eq!(reply.response_code(), ResponseCode::NoError);
@@ -105,5 +110,48 @@ fn vm_names_resolve_over_udp_and_garbage_harms_nothing() {
         ask(&client, server, "calm-otter.vm.", RecordType::A).response_code(),
         ResponseCode::NXDomain
     );
+    daemon.stop(&world);
+}
+
+#[test]
+fn a_renamed_vm_answers_to_its_new_name_only() {
+    let world = World::new();
+    world.write_fake_image();
+    let daemon = world.start_fake_daemon();
+    let vm: serde_json::Value =
+        serde_json::from_str(&world.ok(&["vm", "create", "--name", "old-name", "--json"])).unwrap();
+    let text = world.ok(&["vm", "rename", "old-name", "new-name"]);
+    assert!(
+        text.starts_with("renamed old-name to new-name: new-name.vm answers now;"),
+        "{text}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&world.ok(&["vm", "show", "new-name", "--json"])).unwrap();
+    assert_eq!(
+        (&shown["id"], &shown["guest_ip"]),
+        (&vm["id"], &vm["guest_ip"])
+    );
+
+    let (client, server) = dns_client(&world);
+    let ip: std::net::Ipv4Addr = vm["guest_ip"].as_str().unwrap().parse().unwrap();
+    let reply = ask(&client, server, "new-name.vm.", RecordType::A);
+    assert_eq!(reply.answers()[0].data(), &RData::A(ip.into()));
+    assert_eq!(
+        ask(&client, server, "old-name.vm.", RecordType::A).response_code(),
+        ResponseCode::NXDomain
+    );
+
+    // Bad names are refused before anything changes; so is a taken one.
+    let bad = world.banger(&["vm", "rename", "new-name", "Bad_Name"]);
+    assert_eq!(bad.status.code(), Some(2));
+    world.ok(&["vm", "create", "--name", "other"]);
+    let taken = world.banger(&["vm", "rename", "new-name", "other"]);
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(
+        support::stderr(&taken).contains("a VM named \"other\" already exists"),
+        "{}",
+        support::stderr(&taken)
+    );
+    assert!(world.ok(&["vm", "list"]).contains("new-name"));
     daemon.stop(&world);
 }

@@ -172,7 +172,7 @@ fn create_stop_start_and_delete_from_the_tui() {
     world.write_fake_image();
     let daemon = world.start_fake_daemon();
     let tmux = Tmux::start_tui(&world);
-    tmux.wait_for(&["No VMs. Press c to create one.", "c create"]);
+    tmux.wait_for(&["No VMs. Press c to create one.", "c new"]);
 
     // The form opens with a generated name; replace it with ours.
     tmux.keys(&["c"]);

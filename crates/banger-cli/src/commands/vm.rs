@@ -4,11 +4,12 @@ use std::process::ExitCode;
 use banger_proto::Method;
 use banger_proto::api::method;
 use banger_proto::{
-    BatchResult, CreateVmParams, KillParams, SetVmParams, Vm, VmRef, VmRefs, VmStats, VmSummary,
+    BatchResult, CreateVmParams, KillParams, RenameVmParams, SetVmParams, Vm, VmRef, VmRefs,
+    VmStats, VmSummary,
 };
 
 use super::Context;
-use crate::args::{CreateArgs, KillArgs, SetArgs, StartArgs, VmCommand, VmTargets};
+use crate::args::{CreateArgs, KillArgs, RenameArgs, SetArgs, StartArgs, VmCommand, VmTargets};
 use crate::client::Client;
 use crate::output;
 
@@ -53,7 +54,29 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Delete(targets) => batch::<method::VmDelete>(ctx, targets, "deleted"),
         VmCommand::Kill(args) => kill(args, ctx),
         VmCommand::Set(args) => set(args, ctx),
+        VmCommand::Rename(args) => rename(args, ctx),
     }
+}
+
+fn rename(args: RenameArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let vm: Vm = ctx.client()?.call::<method::VmRename>(RenameVmParams {
+        vm: args.vm.clone(),
+        name: args.new_name.clone(),
+    })?;
+    if args.output.json {
+        output::print_json(&vm)?;
+    } else if vm.state.has_vmm() {
+        println!(
+            "renamed {} to {}: {}.vm answers now; the guest's hostname changes at its next boot (banger vm restart {})",
+            args.vm, vm.name, vm.name, vm.name
+        );
+    } else {
+        println!(
+            "renamed {} to {}: {}.vm answers now, and the guest boots with the new hostname",
+            args.vm, vm.name, vm.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {

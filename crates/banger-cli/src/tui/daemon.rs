@@ -8,7 +8,7 @@ use banger_proto::api::method;
 use banger_proto::check::Check;
 use banger_proto::{
     BatchResult, CreateVmParams, DaemonStatus, Image, ImageDetail, ImageRef, KillParams,
-    SetVmParams, Vm, VmName, VmRef, VmRefs, VmStats, VmSummary,
+    RenameVmParams, SetVmParams, Vm, VmName, VmRef, VmRefs, VmStats, VmSummary,
 };
 
 use super::super::commands::Context;
@@ -26,6 +26,7 @@ pub enum Call {
     Delete(Vec<String>),
     Kill(KillParams),
     Set(SetVmParams),
+    Rename(RenameVmParams),
     SuggestName,
     Images,
     ImageShow(String),
@@ -154,6 +155,9 @@ impl CliDaemon {
             Call::Delete(vms) => Reply::Batch(client.call::<method::VmDelete>(refs(vms))?),
             Call::Kill(params) => Reply::Batch(client.call::<method::VmKill>(params.clone())?),
             Call::Set(params) => Reply::Batch(client.call::<method::VmSet>(params.clone())?),
+            Call::Rename(params) => {
+                Reply::Vm(Box::new(client.call::<method::VmRename>(params.clone())?))
+            }
             Call::SuggestName => Reply::Name(client.call::<method::VmSuggestName>(())?),
             Call::Images => Reply::Images(client.call::<method::ImageList>(())?),
             Call::ImageShow(image) => {

@@ -1,7 +1,7 @@
 //! The create and set forms: fields typed into, then checked with the
 //! CLI's own parsers so a bad value gets the same words as `vm create`.
 
-use banger_proto::{CreateVmParams, SetVmParams, VmState, VmSummary};
+use banger_proto::{CreateVmParams, RenameVmParams, SetVmParams, VmState, VmSummary};
 
 use crate::args;
 
@@ -46,6 +46,9 @@ pub enum FormKind {
         vms: Vec<String>,
         initial: Vec<String>,
     },
+    Rename {
+        vm: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +65,7 @@ pub const VCPU: &str = "vcpu";
 pub const MEMORY: &str = "memory (MiB)";
 pub const DISK: &str = "disk size";
 pub const NAT: &str = "nat";
+pub const NEW_NAME: &str = "new name";
 
 impl Form {
     /// `name` is the generator's suggestion, when it has arrived.
@@ -114,11 +118,33 @@ impl Form {
         }
     }
 
+    pub fn rename(vm: &str) -> Self {
+        Self {
+            kind: FormKind::Rename { vm: vm.to_owned() },
+            fields: vec![Field::text(NEW_NAME, vm, "")],
+            focus: 0,
+            error: None,
+        }
+    }
+
     pub fn title(&self) -> String {
         match &self.kind {
             FormKind::Create => "create a VM".into(),
             FormKind::Set { vms, .. } => format!("set {}", vms.join(", ")),
+            FormKind::Rename { vm } => format!("rename {vm}"),
         }
+    }
+
+    /// The rename request, or the CLI's words for a bad name.
+    pub fn rename_params(&self) -> Result<RenameVmParams, String> {
+        let FormKind::Rename { vm } = &self.kind else {
+            return Err("not a rename form".into());
+        };
+        let name = self.value(NEW_NAME).trim();
+        Ok(RenameVmParams {
+            vm: vm.clone(),
+            name: args::parse_name(name).map_err(|e| format!("{NEW_NAME}: {e}"))?,
+        })
     }
 
     pub fn value(&self, label: &str) -> &str {

@@ -33,6 +33,7 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
             ("d", "delete (asks first)"),
             ("n", "toggle NAT"),
             ("e", "set vCPU, memory, disk size (stopped VMs)"),
+            ("R", "rename"),
         ],
     ),
     (
@@ -211,6 +212,11 @@ impl App {
                     }));
                 }
             }
+            KeyCode::Char('R') => {
+                if let Some(vm) = self.selected_vm() {
+                    self.modal = Some(Modal::Form(Form::rename(&vm.name)));
+                }
+            }
             KeyCode::Char('e') => {
                 let names = self.targets();
                 let vms: Vec<_> = self
@@ -374,6 +380,7 @@ impl App {
                                     .collect();
                                 form.set_params(&states).map(Call::Set)
                             }
+                            FormKind::Rename { .. } => form.rename_params().map(Call::Rename),
                         };
                         match submitted {
                             Ok(call) => return self.start(call),

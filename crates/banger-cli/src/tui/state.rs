@@ -344,6 +344,12 @@ impl App {
                     self.error(failed.unwrap_or_else(|| text.replace('\n', "; ")));
                 }
             }
+            (Call::Rename(params), Reply::Vm(vm)) => {
+                self.busy.remove(&params.vm);
+                self.info(format!("renamed {} to {}", params.vm, vm.name));
+                self.selected = Some(vm.name.to_string());
+                self.detail = None;
+            }
             (Call::SuggestName, Reply::Name(name)) => {
                 if let Some(Modal::Form(form)) = &mut self.modal
                     && form.kind == FormKind::Create
@@ -406,6 +412,7 @@ pub fn targets_of(call: &Call) -> Vec<String> {
         Call::Kill(params) => params.vms.clone(),
         Call::Set(params) => params.vms.clone(),
         Call::Create(params) => params.name.iter().cloned().collect(),
+        Call::Rename(params) => vec![params.vm.clone()],
         _ => Vec::new(),
     }
 }
@@ -420,6 +427,7 @@ pub fn busy_verb(call: &Call) -> &'static str {
         Call::Kill(_) => "signalling",
         Call::Set(_) => "updating",
         Call::Create(_) => "creating",
+        Call::Rename(_) => "renaming",
         _ => "working",
     }
 }
@@ -453,6 +461,7 @@ fn failed_what(call: &Call) -> String {
                 Call::Delete(_) => "delete",
                 Call::Kill(_) => "kill",
                 Call::Set(_) => "set",
+                Call::Rename(_) => "rename",
                 _ => "refresh",
             };
             format!("{word} {}", targets_of(other).join(", "))

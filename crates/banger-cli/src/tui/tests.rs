@@ -239,6 +239,10 @@ impl Daemon for RecordingDaemon {
             Call::Kill(p) => batch(&p.vms),
             Call::Set(p) => batch(&p.vms),
             Call::SuggestName => Reply::Name(VmName::parse("brisk-heron").unwrap()),
+            Call::Rename(p) => {
+                let vm = summary(&p.name, VmState::Running, None, false);
+                Reply::Vm(Box::new(detail(&vm)))
+            }
             Call::Create(p) => {
                 let vm = summary(
                     p.name.as_deref().unwrap_or("x"),
@@ -401,6 +405,37 @@ fn set_is_refused_while_running_and_sends_only_changes() {
             ..SetVmParams::default()
         })]
     );
+}
+
+#[test]
+fn rename_sends_the_new_name_and_the_selection_follows() {
+    let fake = RecordingDaemon::default();
+    let mut app = app_with(mixed());
+    drive(&mut app, &fake, "R");
+    for _ in 0.."calm-otter".len() {
+        app.on_key(key(KeyCode::Backspace));
+    }
+    drive(&mut app, &fake, "Bad\n");
+    let Some(Modal::Form(form)) = &app.modal else {
+        panic!("a bad name keeps the form open");
+    };
+    assert!(form.error.as_deref().unwrap().starts_with("new name: "));
+    app.on_key(key(KeyCode::Backspace));
+    app.on_key(key(KeyCode::Backspace));
+    app.on_key(key(KeyCode::Backspace));
+    drive(&mut app, &fake, "calm-heron\n");
+    assert_eq!(
+        recorded(&fake),
+        [Call::Rename(banger_proto::RenameVmParams {
+            vm: "calm-otter".into(),
+            name: "calm-heron".into()
+        })]
+    );
+    assert_eq!(
+        app.status.as_ref().unwrap().text,
+        "renamed calm-otter to calm-heron"
+    );
+    assert_eq!(app.selected.as_deref(), Some("calm-heron"));
 }
 
 #[test]

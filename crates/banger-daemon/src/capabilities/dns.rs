@@ -82,6 +82,23 @@ impl Capability for DnsCapability {
         Ok(())
     }
 
+    /// A renamed VM answers to its new name only.
+    fn update(
+        &self,
+        old: &VmRecord,
+        new: &VmRecord,
+        _ctx: &VmContext,
+        _running: bool,
+    ) -> Result<()> {
+        if old.name != new.name {
+            self.table.remove(&old.name);
+        }
+        if let Some((name, ip)) = record(new) {
+            self.table.set(&name, ip);
+        }
+        Ok(())
+    }
+
     fn reconcile(&self, vms: &[VmRecord], _running: &[&VmRecord]) -> Result<()> {
         self.table
             .replace_all(vms.iter().filter_map(record).collect());

@@ -34,7 +34,8 @@ impl Lifecycle {
 /// power cut there would. Steps: `create:reserved` (record written),
 /// `create:provisioned` (disks made), `boot:launched` (VMM running, its PID
 /// not yet stored; create and start), `stop:stopping` (state written, the
-/// guest not yet asked), `set:applied` (the change made, not yet stored),
+/// guest not yet asked), `set:applied` (the change made, not yet stored), `rename:applied`
+/// (the DNS table answers for the new name, the store has the old),
 /// `delete:moved` (directory moved aside, row still there),
 /// `delete:forgotten` (row gone, files still there).
 pub const CRASH_AT_VAR: &str = "BANGER_TEST_CRASH_AT";

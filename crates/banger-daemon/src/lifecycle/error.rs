@@ -9,6 +9,10 @@ pub enum LifecycleError {
     Invalid(#[from] ValidationError),
     #[error("a VM named {0:?} already exists: pick another --name")]
     NameTaken(String),
+    #[error(
+        "{name:?} begins the ID of {other}, so it would make that ID prefix ambiguous: pick another name"
+    )]
+    NameIsIdPrefix { name: String, other: String },
     #[error("no VM named {0:?} and no VM ID starts with it: see `banger vm list`")]
     NotFound(String),
     #[error("{vm_ref:?} matches several VMs ({}): use a longer ID prefix or the full ID", .candidates.join(", "))]
@@ -110,6 +114,7 @@ impl LifecycleError {
             | Self::ImageNotDeletable(_) => K::InvalidInput,
             Self::NoSpace { .. } => K::Unavailable,
             Self::NameTaken(_)
+            | Self::NameIsIdPrefix { .. }
             | Self::MustBeStopped { .. }
             | Self::NotRunning { .. }
             | Self::Transition { .. }

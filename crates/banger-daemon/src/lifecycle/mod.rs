@@ -35,6 +35,7 @@ mod image_delete;
 mod inspect;
 mod kill;
 mod reconcile;
+mod rename;
 mod restart;
 mod set;
 mod start;

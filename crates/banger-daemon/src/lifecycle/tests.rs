@@ -840,6 +840,47 @@ fn twenty_vms_in_parallel_without_error_or_leak() {
 }
 
 #[test]
+fn rename_keeps_the_identity_and_moves_the_dns_name() {
+    let fx = fixture();
+    let web = fx.create("web");
+    let other = fx.create("api");
+    let renamed = fx.lifecycle.rename(&web.id, "web-2").unwrap();
+    assert_eq!(renamed.name, "web-2");
+    assert_eq!(
+        (&renamed.id, renamed.guest_ip, &renamed.tap, renamed.pid),
+        (&web.id, web.guest_ip, &web.tap, web.pid),
+        "ID, IP, TAP and process stay"
+    );
+    assert_eq!(fx.dns.lookup("web-2"), web.guest_ip);
+    assert_eq!(fx.dns.lookup("web"), None, "the old name no longer answers");
+    assert_eq!(fx.store.get_vm(&web.id).unwrap().unwrap().name, "web-2");
+    assert_eq!(fx.lifecycle.resolve("web-2").unwrap().id, web.id);
+
+    // Refusals change nothing.
+    let before = fx.snapshot();
+    for (name, says) in [
+        ("api", "already exists"),
+        ("Web_2", "invalid VM name"),
+        (&other.id[..4], "begins the ID of api"),
+    ] {
+        let err = fx.lifecycle.rename(&web.id, name).unwrap_err();
+        assert!(err.to_string().contains(says), "{name}: {err}");
+    }
+    assert_eq!(fx.snapshot(), before);
+    assert_eq!(fx.dns.lookup("web-2"), web.guest_ip);
+
+    // The next boot's config drive has the new hostname.
+    fx.lifecycle.stop(&web.id).unwrap();
+    fx.lifecycle.start(&web.id).unwrap();
+    let (_, files) = fx.disks.written().pop().unwrap();
+    let hostname = files.iter().find(|f| f.path == "/etc/hostname").unwrap();
+    assert!(
+        matches!(&hostname.content, banger_host::config_drive::GuestContent::File { data, .. } if data == "web-2\n"),
+        "the next boot's hostname: {hostname:?}"
+    );
+}
+
+#[test]
 fn network_nat_and_dns_follow_the_vm() {
     let fx = fixture();
     let vm = fx
@@ -1409,6 +1450,9 @@ fn crash_cases() -> Vec<(&'static str, CrashOp, bool, bool)> {
     let delete: Op = |lc, id| {
         let _ = lc.delete(&id);
     };
+    let rename: Op = |lc, id| {
+        let _ = lc.rename(&id, "renamed");
+    };
     vec![
         ("create:reserved", create, false, true),
         ("create:provisioned", create, false, true),
@@ -1416,6 +1460,7 @@ fn crash_cases() -> Vec<(&'static str, CrashOp, bool, bool)> {
         ("boot:launched", start, true, false),
         ("stop:stopping", stop, false, false),
         ("set:applied", set, true, false),
+        ("rename:applied", rename, false, false),
         ("delete:moved", delete, false, false),
         ("delete:forgotten", delete, false, false),
     ]
