@@ -271,6 +271,22 @@ else
     tui kill-server 2>/dev/null || true
 fi
 
+say "== 4c. vm exec: commands through the guest agent over vsock"
+"$banger" vm exec e2e-a -- sh -c 'exit 3'
+exec_status=$?
+check "vm exec's exit status is the command's (3: $exec_status)" test "$exec_status" = 3
+check "vm exec keeps stdout and stderr apart" test "$("$banger" vm exec e2e-a -- sh -c 'echo out; echo err >&2' 2>/dev/null)" = out
+check "stdin reaches the command in the guest" test "$(printf abc | "$banger" vm exec e2e-a -- wc -c)" = 3
+sum_guest=$("$banger" vm exec e2e-a -- sh -c 'yes banger | head -c 52428800' | sha256sum | cut -d' ' -f1)
+sum_host=$(yes banger | head -c 52428800 | sha256sum | cut -d' ' -f1)
+check "50 MiB of stdout arrives whole (sha256 ${sum_guest:0:16})" test "$sum_guest" = "$sum_host"
+check "vm exec -e and -w set the environment and directory" test "$("$banger" vm exec e2e-a -e E2E=yes -w /tmp -- sh -c 'echo $E2E $(pwd)')" = "yes /tmp"
+if command -v script >/dev/null; then
+    check "vm exec -t gives the command a terminal (under script)" sh -c "script -qec \"'$banger' vm exec -t e2e-a -- tty\" /dev/null | grep -q /dev/pts/"
+else
+    skip "vm exec -t under script" "script (bsdutils) is not installed"
+fi
+
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.
 check "write a file in /root and one in /etc" in_vm e2e-a 'echo kept > /root/e2e-root && echo kept > /etc/e2e-etc && sync'
@@ -322,6 +338,10 @@ check "e2e-b is still reachable" test "$(in_vm e2e-b hostname)" = e2e-b
 
 say "== 8. delete leaves nothing behind"
 ids=$("$banger" vm list --json | python3 -c 'import json,sys; print(" ".join(v["id"] for v in json.load(sys.stdin)))')
+# `poweroff` typed in a session: the reminder must not say "still running".
+goodbye=$("$banger" vm ssh e2e-b -- systemctl poweroff 2>&1 >/dev/null | tail -n1)
+say "      $goodbye"
+check "after poweroff inside vm ssh, the reminder says e2e-b is going down" grep -qE "^e2e-b (is shutting down|has stopped)" <<<"$goodbye"
 check "vm delete e2e-a e2e-b" "$banger" vm delete e2e-a e2e-b
 leftover=0
 for id in $ids; do

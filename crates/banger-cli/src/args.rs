@@ -64,6 +64,8 @@ pub enum VmCommand {
     Stats(VmTarget),
     /// SSH into a running VM as root
     Ssh(SshArgs),
+    /// Run a command in a running VM through its guest agent (no SSH or network needed)
+    Exec(ExecArgs),
     /// Stop VMs gracefully (their disks are kept)
     Stop(VmTargets),
     /// Start stopped VMs
@@ -162,6 +164,24 @@ pub struct SshArgs {
     pub vm: String,
     /// Command to run instead of a login shell (after `--`)
     #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    /// Give the command a terminal (shells, editors, anything interactive)
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable in the guest, KEY=VALUE (repeatable)
+    #[arg(short = 'e', long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (default /root)
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// The command and its arguments (after `--`)
+    #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
 
@@ -291,6 +311,21 @@ pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
     validate::memory_mib(mib)
         .map(|()| mib)
         .map_err(|e| e.to_string())
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value))
+            if !key.is_empty()
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !key.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "invalid environment setting {text:?}: use KEY=VALUE, KEY made of letters, digits and _"
+        )),
+    }
 }
 
 fn parse_signal(text: &str) -> Result<String, String> {
@@ -469,6 +504,18 @@ mod tests {
                 &["vm", "rename", "calm-otter", "web-2"],
                 &["Rename(", "vm: \"calm-otter\"", "new_name: \"web-2\""],
             ),
+            (
+                &[
+                    "vm", "exec", "-t", "-e", "A=1", "-w", "/tmp", "web", "--", "ls", "-l",
+                ],
+                &[
+                    "Exec(",
+                    "tty: true",
+                    "(\"A\", \"1\")",
+                    "workdir: Some(\"/tmp\")",
+                    "command: [\"ls\", \"-l\"]",
+                ],
+            ),
             (&["tui"], &["Tui"]),
             (
                 &["daemon", "status"],
@@ -550,6 +597,12 @@ mod tests {
     fn bad_values_are_refused_with_the_value_and_the_form() {
         let cases: &[(&[&str], &str)] = &[
             (&["vm", "create", "--name", "Bad_Name"], "Bad_Name"),
+            (
+                &["vm", "exec", "-e", "NO_EQUALS", "web", "--", "ls"],
+                "NO_EQUALS",
+            ),
+            (&["vm", "exec", "-e", "1X=2", "web", "--", "ls"], "1X=2"),
+            (&["vm", "rename", "web", "Bad_Name"], "Bad_Name"),
             (&["vm", "create", "--disk-size", "0G"], "16G"),
             (&["vm", "create", "--disk-size", "lots"], "lots"),
             (&["vm", "create", "--disk-size", "1K"], "at least 256M"),

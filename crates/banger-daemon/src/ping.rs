@@ -3,10 +3,10 @@
 //! and vhost-device-vsock both speak it), with tight timeouts.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use banger_host::vsock::VsockError;
 use banger_proto::ping::{self, Pong};
 use thiserror::Error;
 
@@ -15,47 +15,31 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 pub enum PingError {
-    #[error("no vsock socket at {0}")]
-    NoSocket(PathBuf),
-    #[error("connecting to the vsock socket {0}")]
-    Connect(PathBuf, #[source] std::io::Error),
-    #[error("the VMM refused the vsock connection: {0:?}")]
-    Handshake(String),
     #[error("the guest did not answer within {}s (is banger-vsock-pingd running in it?)", PING_TIMEOUT.as_secs())]
     Timeout,
     #[error("the vsock connection failed")]
     Io(#[source] std::io::Error),
+    #[error(transparent)]
+    Vsock(VsockError),
     #[error("{0}")]
     Protocol(String),
 }
 
 /// Pings the guest; returns its answer and the round-trip time.
 pub fn ping(vsock_path: &Path) -> Result<(Pong, Duration), PingError> {
-    if !vsock_path.exists() {
-        return Err(PingError::NoSocket(vsock_path.into()));
-    }
     let started = Instant::now();
-    let stream =
-        UnixStream::connect(vsock_path).map_err(|e| PingError::Connect(vsock_path.into(), e))?;
-    stream
-        .set_read_timeout(Some(PING_TIMEOUT))
-        .map_err(PingError::Io)?;
-    stream
-        .set_write_timeout(Some(PING_TIMEOUT))
-        .map_err(PingError::Io)?;
-    let mut writer = stream.try_clone().map_err(PingError::Io)?;
-    let mut reader = BufReader::new(stream);
+    let stream = banger_host::vsock::connect(vsock_path, ping::PING_PORT, PING_TIMEOUT).map_err(
+        |e| match e {
+            VsockError::Timeout(_) => PingError::Timeout,
+            other => PingError::Vsock(other),
+        },
+    )?;
     let io = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => PingError::Timeout,
         _ => PingError::Io(e),
     };
-    writer
-        .write_all(format!("CONNECT {}\n", ping::PING_PORT).as_bytes())
-        .map_err(io)?;
-    let handshake = read_line(&mut reader).map_err(io)?;
-    if !handshake.starts_with("OK ") {
-        return Err(PingError::Handshake(handshake.trim_end().to_owned()));
-    }
+    let mut writer = stream.try_clone().map_err(PingError::Io)?;
+    let mut reader = BufReader::new(stream);
     writer.write_all(ping::request().as_bytes()).map_err(io)?;
     let answer = read_line(&mut reader).map_err(io)?;
     if answer.is_empty() {
@@ -78,7 +62,7 @@ fn read_line(reader: &mut impl BufRead) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::net::{UnixListener, UnixStream};
 
     /// A stand-in for the VMM's vsock muxer: answers the handshake, then
     /// hands the stream to `guest`.
@@ -106,14 +90,20 @@ mod tests {
         let server = muxer(&path, |mut stream| {
             assert_eq!(handshake(&stream), "CONNECT 10789\n");
             stream.write_all(b"OK 1073741824\n").unwrap();
-            banger_guest::serve_connection(stream, 3600, "calm-otter").unwrap();
+            let status = Pong {
+                uptime_secs: 3600,
+                hostname: "calm-otter".into(),
+                state: Some("running".into()),
+            };
+            banger_guest::serve_connection(stream, &status).unwrap();
         });
         let (pong, rtt) = ping(&path).unwrap();
         assert_eq!(
             pong,
             Pong {
                 uptime_secs: 3600,
-                hostname: "calm-otter".into()
+                hostname: "calm-otter".into(),
+                state: Some("running".into()),
             }
         );
         assert!(rtt < PING_TIMEOUT);
@@ -130,7 +120,7 @@ mod tests {
         });
         let err = ping(&garbage).unwrap_err();
         assert!(
-            err.to_string().contains("refused the vsock connection"),
+            err.to_string().contains("nothing in the guest accepted"),
             "{err}"
         );
         server.join().unwrap();
@@ -156,7 +146,10 @@ mod tests {
             drop(stream);
         });
         let err = ping(&silent).unwrap_err();
-        assert!(matches!(err, PingError::Handshake(_)), "{err}");
+        assert!(
+            matches!(err, PingError::Vsock(VsockError::Refused { .. })),
+            "{err}"
+        );
         server.join().unwrap();
 
         let err = ping(&tmp.path().join("none.sock")).unwrap_err();

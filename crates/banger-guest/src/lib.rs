@@ -3,6 +3,8 @@
 //! thread with short timeouts, so a bad or silent client never blocks
 //! another, and nothing a client sends stops it.
 
+pub mod agent;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -13,17 +15,13 @@ use banger_proto::ping;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads one request line (bounded) and writes the answer.
-pub fn serve_connection<S: Read + Write>(
-    stream: S,
-    uptime_secs: u64,
-    hostname: &str,
-) -> std::io::Result<()> {
+pub fn serve_connection<S: Read + Write>(stream: S, status: &ping::Pong) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     (&mut reader)
         .take(ping::MAX_LINE as u64)
         .read_until(b'\n', &mut line)?;
-    let answer = ping::respond(&String::from_utf8_lossy(&line), uptime_secs, hostname);
+    let answer = ping::respond(&String::from_utf8_lossy(&line), status);
     let stream = reader.get_mut();
     stream.write_all(answer.as_bytes())?;
     stream.flush()
@@ -35,6 +33,64 @@ pub fn uptime_secs() -> u64 {
         .ok()
         .and_then(|t| t.split('.').next().and_then(|s| s.trim().parse().ok()))
         .unwrap_or(0)
+}
+
+/// The guest's status for a ping: uptime, hostname, and systemd's state.
+pub fn status() -> ping::Pong {
+    ping::Pong {
+        uptime_secs: uptime_secs(),
+        hostname: hostname(),
+        state: system_state(),
+    }
+}
+
+/// How long systemctl may take: the whole ping has two seconds.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// `systemctl is-system-running`'s answer, with `stopping` told apart
+/// into `rebooting` when the reboot target is on its way.
+pub fn system_state() -> Option<String> {
+    let state = systemctl(&["is-system-running"])?;
+    let state = state.lines().next()?.trim().to_owned();
+    if state == "stopping" {
+        let targets =
+            systemctl(&["is-active", "reboot.target", "kexec.target"]).unwrap_or_default();
+        if targets
+            .lines()
+            .any(|l| matches!(l.trim(), "active" | "activating"))
+        {
+            return Some("rebooting".into());
+        }
+    }
+    (!state.is_empty()).then_some(state)
+}
+
+/// systemctl's stdout, or nothing if it is missing or slow.
+fn systemctl(args: &[&str]) -> Option<String> {
+    let mut child = std::process::Command::new("systemctl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + SYSTEMCTL_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 pub fn hostname() -> String {
@@ -103,7 +159,12 @@ mod tests {
     #[test]
     fn answers_one_request_and_refuses_garbage() {
         let (mut host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve_connection(guest, 77, "calm-otter"));
+        let status = ping::Pong {
+            uptime_secs: 77,
+            hostname: "calm-otter".into(),
+            state: None,
+        };
+        let server = std::thread::spawn(move || serve_connection(guest, &status));
         host.write_all(ping::request().as_bytes()).unwrap();
         let mut answer = String::new();
         BufReader::new(&host).read_line(&mut answer).unwrap();
@@ -111,7 +172,14 @@ mod tests {
         server.join().unwrap().unwrap();
 
         let (mut host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve_connection(guest, 1, "x"));
+        let server = std::thread::spawn(move || {
+            let status = ping::Pong {
+                uptime_secs: 1,
+                hostname: "x".into(),
+                state: None,
+            };
+            serve_connection(guest, &status)
+        });
         host.write_all(&[0xff; 2000]).unwrap();
         let mut answer = String::new();
         BufReader::new(&host).read_line(&mut answer).unwrap();

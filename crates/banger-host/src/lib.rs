@@ -15,6 +15,7 @@ pub mod process;
 pub mod procfs;
 pub mod runtime_dir;
 pub mod vm_dir;
+pub mod vsock;
 
 pub use config::{Config, ConfigError, LogLevel, VmmChoice};
 pub use paths::{Paths, PathsError};

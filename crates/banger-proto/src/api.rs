@@ -304,6 +304,10 @@ pub struct PingResult {
     pub rtt_ms: Option<f64>,
     pub guest_uptime_secs: Option<u64>,
     pub guest_hostname: Option<String>,
+    /// systemd's state in the guest (`running`, `stopping`, `rebooting`,
+    /// ...), from guests whose responder reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_state: Option<String>,
     pub detail: Option<String>,
 }
 

@@ -1,5 +1,7 @@
-//! banger's RPC vocabulary, shared by the CLI and the daemon. No I/O lives here.
+//! banger's RPC vocabulary, shared by the CLI and the daemon. No I/O lives here
+//! (the agent's frames are read from and written to streams callers give).
 
+pub mod agent;
 pub mod api;
 pub mod check;
 pub mod ping;

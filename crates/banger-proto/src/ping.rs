@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! host:  BANGER-PING 1\n
-//! guest: BANGER-PONG 1 uptime=<seconds> hostname=<name>\n
+//! guest: BANGER-PONG 1 uptime=<seconds> hostname=<name> [state=<systemd state>]\n
 //! guest: ERR <reason>\n          (for anything else)
 //! ```
 //!
@@ -20,12 +20,23 @@ pub fn request() -> String {
     format!("BANGER-PING {VERSION}\n")
 }
 
-/// The guest's answer to one request line.
-pub fn respond(line: &str, uptime_secs: u64, hostname: &str) -> String {
+/// The guest's answer to one request line, from its status. The state
+/// word is optional: hosts that predate it ignore it, and guests that
+/// predate it leave it out.
+pub fn respond(line: &str, status: &Pong) -> String {
+    let word = |text: &str| -> String { text.chars().filter(|c| c.is_ascii_graphic()).collect() };
     match line.trim_end().split_once(' ') {
         Some(("BANGER-PING", version)) if version.trim() == VERSION.to_string() => {
-            let hostname: String = hostname.chars().filter(|c| c.is_ascii_graphic()).collect();
-            format!("BANGER-PONG {VERSION} uptime={uptime_secs} hostname={hostname}\n")
+            let state = status
+                .state
+                .as_deref()
+                .map(|s| format!(" state={}", word(s)))
+                .unwrap_or_default();
+            format!(
+                "BANGER-PONG {VERSION} uptime={} hostname={}{state}\n",
+                status.uptime_secs,
+                word(&status.hostname)
+            )
         }
         Some(("BANGER-PING", version)) => format!("ERR unsupported version {:?}\n", version.trim()),
         _ => "ERR expected BANGER-PING\n".to_owned(),
@@ -36,6 +47,9 @@ pub fn respond(line: &str, uptime_secs: u64, hostname: &str) -> String {
 pub struct Pong {
     pub uptime_secs: u64,
     pub hostname: String,
+    /// systemd's state (`running`, `degraded`, `stopping`, ...), or
+    /// `rebooting` while a reboot is under way.
+    pub state: Option<String>,
 }
 
 /// Parses the guest's answer.
@@ -50,10 +64,12 @@ pub fn parse_pong(line: &str) -> Result<Pong, String> {
     }
     let mut uptime = None;
     let mut hostname = None;
+    let mut state = None;
     for word in words {
         match word.split_once('=') {
             Some(("uptime", v)) => uptime = v.parse().ok(),
             Some(("hostname", v)) => hostname = Some(v.to_owned()),
+            Some(("state", v)) => state = Some(v.to_owned()),
             _ => {}
         }
     }
@@ -61,6 +77,7 @@ pub fn parse_pong(line: &str) -> Result<Pong, String> {
         (Some(uptime_secs), Some(hostname)) => Ok(Pong {
             uptime_secs,
             hostname,
+            state,
         }),
         _ => Err(format!("incomplete answer {line:?}")),
     }
@@ -70,24 +87,36 @@ pub fn parse_pong(line: &str) -> Result<Pong, String> {
 mod tests {
     use super::*;
 
+    fn status(uptime_secs: u64, hostname: &str, state: Option<&str>) -> Pong {
+        Pong {
+            uptime_secs,
+            hostname: hostname.into(),
+            state: state.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn round_trip() {
-        let answer = respond(&request(), 42, "calm-otter");
+        let answer = respond(&request(), &status(42, "calm-otter", None));
         assert_eq!(answer, "BANGER-PONG 1 uptime=42 hostname=calm-otter\n");
+        assert_eq!(parse_pong(&answer), Ok(status(42, "calm-otter", None)));
+        let stopping = respond(&request(), &status(42, "calm-otter", Some("stopping")));
         assert_eq!(
-            parse_pong(&answer),
-            Ok(Pong {
-                uptime_secs: 42,
-                hostname: "calm-otter".into()
-            })
+            stopping,
+            "BANGER-PONG 1 uptime=42 hostname=calm-otter state=stopping\n"
+        );
+        assert_eq!(
+            parse_pong(&stopping),
+            Ok(status(42, "calm-otter", Some("stopping")))
         );
     }
 
     #[test]
     fn bad_requests_and_answers() {
-        assert_eq!(respond("HELLO\n", 1, "x"), "ERR expected BANGER-PING\n");
+        let any = status(1, "x", None);
+        assert_eq!(respond("HELLO\n", &any), "ERR expected BANGER-PING\n");
         assert_eq!(
-            respond("BANGER-PING 9\n", 1, "x"),
+            respond("BANGER-PING 9\n", &any),
             "ERR unsupported version \"9\"\n"
         );
         assert!(
@@ -98,8 +127,8 @@ mod tests {
         assert!(parse_pong("garbage").is_err());
         assert!(parse_pong("BANGER-PONG 1 uptime=x hostname=y").is_err());
         assert_eq!(
-            respond("BANGER-PING 1", 5, "bad name\n"),
-            "BANGER-PONG 1 uptime=5 hostname=badname\n"
+            respond("BANGER-PING 1", &status(5, "bad name\n", Some("odd state"))),
+            "BANGER-PONG 1 uptime=5 hostname=badname state=oddstate\n"
         );
     }
 }

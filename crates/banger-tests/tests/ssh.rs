@@ -176,7 +176,12 @@ fn the_reminder_says_what_the_guest_answered() {
         BufReader::new(&stream).read_line(&mut line).unwrap();
         assert_eq!(line, "CONNECT 10789\n");
         stream.write_all(b"OK 1\n").unwrap();
-        banger_guest::serve_connection(stream, 7500, "calm-otter").unwrap();
+        let status = banger_proto::ping::Pong {
+            uptime_secs: 7500,
+            hostname: "calm-otter".into(),
+            state: Some("running".into()),
+        };
+        banger_guest::serve_connection(stream, &status).unwrap();
     });
     let out = ssh(&world, &bin, 0, &["calm-otter"]);
     guest.join().unwrap();

@@ -1,6 +1,7 @@
 //! One function per command; `run` is the single exhaustive dispatch.
 
 mod daemon;
+mod exec;
 mod image;
 pub mod ssh;
 mod vm;
@@ -31,6 +32,22 @@ impl Context {
     /// A client to a running daemon, started on demand.
     pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect_or_start(&self.paths)?)
+    }
+
+    /// `vm show` of a VM that must be running (for ssh and exec).
+    pub fn running_vm(&self, vm_ref: &str) -> anyhow::Result<banger_proto::Vm> {
+        use banger_proto::{VmRef, VmState, api::method};
+        let vm = self.client()?.call::<method::VmShow>(VmRef {
+            vm: vm_ref.to_owned(),
+        })?;
+        anyhow::ensure!(
+            vm.state == VmState::Running,
+            "{} is {}: start it with `banger vm start {}`",
+            vm.name,
+            vm.state,
+            vm.name
+        );
+        Ok(vm)
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 use banger_host::Config;
 use banger_proto::api::method;
-use banger_proto::{PingResult, Vm, VmRef, VmState};
+use banger_proto::{PingResult, VmRef, VmState};
 
 use super::Context;
 use crate::args::SshArgs;
@@ -50,16 +50,7 @@ pub fn run(args: SshArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 /// The SSH session on this terminal, then the reminder line to show after
 /// it (the CLI prints it; the TUI puts it in its status line).
 pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String)> {
-    let vm: Vm = ctx.client()?.call::<method::VmShow>(VmRef {
-        vm: args.vm.clone(),
-    })?;
-    anyhow::ensure!(
-        vm.state == VmState::Running,
-        "{} is {}: start it with `banger vm start {}`",
-        vm.name,
-        vm.state,
-        vm.name
-    );
+    let vm = ctx.running_vm(&args.vm)?;
     let ip = vm
         .guest_ip
         .with_context(|| format!("{} has no guest IP", vm.name))?;
@@ -128,6 +119,14 @@ fn remind(ctx: &Context, name: &str) -> String {
 /// The line printed after SSH returns.
 pub fn reminder(name: &str, answer: Result<&PingResult, String>) -> String {
     match answer {
+        // `systemctl poweroff` or `reboot` typed in the session: the guest
+        // still answers on its way down, but it is not "still running".
+        Ok(ping) if ping.reachable && ping.guest_state.as_deref() == Some("rebooting") => {
+            format!("{name} is rebooting; it will be back in a moment.")
+        }
+        Ok(ping) if ping.reachable && ping.guest_state.as_deref() == Some("stopping") => {
+            format!("{name} is shutting down.")
+        }
         Ok(ping) if ping.state == VmState::Running && ping.reachable => format!(
             "{name} is still running (up {}). Stop it with: banger vm stop {name}",
             output::duration(ping.guest_uptime_secs.unwrap_or(0))
@@ -158,6 +157,7 @@ mod tests {
             rtt_ms: None,
             guest_uptime_secs: Some(65),
             guest_hostname: None,
+            guest_state: None,
             detail: detail.map(str::to_owned),
         }
     }
@@ -176,5 +176,16 @@ mod tests {
             "calm-otter has stopped (clean shutdown)."
         );
         assert!(reminder("calm-otter", Err("daemon gone".into())).contains("may still be running"));
+        let mut going = ping(VmState::Running, true, None);
+        going.guest_state = Some("stopping".into());
+        assert_eq!(
+            reminder("calm-otter", Ok(&going)),
+            "calm-otter is shutting down."
+        );
+        going.guest_state = Some("rebooting".into());
+        assert_eq!(
+            reminder("calm-otter", Ok(&going)),
+            "calm-otter is rebooting; it will be back in a moment."
+        );
     }
 }

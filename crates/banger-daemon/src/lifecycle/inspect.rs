@@ -78,6 +78,7 @@ impl Lifecycle {
             rtt_ms: None,
             guest_uptime_secs: None,
             guest_hostname: None,
+            guest_state: None,
             detail: None,
         };
         if !running {
@@ -94,6 +95,7 @@ impl Lifecycle {
                 result.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
                 result.guest_uptime_secs = Some(pong.uptime_secs);
                 result.guest_hostname = Some(pong.hostname);
+                result.guest_state = pong.state;
             }
             Err(e) => result.detail = Some(error_text(&e)),
         }
