@@ -287,6 +287,23 @@ else
     skip "vm exec -t under script" "script (bsdutils) is not installed"
 fi
 
+say "== 4d. vm cp: a tree in and out, with modes, a symlink and a sparse file"
+cp_src="$world/cp-src"
+mkdir -p "$cp_src/tree/sub"
+echo kept > "$cp_src/tree/sub/file"
+chmod 640 "$cp_src/tree/sub/file"
+ln -s sub/file "$cp_src/tree/link"
+truncate -s 100M "$cp_src/tree/sparse"
+expected=$(printf 'kept\n640\nsub/file')
+check "vm cp into the guest's /root" "$banger" vm cp "$cp_src/tree" e2e-a:/root
+check "the guest has the content, the mode and the link" test "$(in_vm e2e-a 'cat /root/tree/sub/file; stat -c %a /root/tree/sub/file; readlink /root/tree/link')" = "$expected"
+check "the sparse file stays sparse in the guest ($(in_vm e2e-a 'stat -c %b /root/tree/sparse') blocks)" test "$(in_vm e2e-a 'stat -c %b /root/tree/sparse')" -lt 2048
+check "vm cp back out to a new name" "$banger" vm cp e2e-a:/root/tree "$cp_src/back"
+check "the host has the content, the mode and the link" test "$(cat "$cp_src/back/sub/file"; stat -c %a "$cp_src/back/sub/file"; readlink "$cp_src/back/link")" = "$expected"
+cp_missing=$("$banger" vm cp e2e-a:/no/such "$cp_src/x" 2>&1)
+cp_missing_status=$?
+check "vm cp of a missing guest path fails ($cp_missing_status), names it, and makes nothing" test "$cp_missing_status" != 0 -a ! -e "$cp_src/x" -a -n "$(grep '/no/such: no such file or directory in the guest' <<<"$cp_missing")"
+
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.
 check "write a file in /root and one in /etc" in_vm e2e-a 'echo kept > /root/e2e-root && echo kept > /etc/e2e-etc && sync'

@@ -66,6 +66,8 @@ pub enum VmCommand {
     Ssh(SshArgs),
     /// Run a command in a running VM through its guest agent (no SSH or network needed)
     Exec(ExecArgs),
+    /// Copy files or directories into or out of a running VM (one side NAME:/path)
+    Cp(CpArgs),
     /// Stop VMs gracefully (their disks are kept)
     Stop(VmTargets),
     /// Start stopped VMs
@@ -165,6 +167,14 @@ pub struct SshArgs {
     /// Command to run instead of a login shell (after `--`)
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// What to copy: a local path, or NAME:/path in a VM
+    pub src: String,
+    /// Where to: NAME:/path in a VM, or a local path (an existing directory receives it inside)
+    pub dst: String,
 }
 
 #[derive(Debug, Args)]

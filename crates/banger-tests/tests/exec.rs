@@ -157,3 +157,171 @@ fn a_guest_without_the_agent_gets_the_reason_and_the_way_around() {
     );
     daemon.stop(&world);
 }
+
+/// What `stat` says of a path: mode, and for files their allocated blocks.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn cp_copies_trees_both_ways_with_modes_links_times_and_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let (world, daemon) = world_with_agent();
+    let src = world.home().join("src/tree");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/secret"), "s3cret").unwrap();
+    std::fs::set_permissions(
+        src.join("sub/secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub/secret", src.join("link")).unwrap();
+    let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    drop(sparse);
+    let old = filetime_of(&src.join("sub/secret"));
+
+    // Into the "guest" (the agent runs on this host): an existing
+    // directory receives the tree inside it.
+    let guest_dir = world.home().join("guest");
+    std::fs::create_dir_all(&guest_dir).unwrap();
+    world.ok(&[
+        "vm",
+        "cp",
+        src.to_str().unwrap(),
+        &format!("box:{}", guest_dir.display()),
+    ]);
+    let arrived = guest_dir.join("tree");
+    assert_eq!(
+        std::fs::read_to_string(arrived.join("sub/secret")).unwrap(),
+        "s3cret"
+    );
+    assert_eq!(mode(&arrived.join("sub/secret")), 0o640);
+    assert_eq!(filetime_of(&arrived.join("sub/secret")), old, "times kept");
+    assert_eq!(
+        std::fs::read_link(arrived.join("link")).unwrap(),
+        std::path::PathBuf::from("sub/secret"),
+        "a symlink stays a link"
+    );
+    let img = std::fs::metadata(arrived.join("sparse.img")).unwrap();
+    assert_eq!(img.len(), 64 << 20);
+    assert!(
+        img.blocks() * 512 < 1 << 20,
+        "holes stay holes ({} blocks)",
+        img.blocks()
+    );
+
+    // And back out, to a new name.
+    let back = world.home().join("back");
+    world.ok(&[
+        "vm",
+        "cp",
+        &format!("box:{}", arrived.display()),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/secret")).unwrap(),
+        "s3cret"
+    );
+    assert_eq!(mode(&back.join("sub/secret")), 0o640);
+    assert!(
+        std::fs::symlink_metadata(back.join("link"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(std::fs::metadata(back.join("sparse.img")).unwrap().blocks() * 512 < 1 << 20);
+
+    // A missing path is named, and nothing appears.
+    let out = world.banger(&[
+        "vm",
+        "cp",
+        "box:/no/such/path",
+        back.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/no/such/path: no such file or directory in the guest"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!back.join("x").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&back)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".banger-cp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no staging directory is left");
+
+    let out = world.banger(&["vm", "cp", "a", "b"]);
+    assert!(
+        stderr(&out).contains("neither a nor b names a VM"),
+        "{}",
+        stderr(&out)
+    );
+    daemon.stop(&world);
+}
+
+#[test]
+fn a_copy_cut_off_midway_leaves_nothing_at_the_destination() {
+    let (world, daemon) = world_with_agent();
+    let big = world.home().join("big.bin");
+    let data: Vec<u8> = (0..(256u32 << 20) / 4)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    std::fs::write(&big, &data).unwrap();
+    drop(data);
+    let guest_dir = world.home().join("guest");
+    std::fs::create_dir_all(&guest_dir).unwrap();
+    let mut child = world
+        .command(&*BANGER)
+        .args([
+            "vm",
+            "cp",
+            big.to_str().unwrap(),
+            &format!("box:{}/", guest_dir.display()),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the staging directory exists the copy is under way; cut it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !staging_in(&guest_dir) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while staging_in(&guest_dir) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest side never cleaned up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !guest_dir.join("big.bin").exists(),
+        "no partial file at the name"
+    );
+    daemon.stop(&world);
+}
+
+fn staging_in(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".banger-cp"))
+}
+
+fn filetime_of(path: &std::path::Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).unwrap().mtime()
+}

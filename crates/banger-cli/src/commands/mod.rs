@@ -1,5 +1,6 @@
 //! One function per command; `run` is the single exhaustive dispatch.
 
+mod cp;
 mod daemon;
 mod exec;
 mod image;
