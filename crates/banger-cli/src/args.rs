@@ -68,6 +68,8 @@ pub enum VmCommand {
     Exec(ExecArgs),
     /// Copy files or directories into or out of a running VM (one side NAME:/path)
     Cp(CpArgs),
+    /// Forward a host TCP port to a port in a running VM, over vsock, until Ctrl-C
+    PortForward(PortForwardArgs),
     /// Stop VMs gracefully (their disks are kept)
     Stop(VmTargets),
     /// Start stopped VMs
@@ -167,6 +169,48 @@ pub struct SshArgs {
     /// Command to run instead of a login shell (after `--`)
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    /// [HOST_ADDR:]HOST_PORT:GUEST_PORT, like 8080:80 or 0.0.0.0:8080:80 (HOST_ADDR defaults to 127.0.0.1)
+    #[arg(value_parser = parse_forward)]
+    pub forward: Forward,
+}
+
+/// A host address and port, and the guest port they lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: std::net::SocketAddr,
+    pub guest_port: u16,
+}
+
+pub(crate) fn parse_forward(text: &str) -> Result<Forward, String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid forward {text:?}: {why}; use [HOST_ADDR:]HOST_PORT:GUEST_PORT, like 8080:80"
+        )
+    };
+    let (rest, guest) = text.rsplit_once(':').ok_or_else(|| bad("no guest port"))?;
+    let (addr, host) = match rest.rsplit_once(':') {
+        Some((addr, host)) => (addr.trim_start_matches('[').trim_end_matches(']'), host),
+        None => ("127.0.0.1", rest),
+    };
+    let port = |p: &str, which: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad(&format!("{which} port {p:?} is not 1 to 65535")))
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| bad(&format!("{addr:?} is not an IP address")))?;
+    Ok(Forward {
+        host: std::net::SocketAddr::new(addr, port(host, "host")?),
+        guest_port: port(guest, "guest")?,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -526,6 +570,14 @@ mod tests {
                     "command: [\"ls\", \"-l\"]",
                 ],
             ),
+            (
+                &["vm", "port-forward", "web", "0.0.0.0:8080:80"],
+                &["PortForward(", "host: 0.0.0.0:8080", "guest_port: 80"],
+            ),
+            (
+                &["vm", "port-forward", "web", "8080:80"],
+                &["host: 127.0.0.1:8080", "guest_port: 80"],
+            ),
             (&["tui"], &["Tui"]),
             (
                 &["daemon", "status"],
@@ -613,6 +665,12 @@ mod tests {
             ),
             (&["vm", "exec", "-e", "1X=2", "web", "--", "ls"], "1X=2"),
             (&["vm", "rename", "web", "Bad_Name"], "Bad_Name"),
+            (&["vm", "port-forward", "web", "80"], "no guest port"),
+            (&["vm", "port-forward", "web", "70000:80"], "70000"),
+            (
+                &["vm", "port-forward", "web", "localhost:8080:80"],
+                "localhost",
+            ),
             (&["vm", "create", "--disk-size", "0G"], "16G"),
             (&["vm", "create", "--disk-size", "lots"], "lots"),
             (&["vm", "create", "--disk-size", "1K"], "at least 256M"),

@@ -36,15 +36,92 @@ fn send<W: Write>(out: &Shared<W>, kind: Kind, payload: &[u8]) -> io::Result<()>
     )
 }
 
-/// Serves one connection: `input` and `output` are its two halves.
-/// Returns when the command has ended and its exit status is sent.
-pub fn serve<R, W>(mut input: R, output: W) -> io::Result<()>
+/// A connection the agent serves: vsock's (a `TcpStream` over the
+/// socket) in the guest, a `UnixStream` in tests.
+pub trait Duplex: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> io::Result<Self>;
+    /// Ends the writing half; the peer reads end of file.
+    fn close_write(&self) -> io::Result<()>;
+}
+
+impl Duplex for std::net::TcpStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Duplex for std::os::unix::net::UnixStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// Serves one connection: a command (Exec) or a port (Connect). Returns
+/// when the command has ended and its status is sent, or when both
+/// directions of the forwarded connection have ended.
+pub fn serve<S: Duplex>(stream: S) -> io::Result<()> {
+    let mut input = stream.duplicate()?;
+    match read_frame(&mut input) {
+        Ok(Some(Frame {
+            kind: Kind::Connect,
+            payload,
+        })) => forward(&payload, input, stream),
+        Ok(None) => Ok(()),
+        first => exec(first, input, stream),
+    }
+}
+
+/// Connects to the guest's 127.0.0.1:port (which 0.0.0.0 listeners also
+/// answer), then carries bytes both ways until each side ends.
+fn forward<S: Duplex>(payload: &[u8], mut input: S, mut output: S) -> io::Result<()> {
+    let port = match serde_json::from_slice::<agent::ConnectRequest>(payload) {
+        Ok(request) => request.port,
+        Err(e) => {
+            return write_frame(
+                &mut output,
+                Kind::Error,
+                format!("a bad connect request: {e}").as_bytes(),
+            );
+        }
+    };
+    let tcp = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let message =
+                format!("nothing in the guest accepts connections on 127.0.0.1:{port} ({e})");
+            return write_frame(&mut output, Kind::Error, message.as_bytes());
+        }
+    };
+    write_frame(&mut output, Kind::Connected, b"")?;
+    let mut to_guest = tcp.try_clone()?;
+    let upstream = std::thread::spawn(move || {
+        let _ = io::copy(&mut input, &mut to_guest);
+        let _ = to_guest.shutdown(std::net::Shutdown::Write);
+    });
+    let mut from_guest = tcp;
+    let _ = io::copy(&mut from_guest, &mut output);
+    let _ = output.close_write();
+    let _ = upstream.join();
+    Ok(())
+}
+
+fn exec<R, W>(
+    first: Result<Option<Frame>, agent::FrameError>,
+    input: R,
+    output: W,
+) -> io::Result<()>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
     let output = Arc::new(Mutex::new(output));
-    let request = match read_frame(&mut input) {
+    let request = match first {
         Ok(Some(Frame {
             kind: Kind::Exec,
             payload,
@@ -348,8 +425,7 @@ mod tests {
     /// Runs a session over a socket pair; returns the host's end.
     fn session(request: &ExecRequest) -> UnixStream {
         let (host, guest) = UnixStream::pair().unwrap();
-        let reader = guest.try_clone().unwrap();
-        std::thread::spawn(move || serve(reader, guest));
+        std::thread::spawn(move || serve(guest));
         let mut writer = &host;
         write_frame(
             &mut writer,
@@ -475,8 +551,7 @@ mod tests {
     #[test]
     fn a_bad_first_frame_gets_an_error() {
         let (host, guest) = UnixStream::pair().unwrap();
-        let reader = guest.try_clone().unwrap();
-        let server = std::thread::spawn(move || serve(reader, guest));
+        let server = std::thread::spawn(move || serve(guest));
         let mut writer = &host;
         write_frame(&mut writer, Kind::Stdin, b"hello").unwrap();
         let mut reader = &host;
@@ -485,11 +560,48 @@ mod tests {
         server.join().unwrap().unwrap();
         // A truncated frame, then a hang-up: no panic, no reply.
         let (host, guest) = UnixStream::pair().unwrap();
-        let reader = guest.try_clone().unwrap();
-        let server = std::thread::spawn(move || serve(reader, guest));
+        let server = std::thread::spawn(move || serve(guest));
         (&host).write_all(&[Kind::Exec as u8, 0, 0, 1]).unwrap();
         host.shutdown(std::net::Shutdown::Write).unwrap();
         server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn connect_carries_a_tcp_conversation_both_ways() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            conn.read_to_end(&mut request).unwrap();
+            conn.write_all(&request.repeat(2)).unwrap();
+        });
+        let (host, guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || serve(guest));
+        let connect = serde_json::to_vec(&agent::ConnectRequest { port }).unwrap();
+        write_frame(&mut &host, Kind::Connect, &connect).unwrap();
+        assert_eq!(
+            read_frame(&mut &host).unwrap().unwrap().kind,
+            Kind::Connected
+        );
+        (&host).write_all(b"ping").unwrap();
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        (&host).read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"pingping");
+        server.join().unwrap();
+
+        // A port nobody listens on is an error the host can show.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let (host, guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || serve(guest));
+        let connect = serde_json::to_vec(&agent::ConnectRequest { port }).unwrap();
+        write_frame(&mut &host, Kind::Connect, &connect).unwrap();
+        let frame = read_frame(&mut &host).unwrap().unwrap();
+        assert_eq!(frame.kind, Kind::Error);
+        assert!(String::from_utf8_lossy(&frame.payload).contains(&format!("127.0.0.1:{port}")));
     }
 
     #[test]

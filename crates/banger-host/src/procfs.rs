@@ -87,9 +87,64 @@ pub fn tail_suffix(lines: &[String]) -> String {
     }
 }
 
+/// The process listening on TCP `port` (any address), as (PID, command
+/// name), when `/proc` shows it: for "port in use" errors.
+pub fn tcp_port_holder(port: u16) -> Option<(u32, String)> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .find_map(|text| listening_inode(&text, port))?;
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let holds = std::fs::read_dir(entry.path().join("fd"))
+                .ok()?
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str())
+                });
+            holds.then(|| {
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                (pid, comm.trim().to_owned())
+            })
+        })
+}
+
+/// The inode of the socket listening on `port` in a `/proc/net/tcp` table.
+pub fn listening_inode(table: &str, port: u16) -> Option<u64> {
+    const LISTEN: &str = "0A";
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1)?.rsplit(':').next()?;
+        (u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == LISTEN)
+            .then(|| fields.get(9)?.parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_of_a_listening_port_is_found() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 424242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 555 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(listening_inode(table, 8080), Some(424242));
+        assert_eq!(
+            listening_inode(table, 8081),
+            None,
+            "established, not listening"
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (pid, _) = tcp_port_holder(port).expect("this test holds it");
+        assert_eq!(pid, std::process::id());
+    }
 
     #[test]
     fn log_tails_skip_blank_lines() {

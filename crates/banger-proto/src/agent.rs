@@ -10,6 +10,10 @@
 //! host → guest: Exec(json ExecRequest) Stdin(bytes)* StdinEof Resize(rows,cols) Signal(i32)
 //! guest → host: Stdout(bytes)* Stderr(bytes)* Exit(json ExitStatus) | Error(text)
 //! ```
+//!
+//! Port forwarding opens with [`Kind::Connect`] instead; once the guest
+//! answers [`Kind::Connected`], the connection carries the TCP bytes as
+//! they are.
 
 use std::io::{self, Read, Write};
 
@@ -31,10 +35,15 @@ pub enum Kind {
     StdinEof = 3,
     Resize = 4,
     Signal = 5,
+    /// Instead of Exec: a TCP connection to a guest port (port forwarding).
+    Connect = 6,
     Stdout = 10,
     Stderr = 11,
     Exit = 12,
     Error = 13,
+    /// The guest port accepted: from here on the stream is the TCP
+    /// connection's bytes, unframed, both ways.
+    Connected = 14,
 }
 
 impl Kind {
@@ -45,10 +54,12 @@ impl Kind {
             3 => Self::StdinEof,
             4 => Self::Resize,
             5 => Self::Signal,
+            6 => Self::Connect,
             10 => Self::Stdout,
             11 => Self::Stderr,
             12 => Self::Exit,
             13 => Self::Error,
+            14 => Self::Connected,
             _ => return None,
         })
     }
@@ -148,6 +159,12 @@ impl WindowSize {
             cols: u16::from_be_bytes([bytes[2], bytes[3]]),
         })
     }
+}
+
+/// The guest port to connect to, in a Connect frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    pub port: u16,
 }
 
 /// How the command ended, in the last frame.

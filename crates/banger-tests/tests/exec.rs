@@ -31,8 +31,7 @@ fn world_with_agent() -> (World, support::FakeDaemon) {
                 BufReader::new(&stream).read_line(&mut line).unwrap();
                 assert_eq!(line, "CONNECT 10790\n");
                 stream.write_all(b"OK 1073741824\n").unwrap();
-                let reader = stream.try_clone().unwrap();
-                let _ = banger_guest::agent::serve(reader, stream);
+                let _ = banger_guest::agent::serve(stream);
             });
         }
     });
@@ -324,4 +323,63 @@ fn staging_in(dir: &std::path::Path) -> bool {
 fn filetime_of(path: &std::path::Path) -> i64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).unwrap().mtime()
+}
+
+#[test]
+fn port_forward_carries_tcp_to_the_guest_port_and_names_a_port_holder() {
+    use std::io::Read;
+    let (world, daemon) = world_with_agent();
+    // The "guest" service: the agent runs on this host, so a listener here.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guest_port = service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in service.incoming() {
+            let mut conn = conn.unwrap();
+            let mut request = Vec::new();
+            conn.read_to_end(&mut request).unwrap();
+            conn.write_all(&request.repeat(2)).unwrap();
+        }
+    });
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("127.0.0.1:{host_port}:{guest_port}");
+    let mut forwarder = world
+        .command(&*BANGER)
+        .args(["vm", "port-forward", "box", &spec])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(forwarder.stdout.as_mut().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    assert_eq!(
+        banner,
+        format!("forwarding 127.0.0.1:{host_port} -> box:{guest_port} over vsock (Ctrl-C stops)\n")
+    );
+    for round in 0..3 {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+        conn.write_all(format!("hello {round}").as_bytes()).unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, format!("hello {round}hello {round}"));
+    }
+
+    let taken = world.banger(&["vm", "port-forward", "box", &spec]);
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(
+        stderr(&taken).contains(&format!(
+            "127.0.0.1:{host_port} is already in use by banger (pid {})",
+            forwarder.id()
+        )),
+        "{}",
+        stderr(&taken)
+    );
+    forwarder.kill().unwrap();
+    forwarder.wait().unwrap();
+    daemon.stop(&world);
 }

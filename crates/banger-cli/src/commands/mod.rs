@@ -4,6 +4,7 @@ mod cp;
 mod daemon;
 mod exec;
 mod image;
+mod port_forward;
 pub mod ssh;
 mod vm;
 mod wait;

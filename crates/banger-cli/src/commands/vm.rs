@@ -50,6 +50,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Ssh(args) => super::ssh::run(args, ctx),
         VmCommand::Exec(args) => super::exec::run(args, ctx),
         VmCommand::Cp(args) => super::cp::run(args, ctx),
+        VmCommand::PortForward(args) => super::port_forward::run(args, ctx),
         VmCommand::Stop(targets) => batch::<method::VmStop>(ctx, targets, "stopped"),
         VmCommand::Start(args) => start(args, ctx),
         VmCommand::Restart(targets) => batch::<method::VmRestart>(ctx, targets, "restarted"),

@@ -47,10 +47,7 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         serve_forever(&agent, |stream| {
             // No timeouts: a command may run, and stay silent, for hours.
-            let Ok(reader) = stream.try_clone() else {
-                return;
-            };
-            if let Err(e) = banger_guest::agent::serve(reader, stream) {
+            if let Err(e) = banger_guest::agent::serve(stream) {
                 eprintln!("banger-vsock-pingd: exec session: {e}");
             }
         });
