@@ -74,7 +74,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // `make bench` runs every group; `banger-bench create list` only those.
-    let groups = ["list", "dns", "disks", "create", "boot", "load", "nested"];
+    let groups = [
+        "list", "dns", "disks", "create", "boot", "load", "nested", "agent",
+    ];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     if let Some(unknown) = chosen.iter().find(|g| !groups.contains(&g.as_str())) {
         bail!(
@@ -104,6 +106,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("nested") {
         nested_rows(&banger, &mut rows)?;
+    }
+    if wanted("agent") {
+        agent_rows(&banger, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -800,6 +805,186 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         &by_hand,
     ));
     Ok(())
+}
+
+/// Round trips and transfers through the guest agent, against SSH to the
+/// same guest: `vm exec -- true` vs `vm ssh -- true`, `vm cp` in and out
+/// vs `scp`, and SSH through `vm port-forward` vs SSH to the guest IP.
+fn agent_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const WHAT: &str = "vm exec / cp / port-forward on qemu";
+    let bundle = banger
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|r| r.join("runtime"));
+    let Some(bundle) = bundle.filter(|b| b.join("bundle.json").is_file()) else {
+        rows.push(skipped(WHAT, "no ./runtime bundle (make runtime)"));
+        return Ok(());
+    };
+    if which("qemu-system-x86_64").is_err() || std::env::var_os("BANGER_BENCH_SKIP_BOOT").is_some()
+    {
+        rows.push(skipped(
+            WHAT,
+            "qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set",
+        ));
+        return Ok(());
+    }
+    let world = World::new(banger.to_path_buf())?;
+    world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
+    let created = world
+        .command(&["vm", "create", "--name", "bench-agent", "--wait", "--json"])
+        .env("BANGER_RUNTIME_DIR", &bundle)
+        .output()?;
+    if !created.status.success() {
+        bail!(
+            "banger vm create --wait failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let vm: serde_json::Value = serde_json::from_slice(&created.stdout)?;
+    let ip = vm["guest_ip"].as_str().context("no guest IP")?.to_owned();
+    let measured = agent_figures(&world, &bundle, &ip);
+    world.run(&["vm", "delete", "bench-agent"])?;
+    rows.extend(measured?);
+    Ok(())
+}
+
+fn agent_figures(world: &World, bundle: &Path, ip: &str) -> anyhow::Result<Vec<Row>> {
+    const ROUND_TRIPS: usize = 10;
+    const COPY_MIB: u64 = 32;
+    let key = bundle.join("id_ed25519");
+    let ssh_options = |port: &str| -> Vec<String> {
+        [
+            "-i",
+            key.to_str().unwrap_or_default(),
+            "-p",
+            port,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let timed = |mut command: Command| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let out = command.stdout(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!(
+                "{command:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed())
+    };
+    let (mut exec, mut ssh) = (Vec::new(), Vec::new());
+    for _ in 0..ROUND_TRIPS {
+        exec.push(timed(world.command(&[
+            "vm",
+            "exec",
+            "bench-agent",
+            "--",
+            "true",
+        ]))?);
+        ssh.push(timed(world.command(&[
+            "vm",
+            "ssh",
+            "bench-agent",
+            "--",
+            "true",
+        ]))?);
+    }
+    let mut rows = vec![Row::spread(
+        format!("vm exec -- true, {ROUND_TRIPS} runs"),
+        &exec,
+        "vm ssh -- true",
+        &ssh,
+    )];
+
+    let file = world.tmp.path().join("payload.bin");
+    let data: Vec<u8> = (0..u32::try_from(COPY_MIB << 18)?)
+        .flat_map(u32::to_le_bytes)
+        .collect();
+    std::fs::write(&file, &data)?;
+    let file_arg = file.to_str().context("path")?;
+    let cp_in = timed(world.command(&["vm", "cp", file_arg, "bench-agent:/root/cp-in.bin"]))?;
+    let mut scp = Command::new("scp");
+    scp.args(ssh_options("22").iter().map(|o| {
+        if o == "-p" {
+            "-P".to_owned()
+        } else {
+            o.clone()
+        }
+    }))
+    .arg(&file)
+    .arg(format!("root@{ip}:/root/scp-in.bin"));
+    let scp_in = timed(scp)?;
+    rows.push(Row::timed(
+        format!("vm cp in, {COPY_MIB} MiB"),
+        cp_in,
+        "scp in",
+        scp_in,
+    ));
+    let back = world.tmp.path().join("back.bin");
+    let cp_out = timed(world.command(&[
+        "vm",
+        "cp",
+        "bench-agent:/root/cp-in.bin",
+        back.to_str().context("path")?,
+    ]))?;
+    let mut scp = Command::new("scp");
+    scp.args(ssh_options("22").iter().map(|o| {
+        if o == "-p" {
+            "-P".to_owned()
+        } else {
+            o.clone()
+        }
+    }))
+    .arg(format!("root@{ip}:/root/scp-in.bin"))
+    .arg(world.tmp.path().join("scp-back.bin"));
+    let scp_out = timed(scp)?;
+    rows.push(Row::timed(
+        format!("vm cp out, {COPY_MIB} MiB"),
+        cp_out,
+        "scp out",
+        scp_out,
+    ));
+
+    // The same SSH transfer, through a forwarded port and to the guest IP.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut forwarder = world
+        .command(&["vm", "port-forward", "bench-agent", &format!("{port}:22")])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let ready = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < ready {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let push_through = |host: &str, port: &str| -> anyhow::Result<Duration> {
+        let mut ssh = Command::new("ssh");
+        ssh.args(ssh_options(port))
+            .arg(format!("root@{host}"))
+            .arg("cat > /dev/null")
+            .stdin(std::fs::File::open(&file)?);
+        timed(ssh)
+    };
+    let forwarded = push_through("127.0.0.1", &port.to_string());
+    let direct = push_through(ip, "22");
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
+    rows.push(Row::timed(
+        format!("ssh of {COPY_MIB} MiB through vm port-forward"),
+        forwarded?,
+        "ssh to the guest IP",
+        direct?,
+    ));
+    Ok(rows)
 }
 
 /// Alternating boots of the same guest, stopped cleanly (ACPI) between
