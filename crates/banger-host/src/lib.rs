@@ -2,6 +2,7 @@
 //! every command, file and process banger touches on the host, each behind a
 //! trait with a real implementation and a fake for tests.
 
+pub mod agent;
 pub mod bundle;
 pub mod config;
 pub mod config_drive;

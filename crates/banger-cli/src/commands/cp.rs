@@ -15,7 +15,7 @@ use banger_proto::agent::ExecRequest;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Context;
-use super::exec::AgentSession;
+use super::exec::open as open_agent;
 use crate::args::CpArgs;
 
 /// Unpacks the stream beside the destination, then renames it into place.
@@ -156,13 +156,13 @@ fn push(ctx: &Context, src: &Path, vm: &str, dst: &str) -> anyhow::Result<()> {
         .spawn()
         .context("running tar (install GNU tar)")?;
     let stream = tar.stdout.take().context("tar's output")?;
-    let session = AgentSession::open(ctx, vm, &shell(UNPACK_IN_GUEST, &[&name, dst]))?;
+    let session = open_agent(ctx, vm, &shell(UNPACK_IN_GUEST, &[&name, dst]))?;
     let bar = progress(total, &format!("{} → {vm}:{dst}", src.display()));
     session.feed(Counted {
         inner: stream,
         bar: bar.clone(),
     });
-    let status = session.relay(&mut std::io::sink(), &mut |_| {});
+    let status = session.relay(&mut std::io::sink(), &mut std::io::stderr(), &mut |_| {});
     let local = tar.wait();
     bar.finish_and_clear();
     let status = status?;
@@ -212,10 +212,10 @@ fn pull(ctx: &Context, vm: &str, src: &str, dst: &Path) -> anyhow::Result<()> {
         .spawn()
         .context("running tar (install GNU tar)")?;
     let mut input = tar.stdin.take().context("tar's input")?;
-    let session = AgentSession::open(ctx, vm, &shell(PACK_IN_GUEST, &[src]))?;
+    let session = open_agent(ctx, vm, &shell(PACK_IN_GUEST, &[src]))?;
     session.feed(std::io::empty());
     let bar = progress(total, &format!("{vm}:{src} → {}", target.display()));
-    let status = session.relay(&mut input, &mut |n| bar.inc(n));
+    let status = session.relay(&mut input, &mut std::io::stderr(), &mut |n| bar.inc(n));
     drop(input);
     let local = tar.wait();
     bar.finish_and_clear();
@@ -237,7 +237,7 @@ fn pull(ctx: &Context, vm: &str, src: &str, dst: &Path) -> anyhow::Result<()> {
 
 /// The apparent size of a guest path, for the progress bar.
 fn guest_size(ctx: &Context, vm: &str, path: &str) -> Option<u64> {
-    let session = AgentSession::open(
+    let session = open_agent(
         ctx,
         vm,
         &ExecRequest {
@@ -254,7 +254,9 @@ fn guest_size(ctx: &Context, vm: &str, path: &str) -> Option<u64> {
     .ok()?;
     session.feed(std::io::empty());
     let mut out = Vec::new();
-    session.relay(&mut out, &mut |_| {}).ok()?;
+    session
+        .relay(&mut out, &mut std::io::sink(), &mut |_| {})
+        .ok()?;
     String::from_utf8_lossy(&out)
         .split_whitespace()
         .next()?

@@ -69,9 +69,23 @@ fn rename(args: RenameArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     if args.output.json {
         output::print_json(&vm)?;
     } else if vm.state.has_vmm() {
+        let live = ctx
+            .client()?
+            .call::<method::VmPing>(VmRef {
+                vm: vm.name.to_string(),
+            })
+            .is_ok_and(|ping| ping.guest_hostname.as_deref() == Some(vm.name.as_ref()));
+        let hostname = if live {
+            format!("the guest's hostname is {} now", vm.name)
+        } else {
+            format!(
+                "the guest's hostname changes at its next boot (banger vm restart {})",
+                vm.name
+            )
+        };
         println!(
-            "renamed {} to {}: {}.vm answers now; the guest's hostname changes at its next boot (banger vm restart {})",
-            args.vm, vm.name, vm.name, vm.name
+            "renamed {} to {}: {}.vm answers now; {hostname}",
+            args.vm, vm.name, vm.name
         );
     } else {
         println!(

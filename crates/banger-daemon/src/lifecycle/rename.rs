@@ -1,7 +1,7 @@
 //! `vm rename`: a new name for a VM, running or not. Its ID, disks, IP,
 //! TAP and rules stay (they are keyed by ID); `<name>.vm` answers for the
-//! new name at once; the guest's hostname follows at its next boot, when
-//! the config drive is written from the record again.
+//! new name at once. A running guest's hostname is changed live through
+//! its agent when it answers; every boot's config drive has the new name.
 
 use super::*;
 
@@ -51,7 +51,31 @@ impl Lifecycle {
                 return Err(e.into());
             }
             tracing::info!(from = %old.name, to = %new.name, "renamed");
+            if running && let Some(vsock) = new.vsock_path.as_deref() {
+                rename_guest(vsock, &old.name, &new.name);
+            }
             Ok(new)
         })
+    }
+}
+
+/// Sets the running guest's hostname (and its `/etc/hostname` and
+/// `/etc/hosts` lines) through the agent. Best effort: an older image or
+/// a busy guest gets the name at its next boot instead.
+fn rename_guest(vsock: &std::path::Path, old: &str, new: &str) {
+    const SCRIPT: &str = r#"old=$1 new=$2
+hostname "$new" && echo "$new" > /etc/hostname && sed -i "s/\([[:space:]]\)$old\([[:space:]]\|\$\)/\1$new\2/g" /etc/hosts"#;
+    let argv = ["sh", "-c", SCRIPT, "banger-rename", old, new];
+    match banger_host::agent::run(vsock, &argv, std::time::Duration::from_secs(3)) {
+        Ok((_, status)) if status.shell_code() == 0 => {
+            tracing::info!(hostname = new, "guest hostname changed live");
+        }
+        Ok((_, status)) => {
+            tracing::warn!(
+                code = status.shell_code(),
+                "the guest could not change its hostname"
+            );
+        }
+        Err(e) => tracing::info!(error = %error_text(&e), "hostname left for the next boot"),
     }
 }
