@@ -269,11 +269,13 @@ fn cp_copies_trees_both_ways_with_modes_links_times_and_holes() {
 fn a_copy_cut_off_midway_leaves_nothing_at_the_destination() {
     let (world, daemon) = world_with_agent();
     let big = world.home().join("big.bin");
-    let data: Vec<u8> = (0..(256u32 << 20) / 4)
-        .flat_map(|i| i.to_le_bytes())
-        .collect();
-    std::fs::write(&big, &data).unwrap();
-    drop(data);
+    // 256 MiB of a non-zero pattern (zeros would travel as holes).
+    let pattern: Vec<u8> = (0..(1u32 << 20) / 4).flat_map(u32::to_le_bytes).collect();
+    let mut file = std::fs::File::create(&big).unwrap();
+    for _ in 0..256 {
+        file.write_all(&pattern).unwrap();
+    }
+    drop(file);
     let guest_dir = world.home().join("guest");
     std::fs::create_dir_all(&guest_dir).unwrap();
     let mut child = world
