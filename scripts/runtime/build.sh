@@ -51,15 +51,26 @@ for tool in apt-get dpkg-deb mmdebstrap lz4 mkfs.ext4 depmod cpio ssh-keygen sha
 done
 [ "$(id -u)" = 0 ] || die "run as root (mmdebstrap builds the images in root mode)"
 
-# current NAME INPUTS...: true when NAME was built from these inputs. A
-# fresh checkout (CI's) gets it back from the build cache.
+# What each output directory's artifacts were built from, kept in the
+# cache (not in the bundle): the cache is shared by every checkout, so
+# its stamp alone cannot say that this directory's copy is current.
+out_stamps="$work/outputs/$(printf '%s' "$out" | sha256sum | cut -c1-16)"
+mkdir -p "$out_stamps"
+
+# current NAME INPUTS...: true when this directory's NAME was built from
+# these inputs. A fresh checkout (CI's), or one whose copy is older than
+# the cache's, gets it from the build cache.
 current() {
     local name=$1; shift
     local want; want=$(printf '%s\n' "$@" | sha256sum | cut -d' ' -f1)
+    if [ -e "$out/$name" ] && [ "$(cat "$out_stamps/$name" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
     [ "$(cat "$work/$name.stamp" 2>/dev/null)" = "$want" ] || return 1
-    [ -e "$out/$name" ] && return 0
     [ -e "$work/artifacts/$name" ] || return 1
+    rm -rf "$out/$name"
     cp -a --sparse=always "$work/artifacts/$name" "$out/$name"
+    printf '%s\n' "$want" > "$out_stamps/$name"
     note "$name restored from the build cache"
 }
 # record NAME INPUTS...: NAME is built; keep a copy for later checkouts.
@@ -69,6 +80,7 @@ record() {
     rm -rf "$work/artifacts/$name"
     cp -a --sparse=always "$out/$name" "$work/artifacts/$name"
     printf '%s\n' "$@" | sha256sum | cut -d' ' -f1 > "$work/$name.stamp"
+    cp "$work/$name.stamp" "$out_stamps/$name"
 }
 
 # --- kernel and modules -----------------------------------------------------
