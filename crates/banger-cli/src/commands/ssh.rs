@@ -108,13 +108,36 @@ pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String
 
 /// Never stays silent about a running VM.
 fn remind(ctx: &Context, name: &str) -> String {
-    let answer = ctx.client().and_then(|mut c| {
-        Ok(c.call::<method::VmPing>(VmRef {
-            vm: name.to_owned(),
-        })?)
-    });
+    let ping = || {
+        ctx.client().and_then(|mut c| {
+            Ok(c.call::<method::VmPing>(VmRef {
+                vm: name.to_owned(),
+            })?)
+        })
+    };
+    let going = |p: &PingResult| {
+        p.state != VmState::Running
+            || matches!(p.guest_state.as_deref(), Some("stopping" | "rebooting"))
+    };
+    let mut answer = ping();
+    // `systemctl poweroff` returns once logind has the request, which may
+    // be before systemd has queued the shutdown: a guest that still says
+    // "running" gets a moment to say otherwise. Only news of it going
+    // down replaces the first answer.
+    if answer.as_ref().is_ok_and(|p| p.reachable && !going(p)) {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        if let Ok(second) = ping()
+            .map_err(|_| ())
+            .and_then(|p| if going(&p) { Ok(p) } else { Err(()) })
+        {
+            answer = Ok(second);
+        }
+    }
     reminder(name, answer.as_ref().map_err(|e| format!("{e:#}")))
 }
+
+/// The second look at a guest that said "running" right after SSH.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(700);
 
 /// The line printed after SSH returns.
 pub fn reminder(name: &str, answer: Result<&PingResult, String>) -> String {
