@@ -756,12 +756,7 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let world = World::new(banger.to_path_buf())?;
     world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
     // The bench's daemon makes banger0 unless it exists; then it removes it.
-    let made_bridge = !Command::new("ip")
-        .args(["link", "show", "dev", "banger0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
+    let made_bridge = !bridge_exists("banger0")?;
     // Both sides boot a guest that has booted once (host keys made, caches
     // warm): the first boot is not measured.
     let created = world
@@ -794,8 +789,9 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::from((ip, 22));
     let measured = alternate_boots(&world, &bundle, &spec, &tap, &helper, addr);
     world.run(&["vm", "delete", "bench-boot"])?;
+    drop(world);
     if made_bridge {
-        let _ = Command::new("ip").args(["link", "del", "banger0"]).status();
+        remove_bridge("banger0");
     }
     let (through_banger, by_hand) = measured?;
     rows.push(Row::spread(
@@ -831,6 +827,7 @@ fn agent_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     let world = World::new(banger.to_path_buf())?;
     world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
+    let made_bridge = !bridge_exists("banger0")?;
     let created = world
         .command(&["vm", "create", "--name", "bench-agent", "--wait", "--json"])
         .env("BANGER_RUNTIME_DIR", &bundle)
@@ -845,6 +842,10 @@ fn agent_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let ip = vm["guest_ip"].as_str().context("no guest IP")?.to_owned();
     let measured = agent_figures(&world, &bundle, &ip);
     world.run(&["vm", "delete", "bench-agent"])?;
+    drop(world);
+    if made_bridge {
+        remove_bridge("banger0");
+    }
     rows.extend(measured?);
     Ok(())
 }
@@ -985,6 +986,38 @@ fn agent_figures(world: &World, bundle: &Path, ip: &str) -> anyhow::Result<Vec<R
         direct?,
     ));
     Ok(rows)
+}
+
+fn bridge_exists(name: &str) -> anyhow::Result<bool> {
+    Ok(Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success())
+}
+
+/// Removes a bridge the bench's daemon made, and the guest-to-guest rule
+/// that daemon added for it (tagged `banger-bridge:<daemon>`).
+fn remove_bridge(name: &str) {
+    let _ = Command::new("ip").args(["link", "del", name]).status();
+    let Ok(rules) = Command::new("iptables-save").output() else {
+        return;
+    };
+    for rule in String::from_utf8_lossy(&rules.stdout).lines() {
+        let Some(spec) = rule.strip_prefix("-A BANGER-FORWARD ") else {
+            continue;
+        };
+        if spec.contains(&format!("-i {name} -o {name} ")) && spec.contains("banger-bridge:") {
+            let mut delete = Command::new("iptables");
+            delete.args(["-D", "BANGER-FORWARD"]);
+            // The rule's words, its comment unquoted, as iptables takes them.
+            for word in spec.split_whitespace() {
+                delete.arg(word.trim_matches('"'));
+            }
+            let _ = delete.status();
+        }
+    }
 }
 
 /// Alternating boots of the same guest, stopped cleanly (ACPI) between

@@ -98,7 +98,7 @@ pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String
             anyhow::Error::new(e).context("running ssh")
         }
     })?;
-    let reminder = remind(ctx, &vm.name);
+    let reminder = remind(ctx, &vm.name, may_take_the_guest_down(&args.command));
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
@@ -107,7 +107,18 @@ pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String
 }
 
 /// Never stays silent about a running VM.
-fn remind(ctx: &Context, name: &str) -> String {
+/// Whether the session could have shut the guest down: an interactive
+/// one, or a command that names a way to. Only these wait for a second
+/// look, so `vm ssh NAME -- make` in a script returns at once.
+fn may_take_the_guest_down(command: &[String]) -> bool {
+    const WORDS: [&str; 5] = ["poweroff", "reboot", "shutdown", "halt", "kexec"];
+    command.is_empty()
+        || command
+            .iter()
+            .any(|arg| WORDS.iter().any(|word| arg.contains(word)))
+}
+
+fn remind(ctx: &Context, name: &str, second_look: bool) -> String {
     let ping = || {
         ctx.client().and_then(|mut c| {
             Ok(c.call::<method::VmPing>(VmRef {
@@ -124,7 +135,7 @@ fn remind(ctx: &Context, name: &str) -> String {
     // be before systemd has queued the shutdown: a guest that still says
     // "running" gets a moment to say otherwise. Only news of it going
     // down replaces the first answer.
-    if answer.as_ref().is_ok_and(|p| p.reachable && !going(p)) {
+    if second_look && answer.as_ref().is_ok_and(|p| p.reachable && !going(p)) {
         std::thread::sleep(SHUTDOWN_GRACE);
         if let Ok(second) = ping()
             .map_err(|_| ())
@@ -183,6 +194,15 @@ mod tests {
             guest_state: None,
             detail: detail.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn only_sessions_that_may_end_the_guest_get_a_second_look() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(may_take_the_guest_down(&[]));
+        assert!(may_take_the_guest_down(&args(&["systemctl", "poweroff"])));
+        assert!(may_take_the_guest_down(&args(&["sudo reboot now"])));
+        assert!(!may_take_the_guest_down(&args(&["make", "test"])));
     }
 
     #[test]
