@@ -98,7 +98,7 @@ pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String
             anyhow::Error::new(e).context("running ssh")
         }
     })?;
-    let reminder = remind(ctx, &vm.name, may_take_the_guest_down(&args.command));
+    let reminder = remind(ctx, &vm.name, shutdown_grace(&args.command));
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
@@ -107,18 +107,28 @@ pub fn session(args: SshArgs, ctx: &Context) -> anyhow::Result<(ExitCode, String
 }
 
 /// Never stays silent about a running VM.
-/// Whether the session could have shut the guest down: an interactive
-/// one, or a command that names a way to. Only these wait for a second
-/// look, so `vm ssh NAME -- make` in a script returns at once.
-fn may_take_the_guest_down(command: &[String]) -> bool {
+/// How long the reminder keeps looking for a shutdown after SSH returns:
+/// `systemctl poweroff` returns once logind has the request, which may
+/// be before systemd has queued the shutdown (seconds later in a nested
+/// guest). A command that names a way down gets the longest look; an
+/// interactive session (which `poweroff` typed in it ends only once the
+/// shutdown runs) a short one; any other command none, so `vm ssh NAME
+/// -- make` in a script returns at once.
+fn shutdown_grace(command: &[String]) -> std::time::Duration {
     const WORDS: [&str; 5] = ["poweroff", "reboot", "shutdown", "halt", "kexec"];
-    command.is_empty()
-        || command
-            .iter()
-            .any(|arg| WORDS.iter().any(|word| arg.contains(word)))
+    if command
+        .iter()
+        .any(|arg| WORDS.iter().any(|word| arg.contains(word)))
+    {
+        std::time::Duration::from_secs(5)
+    } else if command.is_empty() {
+        std::time::Duration::from_millis(700)
+    } else {
+        std::time::Duration::ZERO
+    }
 }
 
-fn remind(ctx: &Context, name: &str, second_look: bool) -> String {
+fn remind(ctx: &Context, name: &str, grace: std::time::Duration) -> String {
     let ping = || {
         ctx.client().and_then(|mut c| {
             Ok(c.call::<method::VmPing>(VmRef {
@@ -131,24 +141,21 @@ fn remind(ctx: &Context, name: &str, second_look: bool) -> String {
             || matches!(p.guest_state.as_deref(), Some("stopping" | "rebooting"))
     };
     let mut answer = ping();
-    // `systemctl poweroff` returns once logind has the request, which may
-    // be before systemd has queued the shutdown: a guest that still says
-    // "running" gets a moment to say otherwise. Only news of it going
-    // down replaces the first answer.
-    if second_look && answer.as_ref().is_ok_and(|p| p.reachable && !going(p)) {
-        std::thread::sleep(SHUTDOWN_GRACE);
-        if let Ok(second) = ping()
-            .map_err(|_| ())
-            .and_then(|p| if going(&p) { Ok(p) } else { Err(()) })
+    // A guest that still says "running" is asked again until the grace
+    // runs out; only news of it going down replaces the first answer.
+    let deadline = std::time::Instant::now() + grace;
+    while answer.as_ref().is_ok_and(|p| p.reachable && !going(p))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if let Ok(later) = ping()
+            && going(&later)
         {
-            answer = Ok(second);
+            answer = Ok(later);
         }
     }
     reminder(name, answer.as_ref().map_err(|e| format!("{e:#}")))
 }
-
-/// The second look at a guest that said "running" right after SSH.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(700);
 
 /// The line printed after SSH returns.
 pub fn reminder(name: &str, answer: Result<&PingResult, String>) -> String {
@@ -197,12 +204,19 @@ mod tests {
     }
 
     #[test]
-    fn only_sessions_that_may_end_the_guest_get_a_second_look() {
+    fn only_sessions_that_may_end_the_guest_wait_for_it() {
+        use std::time::Duration;
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert!(may_take_the_guest_down(&[]));
-        assert!(may_take_the_guest_down(&args(&["systemctl", "poweroff"])));
-        assert!(may_take_the_guest_down(&args(&["sudo reboot now"])));
-        assert!(!may_take_the_guest_down(&args(&["make", "test"])));
+        assert_eq!(shutdown_grace(&[]), Duration::from_millis(700));
+        assert_eq!(
+            shutdown_grace(&args(&["systemctl", "poweroff"])),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            shutdown_grace(&args(&["sudo reboot now"])),
+            Duration::from_secs(5)
+        );
+        assert_eq!(shutdown_grace(&args(&["make", "test"])), Duration::ZERO);
     }
 
     #[test]
