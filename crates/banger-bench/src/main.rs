@@ -733,43 +733,16 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
 /// Boot to SSH-ready through `banger vm create --wait` against the same
 /// QEMU command line started by hand on the same disks, TAP and bundle.
 fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let bundle = banger
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .map(|r| r.join("runtime"));
-    let Some(bundle) = bundle.filter(|b| b.join("bundle.json").is_file()) else {
-        rows.push(skipped(
-            "boot to SSH on qemu",
-            "no ./runtime bundle (make runtime)",
-        ));
-        return Ok(());
-    };
-    if which("qemu-system-x86_64").is_err() || std::env::var_os("BANGER_BENCH_SKIP_BOOT").is_some()
-    {
-        rows.push(skipped(
-            "boot to SSH on qemu",
-            "qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set",
-        ));
-        return Ok(());
-    }
-    let world = World::new(banger.to_path_buf())?;
-    world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
-    // The bench's daemon makes banger0 unless it exists; then it removes it.
-    let made_bridge = !bridge_exists("banger0")?;
     // Both sides boot a guest that has booted once (host keys made, caches
     // warm): the first boot is not measured.
-    let created = world
-        .command(&["vm", "create", "--name", "bench-boot", "--wait", "--json"])
-        .env("BANGER_RUNTIME_DIR", &bundle)
-        .output()?;
-    if !created.status.success() {
-        bail!(
-            "banger vm create --wait failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
-    let vm: serde_json::Value = serde_json::from_slice(&created.stdout)?;
+    let guest = match QemuGuest::create(banger, "bench-boot")? {
+        Ok(guest) => guest,
+        Err(why) => {
+            rows.push(skipped("boot to SSH on qemu", why));
+            return Ok(());
+        }
+    };
+    let (world, bundle, vm) = (&guest.world, &guest.bundle, &guest.vm);
     let dir = PathBuf::from(vm["dir"].as_str().context("no VM dir")?);
     // The config drive exists while the VM runs; the by-hand boot gets a copy.
     std::fs::copy(
@@ -780,19 +753,15 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // The same VM by hand: its disks, a TAP of the same name and MAC, the same command line.
     let ip: std::net::Ipv4Addr = vm["guest_ip"].as_str().context("no guest IP")?.parse()?;
     let tap = vm["tap"].as_str().context("no TAP")?.to_owned();
-    let spec = by_hand_spec(&vm, &bundle, &dir, ip, &tap);
+    let spec = by_hand_spec(vm, bundle, &dir, ip, &tap);
     let helper = which("vhost-device-vsock").or_else(|_| {
         Ok::<_, anyhow::Error>(
             PathBuf::from(std::env::var("HOME")?).join(".cargo/bin/vhost-device-vsock"),
         )
     })?;
     let addr = std::net::SocketAddr::from((ip, 22));
-    let measured = alternate_boots(&world, &bundle, &spec, &tap, &helper, addr);
-    world.run(&["vm", "delete", "bench-boot"])?;
-    drop(world);
-    if made_bridge {
-        remove_bridge("banger0");
-    }
+    let measured = alternate_boots(world, bundle, &spec, &tap, &helper, addr);
+    guest.delete()?;
     let (through_banger, by_hand) = measured?;
     rows.push(Row::spread(
         format!("boot to SSH on qemu (vm start --wait), {BOOT_RUNS} runs"),
@@ -807,45 +776,19 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 /// same guest: `vm exec -- true` vs `vm ssh -- true`, `vm cp` in and out
 /// vs `scp`, and SSH through `vm port-forward` vs SSH to the guest IP.
 fn agent_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    const WHAT: &str = "vm exec / cp / port-forward on qemu";
-    let bundle = banger
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .map(|r| r.join("runtime"));
-    let Some(bundle) = bundle.filter(|b| b.join("bundle.json").is_file()) else {
-        rows.push(skipped(WHAT, "no ./runtime bundle (make runtime)"));
-        return Ok(());
+    let guest = match QemuGuest::create(banger, "bench-agent")? {
+        Ok(guest) => guest,
+        Err(why) => {
+            rows.push(skipped("vm exec / cp / port-forward on qemu", why));
+            return Ok(());
+        }
     };
-    if which("qemu-system-x86_64").is_err() || std::env::var_os("BANGER_BENCH_SKIP_BOOT").is_some()
-    {
-        rows.push(skipped(
-            WHAT,
-            "qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set",
-        ));
-        return Ok(());
-    }
-    let world = World::new(banger.to_path_buf())?;
-    world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
-    let made_bridge = !bridge_exists("banger0")?;
-    let created = world
-        .command(&["vm", "create", "--name", "bench-agent", "--wait", "--json"])
-        .env("BANGER_RUNTIME_DIR", &bundle)
-        .output()?;
-    if !created.status.success() {
-        bail!(
-            "banger vm create --wait failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
-    let vm: serde_json::Value = serde_json::from_slice(&created.stdout)?;
-    let ip = vm["guest_ip"].as_str().context("no guest IP")?.to_owned();
-    let measured = agent_figures(&world, &bundle, &ip);
-    world.run(&["vm", "delete", "bench-agent"])?;
-    drop(world);
-    if made_bridge {
-        remove_bridge("banger0");
-    }
+    let ip = guest.vm["guest_ip"]
+        .as_str()
+        .context("no guest IP")?
+        .to_owned();
+    let measured = agent_figures(&guest.world, &guest.bundle, &ip);
+    guest.delete()?;
     rows.extend(measured?);
     Ok(())
 }
@@ -986,6 +929,71 @@ fn agent_figures(world: &World, bundle: &Path, ip: &str) -> anyhow::Result<Vec<R
         direct?,
     ));
     Ok(rows)
+}
+
+/// One guest on QEMU made by `vm create --wait` with the checkout's
+/// bundle, in a private banger world; `delete` removes it, its daemon,
+/// and the `banger0` bridge if that daemon made it.
+struct QemuGuest {
+    world: World,
+    bundle: PathBuf,
+    vm: serde_json::Value,
+    name: String,
+    made_bridge: bool,
+}
+
+impl QemuGuest {
+    /// `Err(why)` when this host cannot boot one, for the skipped row.
+    fn create(banger: &Path, name: &str) -> anyhow::Result<Result<Self, &'static str>> {
+        let bundle = banger
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .map(|r| r.join("runtime"))
+            .filter(|b| b.join("bundle.json").is_file());
+        let Some(bundle) = bundle else {
+            return Ok(Err("no ./runtime bundle (make runtime)"));
+        };
+        if which("qemu-system-x86_64").is_err()
+            || std::env::var_os("BANGER_BENCH_SKIP_BOOT").is_some()
+        {
+            return Ok(Err(
+                "qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set",
+            ));
+        }
+        let world = World::new(banger.to_path_buf())?;
+        world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
+        // The bench's daemon makes banger0 unless it exists; then it removes it.
+        let made_bridge = !bridge_exists("banger0")?;
+        let created = world
+            .command(&["vm", "create", "--name", name, "--wait", "--json"])
+            .env("BANGER_RUNTIME_DIR", &bundle)
+            .output()?;
+        if !created.status.success() {
+            bail!(
+                "banger vm create --wait failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            );
+        }
+        let vm = serde_json::from_slice(&created.stdout)?;
+        Ok(Ok(Self {
+            world,
+            bundle,
+            vm,
+            name: name.to_owned(),
+            made_bridge,
+        }))
+    }
+
+    fn delete(self) -> anyhow::Result<()> {
+        self.world.run(&["vm", "delete", &self.name])?;
+        let made_bridge = self.made_bridge;
+        drop(self.world);
+        if made_bridge {
+            remove_bridge("banger0");
+        }
+        Ok(())
+    }
 }
 
 fn bridge_exists(name: &str) -> anyhow::Result<bool> {

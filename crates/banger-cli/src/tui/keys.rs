@@ -119,7 +119,7 @@ impl App {
     }
 
     fn switch_view(&mut self, view: View) -> Vec<Effect> {
-        self.view = Some(view);
+        self.view = view;
         match view {
             View::Vms => vec![Effect::Call(Call::List)],
             View::Images => {

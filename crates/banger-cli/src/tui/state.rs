@@ -19,8 +19,9 @@ pub enum Effect {
     Quit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum View {
+    #[default]
     Vms,
     Images,
     Doctor,
@@ -108,7 +109,7 @@ impl CpuHistory {
 
 #[derive(Debug, Clone, Default)]
 pub struct App {
-    pub view: Option<View>,
+    pub view: View,
     pub vms: Vec<VmSummary>,
     /// Whether the first list has arrived (an empty list is not "loading").
     pub loaded: bool,
@@ -144,13 +145,13 @@ pub struct App {
 impl App {
     pub fn new() -> Self {
         Self {
-            view: Some(View::Vms),
+            view: View::Vms,
             ..Self::default()
         }
     }
 
     pub fn view(&self) -> View {
-        self.view.unwrap_or(View::Vms)
+        self.view
     }
 
     /// The rows the table shows: every VM, or those whose name, image,
