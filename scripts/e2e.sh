@@ -352,13 +352,27 @@ check "/root is still the banger-work disk" test "$(in_vm e2e-a findmnt -n -o LA
 check "the /root file is still there after the resize" test "$(in_vm e2e-a cat /root/e2e-root)" = kept
 
 say "== 6. a second VM reaches e2e-a by name"
-check "vm create e2e-b" "$banger" vm create --name e2e-b "${sizes[@]}" --disk-size 2G
+pub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+check "vm create e2e-b --publish $pub_port:8000 (no NAT)" "$banger" vm create --name e2e-b "${sizes[@]}" --disk-size 2G --publish "$pub_port:8000"
 check "e2e-b boots to SSH" wait_ssh e2e-b
 check "e2e-b resolves e2e-a.vm" test "$(in_vm e2e-b getent hosts e2e-a.vm | cut -d' ' -f1)" = "$ip_a"
 check "e2e-b reaches e2e-a over the bridge" in_vm e2e-b ping -c1 -W5 e2e-a.vm
 id_b=$(vm_field e2e-b id)
 check "e2e-b, created without --nat, has no NAT rule" test "$(nat_rules "$id_b")" = 0
 check "e2e-a still has its three" test "$(nat_rules "$id_a")" = 3
+
+say "== 6b. a published port reaches a guest service bound to 127.0.0.1"
+# perl-base is in every Debian image; python3 is not. One answer per
+# connection, naming the guest.
+guest_http='setsid perl -MIO::Socket::INET -e '"'"'$s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 8000, Listen => 5, ReuseAddr => 1) or die "listen: $!"; while ($c = $s->accept) { <$c>; print $c "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from " . `hostname`; close $c }'"'"' </dev/null >/dev/null 2>&1 &'
+check "a web server on e2e-b's 127.0.0.1:8000" "$banger" vm exec e2e-b -- sh -c "$guest_http"
+published() { curl -fsS --max-time 5 "http://127.0.0.1:$pub_port/" 2>&1; }
+for _ in $(seq 1 20); do [ "$(published)" = "hello from e2e-b" ] && break; sleep 0.2; done
+check "curl 127.0.0.1:$pub_port on the host answers from e2e-b's 127.0.0.1:8000" test "$(published)" = "hello from e2e-b"
+check "vm show lists the published port" grep -q "^publish: *127.0.0.1:$pub_port -> 8000$" <<<"$("$banger" vm show e2e-b)"
+check "vm list --json has it" test "$("$banger" vm list --json | python3 -c 'import json,sys; print([v["publish"] for v in json.load(sys.stdin) if v["name"] == "e2e-b"][0])')" = "['127.0.0.1:$pub_port:8000']"
+pub_taken=$("$banger" vm set e2e-a --publish "$pub_port:22" 2>&1)
+check "the same host port for e2e-a is refused, naming e2e-b" grep -q "already published by VM e2e-b" <<<"$pub_taken"
 
 say "== 7. bangerd killed with SIGKILL; the next command restarts it"
 old=$(cat "$XDG_RUNTIME_DIR/banger/bangerd.pid")
@@ -370,6 +384,7 @@ check "a new bangerd serves (pid $old -> $new)" test "$new" != "$old"
 check "both VMs are still running" test "$running" = 2
 check "e2e-a is still reachable" test "$(in_vm e2e-a hostname)" = e2e-a
 check "e2e-b is still reachable" test "$(in_vm e2e-b hostname)" = e2e-b
+check "the new bangerd publishes e2e-b's port again" test "$(published)" = "hello from e2e-b"
 
 say "== 8. delete leaves nothing behind"
 ids=$("$banger" vm list --json | python3 -c 'import json,sys; print(" ".join(v["id"] for v in json.load(sys.stdin)))')
@@ -387,6 +402,7 @@ check "no process or file of the VMs remains" test "$leftover" = 0
 check "no TAP of the VMs remains" test "$(ip -o link show | grep -cE " bg-(${id_a:0:10}|${id_b:0:10})[:@]")" = 0
 check "no iptables rule of the VMs remains" test "$(nat_rules "$id_a")" = 0 -a "$(nat_rules "$id_b")" = 0
 check "no vsock socket remains" test -z "$(find "$state/vms" -name '*.sock' 2>/dev/null)"
+check "nothing listens on the published port $pub_port" test -z "$(ss -Htln "sport = :$pub_port")"
 
 say "== 9. bangerd killed in the middle of vm create (BANGER_TEST_CRASH_AT)"
 # The daemon SIGKILLs itself at the named step; the next command starts a

@@ -471,6 +471,7 @@ fn firecracker_lifecycle(
         )),
         network: Arc::new(banger_host::net::FakeNetwork::new()),
         public_keys: Vec::new(),
+        ports: std::sync::Arc::new(banger_host::publish::TcpPublisher::default()),
         vmm_reason: "benchmark".into(),
         stop_timeouts: StopTimeouts {
             graceful: Duration::from_millis(200),
@@ -1426,6 +1427,7 @@ impl World {
                     stopped_at: None,
                     exit_reason: Some("clean shutdown".into()),
                     last_error: None,
+                    publish: Vec::new(),
                 })?;
             }
             Ok(())

@@ -1,6 +1,6 @@
 //! The whole command tree of `banger`, readable in one place.
 
-use banger_proto::{Backend, validate};
+use banger_proto::{Backend, PortMapping, validate};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -121,6 +121,9 @@ pub struct CreateArgs {
     /// VMM backend: firecracker or qemu (default: chosen by the daemon, see `banger daemon status`)
     #[arg(long, value_parser = parse_backend)]
     pub vmm: Option<Backend>,
+    /// Forward a host port to a guest port over vsock while the VM runs, kept by the daemon: [HOST_ADDR:]HOST_PORT:GUEST_PORT, like 8080:80 (repeatable; HOST_ADDR defaults to 127.0.0.1)
+    #[arg(long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT", value_parser = parse_forward)]
+    pub publish: Vec<PortMapping>,
     #[command(flatten)]
     pub wait: WaitFlags,
     #[command(flatten)]
@@ -177,40 +180,18 @@ pub struct PortForwardArgs {
     pub vm: String,
     /// [HOST_ADDR:]HOST_PORT:GUEST_PORT, like 8080:80 or 0.0.0.0:8080:80 (HOST_ADDR defaults to 127.0.0.1)
     #[arg(value_parser = parse_forward)]
-    pub forward: Forward,
+    pub forward: PortMapping,
 }
 
-/// A host address and port, and the guest port they lead to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forward {
-    pub host: std::net::SocketAddr,
-    pub guest_port: u16,
+/// `[HOST_ADDR:]HOST_PORT`: which published port to remove.
+pub(crate) fn parse_unpublish(text: &str) -> Result<std::net::SocketAddr, String> {
+    banger_proto::port::host_addr(text).map_err(|e| e.to_string())
 }
 
-pub(crate) fn parse_forward(text: &str) -> Result<Forward, String> {
-    let bad = |why: &str| {
-        format!(
-            "invalid forward {text:?}: {why}; use [HOST_ADDR:]HOST_PORT:GUEST_PORT, like 8080:80"
-        )
-    };
-    let (rest, guest) = text.rsplit_once(':').ok_or_else(|| bad("no guest port"))?;
-    let (addr, host) = match rest.rsplit_once(':') {
-        Some((addr, host)) => (addr.trim_start_matches('[').trim_end_matches(']'), host),
-        None => ("127.0.0.1", rest),
-    };
-    let port = |p: &str, which: &str| {
-        p.parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| bad(&format!("{which} port {p:?} is not 1 to 65535")))
-    };
-    let addr: std::net::IpAddr = addr
-        .parse()
-        .map_err(|_| bad(&format!("{addr:?} is not an IP address")))?;
-    Ok(Forward {
-        host: std::net::SocketAddr::new(addr, port(host, "host")?),
-        guest_port: port(guest, "guest")?,
-    })
+/// `[HOST_ADDR:]HOST_PORT:GUEST_PORT`, checked as the daemon checks it.
+pub(crate) fn parse_forward(text: &str) -> Result<PortMapping, String> {
+    text.parse()
+        .map_err(|e: banger_proto::validate::ValidationError| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +246,15 @@ pub struct SetArgs {
     /// Disable NAT (works on running VMs)
     #[arg(long)]
     pub no_nat: bool,
+    /// Add a published port, [HOST_ADDR:]HOST_PORT:GUEST_PORT like 8080:80 (repeatable; works on running VMs)
+    #[arg(long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT", value_parser = parse_forward)]
+    pub publish: Vec<PortMapping>,
+    /// Remove the published port on [HOST_ADDR:]HOST_PORT, like 8080 (repeatable)
+    #[arg(long, value_name = "[HOST_ADDR:]HOST_PORT", value_parser = parse_unpublish)]
+    pub unpublish: Vec<std::net::SocketAddr>,
+    /// Remove every published port
+    #[arg(long)]
+    pub no_publish: bool,
     #[command(flatten)]
     pub targets: VmTargets,
 }
@@ -283,6 +273,9 @@ impl SetArgs {
             || self.vcpu.is_some()
             || self.disk_size.is_some()
             || self.nat_change().is_some()
+            || !self.publish.is_empty()
+            || !self.unpublish.is_empty()
+            || self.no_publish
     }
 }
 

@@ -172,6 +172,7 @@ pub fn vm_details(vm: &Vm, now: i64) -> String {
         ("memory", format!("{} MiB", vm.memory_mib.0)),
         ("disk size", vm.disk_size_bytes.to_string()),
         ("nat", vm.nat.to_string()),
+        ("publish", published(&vm.publish)),
         ("guest ip", opt(vm.guest_ip.map(|ip| ip.to_string()))),
         ("tap", opt(vm.tap.clone())),
         ("vsock cid", opt(vm.vsock_cid.map(|c| c.to_string()))),
@@ -191,6 +192,19 @@ pub fn vm_details(vm: &Vm, now: i64) -> String {
         .iter()
         .map(|(k, v)| format!("{:<12} {v}\n", format!("{k}:")))
         .collect()
+}
+
+/// Published ports as `vm show` and the TUI print them:
+/// `127.0.0.1:8080 -> 80, 0.0.0.0:2222 -> 22`, or `-`.
+pub fn published(ports: &[banger_proto::PortMapping]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(|p| format!("{} -> {}", p.host, p.guest_port))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn image_table(images: &[Image]) -> String {

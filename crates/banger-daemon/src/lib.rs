@@ -49,6 +49,8 @@ pub struct Deps {
     pub stop_timeouts: lifecycle::StopTimeouts,
     /// Authorized for root in every guest.
     pub public_keys: Vec<String>,
+    /// Where published ports listen.
+    pub ports: Arc<dyn banger_host::publish::PortPublisher>,
 }
 
 impl Deps {
@@ -76,6 +78,7 @@ impl Deps {
             ),
             stop_timeouts: lifecycle::StopTimeouts::default(),
             public_keys: public_keys(config, runtime_dir)?,
+            ports: Arc::new(banger_host::publish::TcpPublisher::default()),
         })
     }
 }
@@ -440,6 +443,7 @@ pub fn pipeline(
         Arc::new(capabilities::NatCapability::new(deps.network.clone())),
         Arc::new(capabilities::DnsCapability::new(dns)),
         Arc::new(capabilities::SshCapability::new(deps.public_keys.clone())),
+        Arc::new(capabilities::PublishCapability::new(deps.ports.clone())),
     ])
 }
 

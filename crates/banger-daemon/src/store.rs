@@ -68,6 +68,8 @@ const MIGRATIONS: &[&str] = &[
         managed INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL
     );",
+    // 2: published ports, `PortMapping`s separated by spaces.
+    "ALTER TABLE vms ADD COLUMN publish TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The VM model, stored: the daemon's rows are the one [`VmRecord`].
@@ -75,7 +77,7 @@ pub use banger_proto::VmRecord;
 
 const VM_COLUMNS: &str = "id, name, state, image, vmm, vcpu, memory_mib, disk_size_bytes, nat,
     guest_ip, tap, vsock_cid, vsock_path, pid, pid_start_time, created_at, started_at,
-    stopped_at, exit_reason, last_error";
+    stopped_at, exit_reason, last_error, publish";
 
 const IMAGE_COLUMNS: &str =
     "name, rootfs, kernel, initrd, modules_dir, docker, managed, created_at";
@@ -277,7 +279,7 @@ impl Writer<'_> {
         self.tx.execute(
             &format!(
                 "INSERT INTO vms ({VM_COLUMNS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
             ),
             rusqlite::params_from_iter(vm_params(vm)),
         )?;
@@ -291,7 +293,7 @@ impl Writer<'_> {
                 memory_mib = ?7, disk_size_bytes = ?8, nat = ?9, guest_ip = ?10, tap = ?11,
                 vsock_cid = ?12, vsock_path = ?13, pid = ?14, pid_start_time = ?15,
                 created_at = ?16, started_at = ?17, stopped_at = ?18, exit_reason = ?19,
-                last_error = ?20
+                last_error = ?20, publish = ?21
              WHERE id = ?1",
             rusqlite::params_from_iter(vm_params(vm)),
         )?;
@@ -391,6 +393,7 @@ struct RawVm {
     state: String,
     vmm: String,
     guest_ip: Option<String>,
+    publish: String,
     rest: VmRecord,
 }
 
@@ -411,6 +414,11 @@ impl RawVm {
             state: VmState::parse(&self.state).ok_or_else(|| bad("state", &self.state))?,
             vmm: Backend::parse(&self.vmm).map_err(|_| bad("backend", &self.vmm))?,
             guest_ip,
+            publish: self
+                .publish
+                .split_whitespace()
+                .map(|text| text.parse().map_err(|_| bad("published port", text)))
+                .collect::<Result<_>>()?,
             ..self.rest
         })
     }
@@ -423,6 +431,7 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
         state: row.get(2)?,
         vmm: row.get(4)?,
         guest_ip: row.get(9)?,
+        publish: row.get(20)?,
         // The typed fields are placeholders here, replaced by `into_record`.
         rest: VmRecord {
             id: VmId::new(String::new()),
@@ -445,6 +454,7 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
             stopped_at: row.get(17)?,
             exit_reason: row.get(18)?,
             last_error: row.get(19)?,
+            publish: Vec::new(),
         },
     })
 }
@@ -471,6 +481,13 @@ fn vm_params(vm: &VmRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
         Box::new(vm.stopped_at),
         Box::new(&vm.exit_reason),
         Box::new(&vm.last_error),
+        Box::new(
+            vm.publish
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
     ]
 }
 
@@ -513,6 +530,7 @@ pub(crate) mod tests {
             stopped_at: None,
             exit_reason: None,
             last_error: None,
+            publish: Vec::new(),
         }
     }
 
@@ -531,6 +549,32 @@ pub(crate) mod tests {
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list_vms().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_published_ports_keeping_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("banger.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO vms (id, name, state, image, vmm, vcpu, memory_mib, disk_size_bytes, created_at)
+                 VALUES ('a1', 'calm-otter', 'stopped', 'default', 'qemu', 2, 1024, 1073741824, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut vm = store.get_vm("a1").unwrap().unwrap();
+        assert!(vm.publish.is_empty());
+        vm.publish = vec![
+            "8080:80".parse().unwrap(),
+            "0.0.0.0:2222:22".parse().unwrap(),
+        ];
+        store.update_vm(&vm).unwrap();
+        assert_eq!(store.get_vm("a1").unwrap().unwrap().publish, vm.publish);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub trait Duplex: Read + Write + Send + Sized + 'static {
     fn duplicate(&self) -> io::Result<Self>;
     /// Ends the writing half; the peer reads end of file.
     fn close_write(&self) -> io::Result<()>;
+    /// Ends both halves, waking a reader blocked on a duplicate.
+    fn close_both(&self) -> io::Result<()>;
 }
 
 impl Duplex for std::net::TcpStream {
@@ -51,6 +53,9 @@ impl Duplex for std::net::TcpStream {
     fn close_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
     }
+    fn close_both(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Both)
+    }
 }
 
 impl Duplex for std::os::unix::net::UnixStream {
@@ -59,6 +64,9 @@ impl Duplex for std::os::unix::net::UnixStream {
     }
     fn close_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
+    }
+    fn close_both(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Both)
     }
 }
 
@@ -100,16 +108,30 @@ fn forward<S: Duplex>(payload: &[u8], mut input: S, mut output: S) -> io::Result
     };
     write_frame(&mut output, Kind::Connected, b"")?;
     let mut to_guest = tcp.try_clone()?;
+    let (done, upstream_ended) = std::sync::mpsc::channel();
     let upstream = std::thread::spawn(move || {
         let _ = io::copy(&mut input, &mut to_guest);
         let _ = to_guest.shutdown(std::net::Shutdown::Write);
+        let _ = done.send(());
     });
     let mut from_guest = tcp;
     let _ = io::copy(&mut from_guest, &mut output);
     let _ = output.close_write();
+    // The guest's service has finished. Half a vsock connection does not
+    // always close on the host's side (vhost-user muxers pass on only a
+    // full shutdown), so a client still sending would wait for ever: after
+    // a grace period, as socat does, both halves close.
+    if upstream_ended.recv_timeout(HALF_CLOSE_GRACE).is_err() {
+        let _ = output.close_both();
+        let _ = from_guest.shutdown(std::net::Shutdown::Both);
+    }
     let _ = upstream.join();
     Ok(())
 }
+
+/// How long a forwarded connection the guest's service has closed waits
+/// for the host's side to finish too.
+const HALF_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn exec<R, W>(
     first: Result<Option<Frame>, agent::FrameError>,
@@ -602,6 +624,37 @@ mod tests {
         let frame = read_frame(&mut &host).unwrap().unwrap();
         assert_eq!(frame.kind, Kind::Error);
         assert!(String::from_utf8_lossy(&frame.payload).contains(&format!("127.0.0.1:{port}")));
+    }
+
+    #[test]
+    fn a_service_that_closes_first_ends_the_connection_though_the_host_keeps_sending() {
+        // An HTTP/1.0 server: answers, closes, and never reads to the end.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello").unwrap();
+        });
+        let (host, guest) = UnixStream::pair().unwrap();
+        let (done, served) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = serve(guest);
+            let _ = done.send(());
+        });
+        let connect = serde_json::to_vec(&agent::ConnectRequest { port }).unwrap();
+        write_frame(&mut &host, Kind::Connect, &connect).unwrap();
+        assert_eq!(
+            read_frame(&mut &host).unwrap().unwrap().kind,
+            Kind::Connected
+        );
+        (&host).write_all(b"GET / HTTP/1.0\r\n").unwrap();
+        // The host never ends its half; the agent lets go after its grace.
+        served
+            .recv_timeout(HALF_CLOSE_GRACE * 3)
+            .expect("the agent ended the connection");
+        let mut answer = Vec::new();
+        (&host).read_to_end(&mut answer).unwrap();
+        assert!(answer.ends_with(b"hello"), "{answer:?}");
     }
 
     #[test]

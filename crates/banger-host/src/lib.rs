@@ -14,6 +14,7 @@ pub mod privacy;
 pub mod probe;
 pub mod process;
 pub mod procfs;
+pub mod publish;
 pub mod runtime_dir;
 pub mod vm_dir;
 pub mod vsock;

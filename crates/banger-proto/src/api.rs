@@ -168,6 +168,8 @@ pub struct CreateVmParams {
     /// The daemon's default when absent.
     #[serde(default)]
     pub vmm: Option<Backend>,
+    #[serde(default)]
+    pub publish: Vec<crate::PortMapping>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -178,6 +180,15 @@ pub struct SetVmParams {
     pub memory_mib: Option<u64>,
     pub disk_size: Option<String>,
     pub nat: Option<bool>,
+    /// Published ports to add (after the removals below).
+    #[serde(default)]
+    pub publish: Vec<crate::PortMapping>,
+    /// Host addresses whose published ports go.
+    #[serde(default)]
+    pub unpublish: Vec<std::net::SocketAddr>,
+    /// Remove every published port first.
+    #[serde(default)]
+    pub no_publish: bool,
 }
 
 /// The outcome of an action on several VMs: one item per ref, in the order given.

@@ -5,10 +5,12 @@ pub mod agent;
 pub mod api;
 pub mod check;
 pub mod ping;
+pub mod port;
 pub mod rpc;
 pub mod validate;
 pub mod vm;
 
 pub use api::*;
+pub use port::PortMapping;
 pub use rpc::{ErrorKind, MAX_MESSAGE_BYTES, Request, Response, RpcError};
 pub use vm::*;

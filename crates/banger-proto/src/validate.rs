@@ -37,6 +37,14 @@ pub enum ValidationError {
     Signal(String),
     #[error("unknown backend {0:?}: use firecracker or qemu")]
     Backend(String),
+    #[error(
+        "invalid port mapping {text:?}: {why}; use [HOST_ADDR:]HOST_PORT:GUEST_PORT, like 8080:80"
+    )]
+    PortMapping { text: String, why: String },
+    #[error(
+        "invalid host port {text:?}: {why}; use [HOST_ADDR:]HOST_PORT, like 8080 or 0.0.0.0:8080"
+    )]
+    HostPort { text: String, why: String },
 }
 
 /// Longest user input echoed whole in an error (and so in the log).

@@ -197,6 +197,9 @@ pub struct VmRecord {
     pub exit_reason: Option<String>,
     /// The last failed action's error, cleared by the next success.
     pub last_error: Option<String>,
+    /// Host ports the daemon forwards into the guest while it runs.
+    #[serde(default)]
+    pub publish: Vec<crate::PortMapping>,
 }
 
 /// `vm show`'s answer: the record, plus the paths derived from its directory.
@@ -237,6 +240,8 @@ pub struct VmSummary {
     /// Unix seconds.
     pub created_at: i64,
     pub started_at: Option<i64>,
+    #[serde(default)]
+    pub publish: Vec<crate::PortMapping>,
 }
 
 impl From<&VmRecord> for VmSummary {
@@ -255,6 +260,7 @@ impl From<&VmRecord> for VmSummary {
             pid: vm.pid,
             created_at: vm.created_at,
             started_at: vm.started_at,
+            publish: vm.publish.clone(),
         }
     }
 }
@@ -285,6 +291,7 @@ mod tests {
             stopped_at: None,
             exit_reason: None,
             last_error: None,
+            publish: Vec::new(),
         }
     }
 

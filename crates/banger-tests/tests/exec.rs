@@ -329,24 +329,9 @@ fn filetime_of(path: &std::path::Path) -> i64 {
 
 #[test]
 fn port_forward_carries_tcp_to_the_guest_port_and_names_a_port_holder() {
-    use std::io::Read;
     let (world, daemon) = world_with_agent();
-    // The "guest" service: the agent runs on this host, so a listener here.
-    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let guest_port = service.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in service.incoming() {
-            let mut conn = conn.unwrap();
-            let mut request = Vec::new();
-            conn.read_to_end(&mut request).unwrap();
-            conn.write_all(&request.repeat(2)).unwrap();
-        }
-    });
-    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let guest_port = doubling_service();
+    let host_port = free_port();
     let spec = format!("127.0.0.1:{host_port}:{guest_port}");
     let mut forwarder = world
         .command(&*BANGER)
@@ -363,12 +348,8 @@ fn port_forward_carries_tcp_to_the_guest_port_and_names_a_port_holder() {
         format!("forwarding 127.0.0.1:{host_port} -> box:{guest_port} over vsock (Ctrl-C stops)\n")
     );
     for round in 0..3 {
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
-        conn.write_all(format!("hello {round}").as_bytes()).unwrap();
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).unwrap();
-        assert_eq!(answer, format!("hello {round}hello {round}"));
+        let hello = format!("hello {round}");
+        assert_eq!(ask(host_port, &hello).unwrap(), hello.repeat(2));
     }
 
     let taken = world.banger(&["vm", "port-forward", "box", &spec]);
@@ -383,5 +364,88 @@ fn port_forward_carries_tcp_to_the_guest_port_and_names_a_port_holder() {
     );
     forwarder.kill().unwrap();
     forwarder.wait().unwrap();
+    daemon.stop(&world);
+}
+
+/// A "guest" service on this host (the agent runs here): answers each
+/// connection with what it sent, twice. Returns its port.
+fn doubling_service() -> u16 {
+    use std::io::Read;
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in service.incoming() {
+            let mut conn = conn.unwrap();
+            let mut request = Vec::new();
+            conn.read_to_end(&mut request).unwrap();
+            conn.write_all(&request.repeat(2)).unwrap();
+        }
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ask(port: u16, text: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.write_all(text.as_bytes())?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+#[test]
+fn a_published_port_is_kept_by_the_daemon_shown_and_removable() {
+    let (world, daemon) = world_with_agent();
+    let guest_port = doubling_service();
+    let host_port = free_port();
+    let spec = format!("{host_port}:{guest_port}");
+    world.ok(&["vm", "set", "box", "--publish", &spec]);
+    assert_eq!(ask(host_port, "hi").unwrap(), "hihi");
+    assert_eq!(ask(host_port, "again").unwrap(), "againagain");
+
+    let show = world.ok(&["vm", "show", "box"]);
+    assert!(
+        show.contains(&format!(
+            "publish:     127.0.0.1:{host_port} -> {guest_port}"
+        )),
+        "{show}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&world.ok(&["vm", "list", "--json"])).unwrap();
+    assert_eq!(
+        list[0]["publish"],
+        serde_json::json!([format!("127.0.0.1:{host_port}:{guest_port}")])
+    );
+
+    // A second VM cannot take the same host port.
+    let taken = world.banger(&["vm", "create", "--name", "other", "--publish", &spec]);
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(
+        stderr(&taken).contains(&format!(
+            "host port 127.0.0.1:{host_port} is already published by VM box"
+        )),
+        "{}",
+        stderr(&taken)
+    );
+    let bad = world.banger(&["vm", "set", "box", "--publish", "80"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("invalid port mapping \"80\": no guest port"),
+        "{}",
+        stderr(&bad)
+    );
+
+    world.ok(&["vm", "set", "box", "--unpublish", &host_port.to_string()]);
+    assert!(ask(host_port, "gone").is_err(), "nothing listens any more");
+    assert!(world.ok(&["vm", "show", "box"]).contains("publish:     -"));
     daemon.stop(&world);
 }

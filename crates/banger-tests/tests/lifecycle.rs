@@ -97,6 +97,7 @@ fn create_inspect_stop_start_set_and_delete() {
             "name",
             "nat",
             "pid",
+            "publish",
             "started_at",
             "state",
             "vcpu",

@@ -105,6 +105,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         disk_size: args.disk_size,
         nat: args.nat,
         vmm: args.vmm,
+        publish: args.publish,
     };
     let vm: Vm = ctx.client()?.call::<method::VmCreate>(params)?;
     if args.output.json {
@@ -167,7 +168,7 @@ fn kill(args: KillArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 fn set(args: SetArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     if !args.changes_anything() {
         anyhow::bail!(
-            "nothing to change: give at least one of --memory, --vcpu, --disk-size, --nat, --no-nat"
+            "nothing to change: give at least one of --memory, --vcpu, --disk-size, --nat, --no-nat, --publish, --unpublish, --no-publish"
         );
     }
     let params = SetVmParams {
@@ -176,6 +177,9 @@ fn set(args: SetArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         disk_size: args.disk_size.clone(),
         nat: args.nat_change(),
+        publish: args.publish.clone(),
+        unpublish: args.unpublish.clone(),
+        no_publish: args.no_publish,
     };
     let result: BatchResult = ctx.client()?.call::<method::VmSet>(params)?;
     report(&result, "updated", args.targets.output.json)

@@ -65,6 +65,7 @@ pub const VCPU: &str = "vcpu";
 pub const MEMORY: &str = "memory (MiB)";
 pub const DISK: &str = "disk size";
 pub const NAT: &str = "nat";
+pub const PUBLISH: &str = "publish";
 pub const NEW_NAME: &str = "new name";
 
 impl Form {
@@ -89,6 +90,7 @@ impl Form {
                     kind: FieldKind::Toggle,
                     placeholder: "",
                 },
+                Field::text(PUBLISH, "", "none (like 8080:80 2222:22)"),
             ],
             focus: 0,
             error: None,
@@ -237,6 +239,12 @@ impl Form {
                 .transpose()?,
             nat: self.fields.iter().any(|f| f.label == NAT && f.is_on()),
             vmm: None,
+            publish: self
+                .value(PUBLISH)
+                .split([' ', ','])
+                .filter(|v| !v.is_empty())
+                .map(|v| args::parse_forward(v).map_err(|e| checked(PUBLISH, e)))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -262,7 +270,7 @@ impl Form {
             disk_size: changed(2)
                 .map(|v| args::parse_size(v).map_err(|e| checked(DISK, e)))
                 .transpose()?,
-            nat: None,
+            ..SetVmParams::default()
         };
         if params.vcpu.is_none() && params.memory_mib.is_none() && params.disk_size.is_none() {
             return Err("nothing to change: edit a value first (Esc closes the form)".into());

@@ -348,8 +348,8 @@ fn the_create_form_sends_what_was_typed() {
     let mut app = app_with(mixed());
     drive(&mut app, &fake, "c");
     assert_eq!(recorded(&fake), [Call::SuggestName, Call::Images]);
-    // Keep the suggested name; 4 vCPUs, 2048 MiB, 16G, NAT on.
-    drive(&mut app, &fake, "\t\t4\t2048\t16G\t \n");
+    // Keep the suggested name; 4 vCPUs, 2048 MiB, 16G, NAT on, one port.
+    drive(&mut app, &fake, "\t\t4\t2048\t16G\t \t8080:80\n");
     assert_eq!(
         recorded(&fake),
         [Call::Create(CreateVmParams {
@@ -360,6 +360,7 @@ fn the_create_form_sends_what_was_typed() {
             disk_size: Some("16G".into()),
             nat: true,
             vmm: None,
+            publish: vec!["127.0.0.1:8080:80".parse().unwrap()],
         })]
     );
     assert!(app.modal.is_none());

@@ -43,6 +43,7 @@ impl Lifecycle {
             stopped_at: None,
             exit_reason: None,
             last_error: None,
+            publish: params.publish.clone(),
         };
         let shown = name.as_ref().map_or("the new VM", |n| n.as_ref());
         self.preflight("create", shown, &template)?;

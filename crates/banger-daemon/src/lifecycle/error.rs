@@ -154,14 +154,4 @@ impl LifecycleError {
     }
 }
 
-/// The whole chain, for storing on the VM and for logs.
-pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
-}
+pub use banger_proto::rpc::error_text;

@@ -6,6 +6,7 @@ use banger_host::Paths;
 use banger_host::disk::{DiskOp, FakeDisks};
 use banger_host::net::{FakeNetwork, NetOp};
 use banger_host::procfs;
+use banger_host::publish::{FakePublisher, PortPublisher};
 use banger_proto::{CreateVmParams, Image, SetVmParams, VmState};
 use banger_vmm::fake::{FakeOp, FakeVmm};
 
@@ -92,6 +93,8 @@ fn fake_deps(
         stop_timeouts: QUICK,
         public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
         vmm_reason: "fake VMM for tests".into(),
+        // A new daemon's listeners: none open.
+        ports: Arc::new(FakePublisher::default()),
     }
 }
 
@@ -492,7 +495,7 @@ fn set_needs_a_stopped_vm_and_never_shrinks() {
         disk_size: Some("3G".into()),
         vcpu: Some(4),
         memory_mib: Some(4096),
-        nat: None,
+        ..Default::default()
     };
     let err = fx.lifecycle.set(&vm.id, &grow).unwrap_err();
     assert_eq!(
@@ -1735,4 +1738,202 @@ fn what_an_interrupted_image_delete_left_goes_at_the_next_start() {
     std::fs::write(left.join("rootfs.ext4"), "x").unwrap();
     fx.new_lifecycle().reconcile().unwrap();
     assert!(!left.exists());
+}
+
+/// A lifecycle over the fixture's store and host whose published ports
+/// are visible: a daemon (re)started with no listeners open.
+fn publishing_daemon(fx: &Fixture) -> (Arc<Lifecycle>, Arc<FakePublisher>) {
+    let ports = Arc::new(FakePublisher::default());
+    let deps = crate::Deps {
+        ports: ports.clone(),
+        ..fake_deps(&fx.vmm, &fx.disks, &fx.network)
+    };
+    let config = banger_host::Config::default();
+    let lifecycle = build_with(&fx.paths, &fx.store, &config, deps, &fx.dns);
+    lifecycle.reconcile().unwrap();
+    (lifecycle, ports)
+}
+
+fn mapping(text: &str) -> banger_proto::PortMapping {
+    text.parse().unwrap()
+}
+
+#[test]
+fn published_ports_are_open_exactly_while_the_vm_runs() {
+    let fx = fixture();
+    let (lc, ports) = publishing_daemon(&fx);
+    let vm = lc
+        .create(&CreateVmParams {
+            name: Some("web".into()),
+            publish: vec![mapping("8080:80"), mapping("0.0.0.0:2222:22")],
+            ..Default::default()
+        })
+        .unwrap();
+    let mut open = ports.open_for(&vm.id);
+    open.sort_by_key(|m| m.host.port());
+    assert_eq!(open, [mapping("0.0.0.0:2222:22"), mapping("8080:80")]);
+    assert_eq!(
+        fx.store.get_vm(&vm.id).unwrap().unwrap().publish,
+        vm.publish
+    );
+
+    lc.stop(&vm.id).unwrap();
+    assert!(ports.all_open().is_empty(), "stopped: nothing listens");
+    lc.start(&vm.id).unwrap();
+    assert_eq!(ports.open_for(&vm.id).len(), 2);
+    lc.delete(&vm.id).unwrap();
+    assert!(ports.all_open().is_empty(), "deleted: nothing listens");
+}
+
+#[test]
+fn a_host_port_another_vm_publishes_is_refused_naming_it() {
+    let fx = fixture();
+    let (lc, ports) = publishing_daemon(&fx);
+    lc.create(&CreateVmParams {
+        name: Some("web".into()),
+        publish: vec![mapping("0.0.0.0:8080:80")],
+        ..Default::default()
+    })
+    .unwrap();
+    let before = fx.snapshot();
+    let err = lc
+        .create(&CreateVmParams {
+            name: Some("api".into()),
+            publish: vec![mapping("8080:3000")],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("127.0.0.1:8080 is already published by VM web")
+            && err.contains("banger vm set web --unpublish 0.0.0.0:8080"),
+        "{err}"
+    );
+    let err = lc
+        .create(&CreateVmParams {
+            name: Some("api".into()),
+            publish: vec![mapping("9000:80"), mapping("9000:81")],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("both listen on host port 9000"), "{err}");
+    assert_eq!(fx.snapshot(), before, "refused creates changed nothing");
+    assert_eq!(ports.all_open().len(), 1);
+}
+
+#[test]
+fn a_host_port_in_use_fails_the_start_and_leaves_nothing_open() {
+    let fx = fixture();
+    let (lc, ports) = publishing_daemon(&fx);
+    let vm = lc
+        .create(&CreateVmParams {
+            name: Some("web".into()),
+            publish: vec![mapping("8080:80"), mapping("8443:443")],
+            ..Default::default()
+        })
+        .unwrap();
+    lc.stop(&vm.id).unwrap();
+    ports.take(mapping("8443:443").host);
+    let err = lc.start(&vm.id).unwrap_err();
+    let text = error_text(&err);
+    assert!(
+        text.contains("publishing 127.0.0.1:8443:443")
+            && text.contains("127.0.0.1:8443 is already in use by someone-else (pid 1)"),
+        "{text}"
+    );
+    assert!(ports.all_open().is_empty(), "8080 was closed again");
+    let after = fx.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!(after.state, VmState::Stopped);
+    assert!(after.pid.is_none());
+}
+
+#[test]
+fn set_changes_published_ports_live_and_undoes_a_failed_change() {
+    let fx = fixture();
+    let (lc, ports) = publishing_daemon(&fx);
+    let vm = lc
+        .create(&CreateVmParams {
+            name: Some("web".into()),
+            publish: vec![mapping("8080:80")],
+            ..Default::default()
+        })
+        .unwrap();
+    let changed = lc
+        .set(
+            &vm.id,
+            &SetVmParams {
+                publish: vec![mapping("2222:22")],
+                unpublish: vec![mapping("8080:80").host],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(changed.publish, [mapping("2222:22")]);
+    assert_eq!(ports.open_for(&vm.id), [mapping("2222:22")]);
+
+    // Adding a taken port and NAT at once: neither happens.
+    ports.take(mapping("9000:90").host);
+    let before = fx.store.get_vm(&vm.id).unwrap().unwrap();
+    let err = lc
+        .set(
+            &vm.id,
+            &SetVmParams {
+                nat: Some(true),
+                no_publish: true,
+                publish: vec![mapping("9000:90")],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        error_text(&err).contains("127.0.0.1:9000 is already in use"),
+        "{err}"
+    );
+    assert_eq!(fx.store.get_vm(&vm.id).unwrap().unwrap(), before);
+    assert_eq!(
+        ports.open_for(&vm.id),
+        [mapping("2222:22")],
+        "the old port is back"
+    );
+    assert!(
+        fx.network.state().nat.is_empty(),
+        "NAT was undone: {:?}",
+        fx.network.state().nat
+    );
+
+    let cleared = lc
+        .set(
+            &vm.id,
+            &SetVmParams {
+                no_publish: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(cleared.publish.is_empty() && ports.all_open().is_empty());
+}
+
+#[test]
+fn a_restarted_daemon_reopens_the_ports_of_running_vms() {
+    let fx = fixture();
+    let (first, _gone_with_it) = publishing_daemon(&fx);
+    let vm = first
+        .create(&CreateVmParams {
+            name: Some("web".into()),
+            publish: vec![mapping("8080:80")],
+            ..Default::default()
+        })
+        .unwrap();
+    let stopped = first
+        .create(&CreateVmParams {
+            name: Some("idle".into()),
+            publish: vec![mapping("8081:80")],
+            ..Default::default()
+        })
+        .unwrap();
+    first.stop(&stopped.id).unwrap();
+    drop(first);
+    let (_second, ports) = publishing_daemon(&fx);
+    assert_eq!(ports.all_open(), [(vm.id.to_string(), mapping("8080:80"))]);
 }

@@ -180,6 +180,7 @@ impl World {
             disks: disks.clone(),
             network: network.clone(),
             public_keys: vec!["ssh-ed25519 AAAAtest banger-test".into()],
+            ports: std::sync::Arc::new(banger_host::publish::TcpPublisher::default()),
             vmm_reason: "fake VMM for tests".into(),
             stop_timeouts: banger_daemon::lifecycle::StopTimeouts {
                 graceful: Duration::from_secs(2),
