@@ -87,6 +87,7 @@ runtime-bundle:
 e2e: runtime
 	$(CARGO) build --bins
 	scripts/e2e.sh
+	scripts/e2e-image.sh
 
 ## e2e-firecracker: the same suite on real Firecracker guests, inside a banger VM on
 ## the qemu backend that serves as their KVM host. Needs BANGER_TEST_FIRECRACKER (a

@@ -57,6 +57,65 @@ create_booted() {
     "$cli" vm create --name "$name" "$@"
 }
 
+# The steps both suites and ./verify.sh run against a VM. They use the
+# caller's $banger, $boot_timeout and (for dns_a) $dns.
+
+in_vm() { local vm=$1; shift; "$banger" vm ssh "$vm" -- "$@" 2>/dev/null; }
+
+wait_ssh() {
+    local vm=$1 attempt start
+    for attempt in 1 2; do
+        start=$SECONDS
+        while [ $((SECONDS - start)) -lt "$boot_timeout" ]; do
+            if in_vm "$vm" true; then
+                say "      $vm answers SSH after $((SECONDS - start))s"
+                return 0
+            fi
+            sleep 2
+        done
+        say "      $vm did not answer SSH within ${boot_timeout}s"
+        [ "$attempt" = 1 ] && locked_up "$banger" "$vm" && "$banger" vm restart "$vm" >/dev/null || return 1
+    done
+    return 1
+}
+
+# The A record bangerd's DNS ($dns, HOST:PORT) answers for $1.
+dns_a() {
+    python3 - "$dns" "$1" <<'EOF'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\x00\x00\x01\x00\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(q, (host, int(port)))
+r = s.recv(512)
+if r[3] & 0x0f == 0 and int.from_bytes(r[6:8], "big") > 0:
+    print(".".join(map(str, r[-4:])))
+EOF
+}
+
+# The host of VM $1's first apt source.
+apt_mirror() {
+    in_vm "$1" "grep -rhoE '^deb +https?://[^/ ]+' /etc/apt/sources.list | head -n1 | sed -E 's|.*://||'"
+}
+
+# The first bytes of an HTTP answer from host $2, fetched inside VM $1:
+# HTTP/1.x when the guest reaches the outside (through NAT).
+mirror_answer() {
+    local probe="exec 3<>/dev/tcp/$2/80 && printf 'HEAD / HTTP/1.0\\r\\nHost: $2\\r\\n\\r\\n' >&3 && head -c 8 <&3"
+    in_vm "$1" "timeout 20 bash -c \"$probe\""
+}
+
+# Waits up to $3 tenths of a second for the first pane of the tmux server
+# at socket $1 to show $2; shows the pane when it does not.
+tmux_shows() {
+    local i
+    for i in $(seq 1 "$3"); do
+        tmux -S "$1" capture-pane -p -t 0 | grep -qF -- "$2" && return 0
+        sleep 0.1
+    done
+    tmux -S "$1" capture-pane -p -t 0 | sed 's/^/      | /'
+    return 1
+}
+
 summary() {
     say ""
     [ "$retried" = 0 ] || say "$1: $retried boot(s) retried after a guest soft lockup (see RETRY above)"

@@ -75,24 +75,6 @@ diagnose() {
 }
 
 # Runs a command in the guest; its stdout is the answer.
-in_vm() { local vm=$1; shift; "$banger" vm ssh "$vm" -- "$@" 2>/dev/null; }
-
-wait_ssh() {
-    local vm=$1 attempt start
-    for attempt in 1 2; do
-        start=$SECONDS
-        while [ $((SECONDS - start)) -lt "$boot_timeout" ]; do
-            if in_vm "$vm" true; then
-                say "      $vm answers SSH after $((SECONDS - start))s"
-                return 0
-            fi
-            sleep 2
-        done
-        say "      $vm did not answer SSH within ${boot_timeout}s"
-        [ "$attempt" = 1 ] && locked_up "$banger" "$vm" && "$banger" vm restart "$vm" >/dev/null || return 1
-    done
-    return 1
-}
 
 neighbour="$world/neighbour"
 as_neighbour() {
@@ -200,17 +182,6 @@ say "== 3. from the host"
 ip_a=$(vm_field e2e-a guest_ip)
 dns=$("$banger" daemon status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dns_listen"])')
 # The A record of $1 from bangerd's DNS, or nothing for NXDOMAIN.
-dns_a() {
-    python3 - "$dns" "$1" <<'EOF'
-import socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\x00\x00\x01\x00\x01"
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(q, (host, int(port)))
-r = s.recv(512)
-if r[3] & 0x0f == 0 and int.from_bytes(r[6:8], "big") > 0:
-    print(".".join(map(str, r[-4:])))
-EOF
-}
 resolved=$(dns_a e2e-a.vm)
 check "e2e-a.vm resolves to $ip_a through bangerd's DNS ($dns)" test "$resolved" = "$ip_a"
 check "e2e-a's IP $ip_a is in the suite's own pool $pool" test "${ip_a%.*}" = "${pool%.*/*}"
@@ -223,9 +194,8 @@ nat_rules() { iptables-save | grep -cE -- "--comment \"?banger:[^: ]+:$1\"? "; }
 check "exactly e2e-a's three NAT rules exist ($(nat_rules "$id_a"))" test "$(nat_rules "$id_a")" = 3
 # NAT proven from the guest: an HTTP answer from the host of the guest's
 # own apt source, through the gateway's MASQUERADE.
-mirror=$(in_vm e2e-a "grep -rhoE '^deb +https?://[^/ ]+' /etc/apt/sources.list | head -n1 | sed -E 's|.*://||'")
-probe="exec 3<>/dev/tcp/$mirror/80 && printf 'HEAD / HTTP/1.0\\r\\nHost: $mirror\\r\\n\\r\\n' >&3 && head -c 8 <&3"
-answer=$(in_vm e2e-a "timeout 20 bash -c \"$probe\"")
+mirror=$(apt_mirror e2e-a)
+answer=$(mirror_answer e2e-a "$mirror")
 check "e2e-a reaches its apt mirror ${mirror:-?} through NAT (${answer:-no answer})" grep -q '^HTTP/1' <<<"$answer"
 
 say "== 4. the post-SSH reminder over vsock"
@@ -240,17 +210,7 @@ else
     # A tmux server of the suite's own; the TUI's pane stays after it exits.
     tui_socket="$HOME/tmux-e2e.sock"
     tui() { tmux -S "$tui_socket" "$@"; }
-    tui_screen() { tui capture-pane -p -t 0; }
-    # Waits (up to $2 tenths of a second) for the screen to show $1.
-    tui_shows() {
-        local i
-        for i in $(seq 1 "${2:-200}"); do
-            tui_screen | grep -qF -- "$1" && return 0
-            sleep 0.1
-        done
-        tui_screen | sed 's/^/      | /'
-        return 1
-    }
+    tui_shows() { tmux_shows "$tui_socket" "$1" "${2:-200}"; }
     # The shell prints the TUI's exit status: tmux itself sometimes marks
     # a pane dead without learning it.
     TERM=xterm-256color tui new-session -d -x 160 -y 45 -c "$PWD" "'$banger' tui; echo TUI-EXIT=\$?; sleep 600"

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     }
     // `make bench` runs every group; `banger-bench create list` only those.
     let groups = [
-        "list", "dns", "disks", "create", "boot", "load", "nested", "agent",
+        "list", "dns", "disks", "create", "boot", "load", "nested", "agent", "image",
     ];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     if let Some(unknown) = chosen.iter().find(|g| !groups.contains(&g.as_str())) {
@@ -109,6 +109,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("agent") {
         agent_rows(&banger, &mut rows)?;
+    }
+    if wanted("image") {
+        image_rows(&banger, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -460,6 +463,7 @@ fn firecracker_lifecycle(
         docker: false,
         managed: false,
         created_at: 0,
+        ..Default::default()
     })?;
     // The NIC is a TAP name only: Firecracker creates the TAP when it opens
     // it (as root), on both sides alike.
@@ -773,6 +777,102 @@ fn qemu_boot_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `image build` of one package from the bundle's base, against the cold
+/// boot of a VM to SSH on the same host (the build boots one builder).
+/// mise and opencode come from their pinned upstream (kept between runs in
+/// ~/.cache/banger-e2e/image-sources, shared with the e2e suite); the tmux
+/// plugins are stand-ins made here and pinned in the bench's config.
+fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const WHAT: &str = "image build (1 package) from the bundle's base";
+    let bundle = match QemuGuest::bundle(banger) {
+        Ok(bundle) => bundle,
+        Err(why) => {
+            rows.push(skipped(WHAT, why));
+            return Ok(());
+        }
+    };
+    let world = World::new(banger.to_path_buf())?;
+    let home = world.tmp.path();
+    let shared = PathBuf::from(std::env::var("HOME")?).join(".cache/banger-e2e/image-sources");
+    let cache = home.join(".cache/banger/image-sources");
+    std::fs::create_dir_all(&cache)?;
+    for entry in std::fs::read_dir(&shared).into_iter().flatten().flatten() {
+        std::fs::copy(entry.path(), cache.join(entry.file_name()))?;
+    }
+    let mut config = format!("{QEMU_CONFIG}[image_sources]\n");
+    for (key, dir) in [
+        ("tmux_resurrect", "tmux-resurrect-4.0.0"),
+        ("tmux_continuum", "tmux-continuum-3.1.0"),
+    ] {
+        std::fs::create_dir_all(home.join("plugins").join(dir))?;
+        std::fs::write(
+            home.join("plugins").join(dir).join("plugin.tmux"),
+            "#!/bin/sh\n",
+        )?;
+        let tar = home.join(format!("plugins/{key}.tar"));
+        let made = Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(home.join("plugins"))
+            .arg(dir)
+            .status()?;
+        if !made.success() {
+            bail!("tar could not pack the {key} stand-in");
+        }
+        let sum = banger_host::image_sources::tar_sha256(&tar)?;
+        config.push_str(&format!(
+            "{key} = {{ place = \"{}\", sha256 = \"{sum}\" }}\n",
+            tar.display()
+        ));
+    }
+    world.write_config(&config)?;
+    std::fs::write(home.join("packages.apt"), "tree\n")?;
+    let made_bridge = !bridge_exists("banger0")?;
+    let timed = |args: &[&str]| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let out = world
+            .command(args)
+            .env("BANGER_RUNTIME_DIR", &bundle)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "banger {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed())
+    };
+    let measured = (|| -> anyhow::Result<(Duration, Duration)> {
+        let boot = timed(&["vm", "create", "--name", "bench-cold", "--wait"])?;
+        timed(&["vm", "delete", "bench-cold"])?;
+        let packages = home.join("packages.apt");
+        let build = timed(&[
+            "image",
+            "build",
+            "--name",
+            "bench-img",
+            "--packages",
+            packages.to_str().context("path")?,
+        ])?;
+        timed(&["image", "delete", "bench-img"])?;
+        Ok((build, boot))
+    })();
+    let _ = world.command(&["daemon", "stop"]).output();
+    if made_bridge {
+        remove_bridge("banger0");
+    }
+    let (build, boot) = measured?;
+    rows.push(Row::timed(
+        WHAT,
+        build,
+        "vm create --wait, cold, to SSH",
+        boot,
+    ));
+    Ok(())
+}
+
 /// Round trips and transfers through the guest agent, against SSH to the
 /// same guest: `vm exec -- true` vs `vm ssh -- true`, `vm cp` in and out
 /// vs `scp`, and SSH through `vm port-forward` vs SSH to the guest IP.
@@ -943,27 +1043,35 @@ struct QemuGuest {
     made_bridge: bool,
 }
 
+/// The config of a bench world whose guests run on QEMU.
+const QEMU_CONFIG: &str = "vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n";
+
 impl QemuGuest {
-    /// `Err(why)` when this host cannot boot one, for the skipped row.
-    fn create(banger: &Path, name: &str) -> anyhow::Result<Result<Self, &'static str>> {
+    /// The checkout's bundle, or why no guest can boot here.
+    fn bundle(banger: &Path) -> Result<PathBuf, &'static str> {
         let bundle = banger
             .parent()
             .and_then(Path::parent)
             .and_then(Path::parent)
             .map(|r| r.join("runtime"))
-            .filter(|b| b.join("bundle.json").is_file());
-        let Some(bundle) = bundle else {
-            return Ok(Err("no ./runtime bundle (make runtime)"));
-        };
+            .filter(|b| b.join("bundle.json").is_file())
+            .ok_or("no ./runtime bundle (make runtime)")?;
         if which("qemu-system-x86_64").is_err()
             || std::env::var_os("BANGER_BENCH_SKIP_BOOT").is_some()
         {
-            return Ok(Err(
-                "qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set",
-            ));
+            return Err("qemu-system-x86_64 missing or BANGER_BENCH_SKIP_BOOT set");
         }
+        Ok(bundle)
+    }
+
+    /// `Err(why)` when this host cannot boot one, for the skipped row.
+    fn create(banger: &Path, name: &str) -> anyhow::Result<Result<Self, &'static str>> {
+        let bundle = match Self::bundle(banger) {
+            Ok(bundle) => bundle,
+            Err(why) => return Ok(Err(why)),
+        };
         let world = World::new(banger.to_path_buf())?;
-        world.write_config("vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n")?;
+        world.write_config(QEMU_CONFIG)?;
         // The bench's daemon makes banger0 unless it exists; then it removes it.
         let made_bridge = !bridge_exists("banger0")?;
         let created = world

@@ -295,15 +295,30 @@ pub enum ImageCommand {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Name of the new image
-    #[arg(long)]
+    /// Name of the new image (a-z, 0-9, '-')
+    #[arg(long, value_parser = parse_name)]
     pub name: String,
-    /// Include Docker and the packages from packages.apt
+    /// What to build on: an image name or an ext4 file (default: default_base_rootfs, else the bundle's rootfs.ext4, else rootfs-docker.ext4)
+    #[arg(long, value_name = "IMAGE|PATH")]
+    pub base: Option<String>,
+    /// The same as --base PATH, as the seed's make-rootfs.sh spells it
+    #[arg(long, value_name = "PATH", conflicts_with = "base")]
+    pub base_rootfs: Option<std::path::PathBuf>,
+    /// Install Docker (docker.io) too
     #[arg(long)]
     pub docker: bool,
-    /// Base rootfs to build from (default: the bundle's rootfs.ext4)
+    /// apt packages, one per line with # comments (default: default_packages_file, else the bundle's packages.apt)
+    #[arg(long, value_name = "FILE")]
+    pub packages: Option<std::path::PathBuf>,
+    /// Room for the build, like 8G (default: the base plus 2G, at least 4G); the image is shrunk to its content afterwards
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<String>,
+    /// After the scripted steps, open a shell in the image: what you change is sealed into it when you exit 0; a non-zero exit discards the build
     #[arg(long)]
-    pub base_rootfs: Option<std::path::PathBuf>,
+    pub interactive: bool,
+    /// Cancel the running build of --name (as Ctrl-C in its terminal does)
+    #[arg(long, conflicts_with_all = ["base", "base_rootfs", "docker", "packages", "size", "interactive"])]
+    pub abort: bool,
     #[command(flatten)]
     pub output: JsonFlag,
 }

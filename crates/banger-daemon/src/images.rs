@@ -52,6 +52,7 @@ pub fn default_image(config: &Config, runtime_dir: Option<&Path>) -> Option<Imag
         docker,
         managed: false,
         created_at: 0,
+        ..Default::default()
     })
 }
 

@@ -8,6 +8,7 @@ pub mod exits;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod guest;
+pub mod image_build;
 pub mod images;
 pub mod instance;
 pub mod lifecycle;
@@ -263,6 +264,7 @@ pub async fn run(
     deps: Deps,
 ) -> anyhow::Result<()> {
     let _lock = instance::InstanceLock::acquire(&paths.pid_file, &paths.socket)?;
+    let image_runtime_dir = runtime_dir.clone();
     let (config, pool_reason) = settle_pool(config, deps.network.as_ref());
     let store = {
         // SQLite only ever runs on the blocking pool, startup included.
@@ -279,6 +281,7 @@ pub async fn run(
         .context("opening the state database")??
     };
     let vmm_name = deps.backends[0].kind();
+    let image_disks = deps.disks.clone();
     let vmm_reason = deps.vmm_reason.clone();
     let dns = capabilities::DnsTable::default();
     let lifecycle = start_lifecycle(&paths, &config, deps, store, dns.clone()).await?;
@@ -298,14 +301,28 @@ pub async fn run(
         // Port 0 in config means any free port: report the one we got.
         config.dns_listen = bound;
     }
+    let image_builds = Arc::new(image_build::ImageBuilds::new(
+        lifecycle.clone(),
+        image_disks,
+        Arc::new(HostRunner),
+        paths.clone(),
+        config.clone(),
+        image_runtime_dir,
+    ));
+    {
+        let builds = image_builds.clone();
+        tokio::task::spawn_blocking(move || builds.recover())
+            .await
+            .context("removing what interrupted image builds left")?;
+    }
     let daemon = Daemon::new(
         paths,
         config,
         lifecycle.clone(),
         dns_error,
-        vmm_name,
-        vmm_reason,
+        (vmm_name, vmm_reason),
         pool_reason,
+        image_builds,
     );
     serve_dns(&daemon, dns_socket, dns)?;
     spawn_signal_handler(daemon.clone())?;

@@ -85,6 +85,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     /// `vm.list`'s answer, serialized, tagged with the store's generation.
     vm_list: std::sync::Mutex<Option<(u64, Box<RawValue>)>>,
+    pub image_builds: Arc<crate::image_build::ImageBuilds>,
 }
 
 impl Daemon {
@@ -93,9 +94,9 @@ impl Daemon {
         config: Config,
         lifecycle: Arc<Lifecycle>,
         dns_error: Option<String>,
-        vmm: banger_proto::Backend,
-        vmm_reason: String,
+        (vmm, vmm_reason): (banger_proto::Backend, String),
         pool_reason: Option<String>,
+        image_builds: Arc<crate::image_build::ImageBuilds>,
     ) -> Arc<Self> {
         Arc::new(Self {
             paths,
@@ -108,6 +109,7 @@ impl Daemon {
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             vm_list: std::sync::Mutex::new(None),
+            image_builds,
         })
     }
 
@@ -157,9 +159,13 @@ impl Daemon {
             | Name::VmRename
             | Name::VmPing
             | Name::VmSuggestName => self.route_vm(method, params).await,
-            Name::ImageList | Name::ImageShow | Name::ImageBuild | Name::ImageDelete => {
-                self.route_image(method, params).await
-            }
+            Name::ImageList
+            | Name::ImageShow
+            | Name::ImageBuild
+            | Name::ImageBuildStatus
+            | Name::ImageBuildCancel
+            | Name::ImageBuildContinue
+            | Name::ImageDelete => self.route_image(method, params).await,
         }
     }
 
@@ -304,7 +310,31 @@ impl Daemon {
                     .await?;
                 answer::<method::ImageDelete>(deleted)
             }
-            Name::ImageBuild => Err(ApiError::NotImplemented(method.as_str()).into()),
+            Name::ImageBuild => {
+                let params = params_of::<method::ImageBuild>(params)?;
+                let builds = self.image_builds.clone();
+                let started = tokio::task::spawn_blocking(move || builds.start(params))
+                    .await
+                    .map_err(|_| RpcError::from(ApiError::Worker("image.build")))??;
+                answer::<method::ImageBuild>(started)
+            }
+            Name::ImageBuildStatus => {
+                let ImageRef { image } = params_of::<method::ImageBuildStatus>(params)?;
+                answer::<method::ImageBuildStatus>(self.image_builds.status(&image)?)
+            }
+            Name::ImageBuildContinue => {
+                let banger_proto::ContinueBuildParams { image, keep } =
+                    params_of::<method::ImageBuildContinue>(params)?;
+                answer::<method::ImageBuildContinue>(self.image_builds.resume(&image, keep)?)
+            }
+            Name::ImageBuildCancel => {
+                let ImageRef { image } = params_of::<method::ImageBuildCancel>(params)?;
+                let builds = self.image_builds.clone();
+                let status = tokio::task::spawn_blocking(move || builds.cancel(&image))
+                    .await
+                    .map_err(|_| RpcError::from(ApiError::Worker("image.build_cancel")))??;
+                answer::<method::ImageBuildCancel>(status)
+            }
             other => unreachable!("{} is not an image method", other.as_str()),
         }
     }

@@ -70,6 +70,13 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: published ports, `PortMapping`s separated by spaces.
     "ALTER TABLE vms ADD COLUMN publish TEXT NOT NULL DEFAULT '';",
+    // 3: what `image build` records: packages (one per line), their hash,
+    // the base, the log and the build's length.
+    "ALTER TABLE images ADD COLUMN packages TEXT NOT NULL DEFAULT '';
+    ALTER TABLE images ADD COLUMN packages_sha256 TEXT;
+    ALTER TABLE images ADD COLUMN base TEXT;
+    ALTER TABLE images ADD COLUMN build_log TEXT;
+    ALTER TABLE images ADD COLUMN build_secs INTEGER;",
 ];
 
 /// The VM model, stored: the daemon's rows are the one [`VmRecord`].
@@ -80,7 +87,8 @@ const VM_COLUMNS: &str = "id, name, state, image, vmm, vcpu, memory_mib, disk_si
     stopped_at, exit_reason, last_error, publish";
 
 const IMAGE_COLUMNS: &str =
-    "name, rootfs, kernel, initrd, modules_dir, docker, managed, created_at";
+    "name, rootfs, kernel, initrd, modules_dir, docker, managed, created_at,
+    packages, packages_sha256, base, build_log, build_secs";
 
 /// Space held back beside the database: released when SQLite finds the disk
 /// full, so the writes that free space (stop, delete) still commit.
@@ -309,7 +317,7 @@ impl Writer<'_> {
 
     pub fn put_image(&self, image: &Image) -> Result<()> {
         self.tx.execute(
-            &format!("INSERT OR REPLACE INTO images ({IMAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            &format!("INSERT OR REPLACE INTO images ({IMAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
             params![
                 image.name,
                 path_text(&image.rootfs),
@@ -319,6 +327,11 @@ impl Writer<'_> {
                 image.docker,
                 image.managed,
                 image.created_at,
+                image.packages.join("\n"),
+                image.packages_sha256,
+                image.base,
+                image.build_log.as_deref().map(path_text),
+                image.build_secs,
             ],
         )?;
         Ok(())
@@ -327,6 +340,14 @@ impl Writer<'_> {
     pub fn delete_image(&self, name: &str) -> Result<()> {
         self.tx
             .execute("DELETE FROM images WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    /// Points every VM of image `from` at image `to`.
+    pub fn retarget_vms(&self, from: &str, to: &str) -> Result<()> {
+        self.tx
+            .execute("UPDATE vms SET image = ?2 WHERE image = ?1", [from, to])?;
+        self.vms_changed.set(true);
         Ok(())
     }
 }
@@ -501,6 +522,15 @@ fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
         docker: row.get(5)?,
         managed: row.get(6)?,
         created_at: row.get(7)?,
+        packages: row
+            .get::<_, String>(8)?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        packages_sha256: row.get(9)?,
+        base: row.get(10)?,
+        build_log: row.get::<_, Option<String>>(11)?.map(PathBuf::from),
+        build_secs: row.get(12)?,
     })
 }
 
@@ -661,11 +691,25 @@ pub(crate) mod tests {
             docker: true,
             managed: false,
             created_at: 5,
+            ..Default::default()
         };
         store.put_image(&image).unwrap();
         assert_eq!(store.list_images().unwrap(), vec![image.clone()]);
-        assert_eq!(store.get_image("default").unwrap(), Some(image));
+        assert_eq!(store.get_image("default").unwrap(), Some(image.clone()));
+        let built = Image {
+            name: "dev".into(),
+            managed: true,
+            packages: vec!["git".into(), "tmux".into()],
+            packages_sha256: Some("ab".repeat(32)),
+            base: Some("default".into()),
+            build_log: Some("/s/image-build/dev.log".into()),
+            build_secs: Some(300),
+            ..image.clone()
+        };
+        store.put_image(&built).unwrap();
+        assert_eq!(store.get_image("dev").unwrap(), Some(built));
         store.delete_image("default").unwrap();
+        store.delete_image("dev").unwrap();
         assert!(store.list_images().unwrap().is_empty());
     }
 

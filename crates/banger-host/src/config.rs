@@ -90,10 +90,30 @@ struct ConfigFile {
     default_initrd: Option<PathBuf>,
     default_modules_dir: Option<PathBuf>,
     default_packages_file: Option<PathBuf>,
+    #[serde(default)]
+    image_sources: std::collections::BTreeMap<String, SourceSettingFile>,
     vmm: Option<VmmChoice>,
     dns_listen: Option<String>,
     guest_ip_pool: Option<String>,
     bridge: Option<String>,
+}
+
+/// An `image_sources` entry as written: a URL or path, or a table that
+/// also pins what is there (for a mirror of another version).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SourceSettingFile {
+    Place(String),
+    Pinned { place: String, sha256: String },
+}
+
+/// Where one pinned source comes from instead of its upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceOverride {
+    /// A URL, or a local file (resolved like every path here).
+    pub place: String,
+    /// The SHA-256 of its tar, replacing banger's pin; `None` keeps it.
+    pub sha256: Option<String>,
 }
 
 /// Why banger refuses a key of the Go original that it does not use, rather
@@ -101,8 +121,6 @@ struct ConfigFile {
 /// error that names it.
 const UNUSED_BY_NATIVE_BUILDS: &str =
     "banger runs no customize script (image builds are native): remove the key";
-const READ_BY_IMAGE_BUILD: &str =
-    "it is read by `banger image build`, which is not implemented yet: remove the key";
 
 /// Settings in force: file values, environment overrides applied, relative
 /// paths resolved against the config directory, `~/` against HOME.
@@ -120,6 +138,13 @@ pub struct Config {
     pub default_kernel: Option<PathBuf>,
     pub default_initrd: Option<PathBuf>,
     pub default_modules_dir: Option<PathBuf>,
+    /// `image build`'s base when `--base` is not given.
+    pub default_base_rootfs: Option<PathBuf>,
+    /// `image build`'s apt packages when `--packages` is not given.
+    pub default_packages_file: Option<PathBuf>,
+    /// Where `image build` downloads a pinned source from instead of its
+    /// upstream, by source key (see `banger_host::image_sources`).
+    pub image_sources: std::collections::BTreeMap<String, SourceOverride>,
     pub vmm: VmmChoice,
     pub dns_listen: SocketAddr,
     /// IPv4 CIDR: the bridge takes the first address, guests the rest.
@@ -223,6 +248,26 @@ impl Config {
             default_kernel: resolve(file.default_kernel),
             default_initrd: resolve(file.default_initrd),
             default_modules_dir: resolve(file.default_modules_dir),
+            default_base_rootfs: resolve(file.default_base_rootfs),
+            default_packages_file: resolve(file.default_packages_file),
+            image_sources: file
+                .image_sources
+                .into_iter()
+                .map(|(key, setting)| {
+                    let (place, sha256) = match setting {
+                        SourceSettingFile::Place(place) => (place, None),
+                        SourceSettingFile::Pinned { place, sha256 } => (place, Some(sha256)),
+                    };
+                    let place = if place.contains("://") {
+                        place
+                    } else {
+                        resolve_path(Path::new(&place), base, home)
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    (key, SourceOverride { place, sha256 })
+                })
+                .collect(),
             vmm: file.vmm.unwrap_or_default(),
             dns_listen: DEFAULT_DNS_LISTEN
                 .parse()
@@ -279,23 +324,11 @@ fn toml_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
 impl ConfigFile {
     /// The first seed key this banger does not use yet, and why.
     fn unused_key(&self) -> Option<(&'static str, &'static str)> {
-        [
-            (
-                "customize_script",
-                self.customize_script.is_some(),
-                UNUSED_BY_NATIVE_BUILDS,
-            ),
-            (
-                "default_base_rootfs",
-                self.default_base_rootfs.is_some(),
-                READ_BY_IMAGE_BUILD,
-            ),
-            (
-                "default_packages_file",
-                self.default_packages_file.is_some(),
-                READ_BY_IMAGE_BUILD,
-            ),
-        ]
+        [(
+            "customize_script",
+            self.customize_script.is_some(),
+            UNUSED_BY_NATIVE_BUILDS,
+        )]
         .into_iter()
         .find(|(_, set, _)| *set)
         .map(|(key, _, why)| (key, why))
@@ -384,23 +417,49 @@ bridge = "banger-ci"
     }
 
     #[test]
-    fn seed_keys_banger_does_not_use_are_refused_with_the_reason() {
-        for (key, reason) in [
-            ("customize_script", "image builds are native"),
-            ("default_base_rootfs", "not implemented yet"),
-            ("default_packages_file", "not implemented yet"),
-        ] {
-            let msg = parse(&format!("log_level = \"info\"\n{key} = \"/x\"\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                msg.contains("line 2")
-                    && msg.contains(&format!("key `{key}`"))
-                    && msg.contains(reason),
-                "{msg}"
-            );
-            assert!(msg.contains("remove the key"), "{msg}");
-        }
+    fn the_seed_key_banger_does_not_use_is_refused_with_the_reason() {
+        let msg = parse("log_level = \"info\"\ncustomize_script = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 2")
+                && msg.contains("key `customize_script`")
+                && msg.contains("image builds are native")
+                && msg.contains("remove the key"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn image_build_keys_resolve_paths_and_keep_urls() {
+        let config = parse(
+            "default_base_rootfs = \"base.ext4\"\ndefault_packages_file = \"~/pk.apt\"\n\
+             [image_sources]\nmise = \"https://mirror.example/mise.tgz\"\n\
+             tmux_resurrect = { place = \"plugins/r.tar.gz\", sha256 = \"ab\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.default_base_rootfs.as_deref(),
+            Some(Path::new("/home/u/.config/banger/base.ext4"))
+        );
+        assert_eq!(
+            config.default_packages_file.as_deref(),
+            Some(Path::new("/home/u/pk.apt"))
+        );
+        assert_eq!(
+            config.image_sources["mise"],
+            SourceOverride {
+                place: "https://mirror.example/mise.tgz".into(),
+                sha256: None
+            }
+        );
+        assert_eq!(
+            config.image_sources["tmux_resurrect"],
+            SourceOverride {
+                place: "/home/u/.config/banger/plugins/r.tar.gz".into(),
+                sha256: Some("ab".into())
+            }
+        );
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub enum DiskError {
     Resize(PathBuf, #[source] ProcessError),
     #[error("changing the length of {0}")]
     Length(PathBuf, #[source] std::io::Error),
+    #[error("copying {0} to {1}")]
+    Copy(PathBuf, PathBuf, #[source] ProcessError),
+    #[error("labelling {0}")]
+    Label(PathBuf, #[source] ProcessError),
+    #[error("reading the filesystem size of {0}: {1}")]
+    FsSize(PathBuf, String),
     #[error(transparent)]
     ConfigDrive(#[from] ConfigDriveError),
     #[error("injected failure: {0}")]
@@ -56,6 +62,17 @@ pub trait Disks: Send + Sync + fmt::Debug {
     fn create_work_disk(&self, path: &Path, size: u64, seed_image: Option<&Path>) -> Result<()>;
     /// Grows the file and its filesystem to `size` bytes.
     fn grow(&self, path: &Path, size: u64) -> Result<()>;
+
+    /// Copies an image to a new file: a reflink where the filesystem
+    /// shares blocks, else a sparse copy.
+    fn copy_image(&self, from: &Path, to: &Path) -> Result<()>;
+
+    /// Sets the filesystem label of the ext4 image at `path`.
+    fn set_label(&self, path: &Path, label: &str) -> Result<()>;
+
+    /// Checks the filesystem, shrinks it to its content and cuts the file
+    /// to match. Returns the new length.
+    fn shrink_to_fit(&self, path: &Path) -> Result<u64>;
 
     /// Writes the guest's configuration for its next boot as the config
     /// drive at `path` (see [`crate::config_drive`]).
@@ -279,6 +296,52 @@ impl Disks for Ext4Disks {
     fn grow(&self, path: &Path, size: u64) -> Result<()> {
         self.grow_disk(path, size)
     }
+
+    fn copy_image(&self, from: &Path, to: &Path) -> Result<()> {
+        let cmd = Cmd::new("cp")
+            .args(["--reflink=auto", "--sparse=always", "--"])
+            .arg(from.to_string_lossy())
+            .arg(to.to_string_lossy());
+        self.runner
+            .run(&cmd)
+            .map(drop)
+            .map_err(|e| DiskError::Copy(from.into(), to.into(), e))
+    }
+
+    fn set_label(&self, path: &Path, label: &str) -> Result<()> {
+        let cmd = Cmd::new("e2label").arg(path.to_string_lossy()).arg(label);
+        self.runner
+            .run(&cmd)
+            .map(drop)
+            .map_err(|e| DiskError::Label(path.into(), e))
+    }
+
+    fn shrink_to_fit(&self, path: &Path) -> Result<u64> {
+        self.check_filesystem(path)?;
+        let resize = Cmd::new("resize2fs").arg("-M").arg(path.to_string_lossy());
+        self.runner
+            .run(&resize)
+            .map_err(|e| DiskError::Resize(path.into(), e))?;
+        let header = Cmd::new("dumpe2fs").arg("-h").arg(path.to_string_lossy());
+        let text = self
+            .runner
+            .run(&header)
+            .map_err(|e| DiskError::Check(path.into(), e))?;
+        let field = |name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (Some(blocks), Some(block_size)) = (field("Block count:"), field("Block size:")) else {
+            return Err(DiskError::FsSize(
+                path.into(),
+                "dumpe2fs printed no block count or block size".into(),
+            ));
+        };
+        let bytes = blocks * block_size;
+        set_len(path, bytes)?;
+        Ok(bytes)
+    }
 }
 
 impl Ext4Disks {
@@ -313,7 +376,9 @@ impl Ext4Disks {
             .inspect_err(|_| remove_quietly(path))
     }
 
-    fn grow_disk(&self, path: &Path, size: u64) -> Result<()> {
+    /// `e2fsck -f -y`: 0 (clean) and 1 (errors fixed) are fine; anything
+    /// else means the disk needs a human.
+    fn check_filesystem(&self, path: &Path) -> Result<()> {
         let check = Cmd::new("e2fsck")
             .args(["-f", "-y"])
             .arg(path.to_string_lossy());
@@ -321,7 +386,6 @@ impl Ext4Disks {
             .runner
             .output(&check)
             .map_err(|e| DiskError::Check(path.into(), e))?;
-        // 0: clean, 1: errors fixed. Anything else means the disk needs a human.
         if !matches!(out.code, Some(0 | 1)) {
             return Err(DiskError::Check(
                 path.into(),
@@ -332,6 +396,11 @@ impl Ext4Disks {
                 },
             ));
         }
+        Ok(())
+    }
+
+    fn grow_disk(&self, path: &Path, size: u64) -> Result<()> {
+        self.check_filesystem(path)?;
         let old = std::fs::metadata(path)
             .map_err(|e| DiskError::Length(path.into(), e))?
             .len();
@@ -551,6 +620,8 @@ mod fakes {
         CreateWorkDisk,
         Grow,
         WriteConfigDrive,
+        CopyImage,
+        ShrinkToFit,
     }
 
     /// Writes small sparse files instead of filesystems, and fails on demand.
@@ -616,6 +687,25 @@ mod fakes {
         fn grow(&self, path: &Path, size: u64) -> Result<()> {
             self.check(DiskOp::Grow)?;
             set_len(path, size)
+        }
+
+        fn copy_image(&self, from: &Path, to: &Path) -> Result<()> {
+            self.check(DiskOp::CopyImage)?;
+            std::fs::copy(from, to)
+                .map(drop)
+                .map_err(|e| DiskError::Create(to.into(), e))
+        }
+
+        fn set_label(&self, _path: &Path, _label: &str) -> Result<()> {
+            Ok(())
+        }
+
+        /// Keeps the file as it is: fake images have no filesystem.
+        fn shrink_to_fit(&self, path: &Path) -> Result<u64> {
+            self.check(DiskOp::ShrinkToFit)?;
+            std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|e| DiskError::Length(path.into(), e))
         }
 
         /// Writes the real drive (it is only memory and one file) and records it.

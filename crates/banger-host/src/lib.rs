@@ -8,6 +8,7 @@ pub mod config;
 pub mod config_drive;
 pub mod disk;
 pub mod doctor;
+pub mod image_sources;
 pub mod net;
 pub mod paths;
 pub mod privacy;

@@ -140,20 +140,30 @@ pub struct HostRunner;
 
 impl Runner for HostRunner {
     fn output(&self, cmd: &Cmd) -> Result<CmdOutput, ProcessError> {
-        let out = Command::new(&cmd.program)
-            .args(&cmd.args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    ProcessError::NotFound {
-                        program: cmd.program.clone(),
-                        package: package_of(&cmd.program),
-                    }
-                } else {
-                    ProcessError::Spawn(cmd.to_string(), e)
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(&cmd.program);
+        command.args(&cmd.args).stdin(Stdio::null());
+        // A tool (a copy, an fsck) ends with the thread waiting on it: a
+        // killed daemon leaves none writing into what the next one removes.
+        // SAFETY: prctl is async-signal-safe and touches only this child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
-            })?;
+                Ok(())
+            });
+        }
+        let out = command.output().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ProcessError::NotFound {
+                    program: cmd.program.clone(),
+                    package: package_of(&cmd.program),
+                }
+            } else {
+                ProcessError::Spawn(cmd.to_string(), e)
+            }
+        })?;
         Ok(CmdOutput {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -31,6 +31,12 @@ impl VmDir {
         self.path.join("work.ext4")
     }
 
+    /// An image being built, attached read-write to the builder VM whose
+    /// directory holds it (labelled banger-build while it is built).
+    pub fn build_target(&self) -> PathBuf {
+        self.path.join("build-target.ext4")
+    }
+
     /// The guest's configuration for the current boot; exists while it runs.
     pub fn config_drive(&self) -> PathBuf {
         self.path.join("config.tar")

@@ -84,7 +84,15 @@ pub mod method {
         ImageList = "image.list": () => Vec<super::Image>;
         /// The image and the VMs made from it.
         ImageShow = "image.show": ImageRef => ImageDetail;
-        ImageBuild = "image.build": BuildImageParams => Image;
+        /// Starts a build and answers at once; `image.build_status` follows it.
+        ImageBuild = "image.build": BuildImageParams => super::ImageBuild;
+        /// The build of that image name, running or last finished.
+        ImageBuildStatus = "image.build_status": ImageRef => super::ImageBuild;
+        /// Stops a running build; nothing of it stays.
+        ImageBuildCancel = "image.build_cancel": ImageRef => super::ImageBuild;
+        /// Ends an `--interactive` build's shell step: seal what the shell
+        /// changed, or discard the build.
+        ImageBuildContinue = "image.build_continue": ContinueBuildParams => super::ImageBuild;
         ImageDelete = "image.delete": ImageRef => Image;
         Doctor = "doctor": () => Vec<Check>;
     }
@@ -322,7 +330,7 @@ pub struct PingResult {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Image {
     pub name: String,
     pub rootfs: PathBuf,
@@ -334,6 +342,21 @@ pub struct Image {
     /// to registered from the runtime bundle.
     pub managed: bool,
     pub created_at: i64,
+    /// What `image build` installed from apt (built images only).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// SHA-256 of the package list, one name per line, as built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages_sha256: Option<String>,
+    /// The image or file it was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The build's full output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_log: Option<PathBuf>,
+    /// Seconds the build took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_secs: Option<u64>,
 }
 
 /// `image show`'s answer: the image, and the VMs that use it (which
@@ -355,8 +378,86 @@ pub struct ImageRef {
 #[serde(deny_unknown_fields)]
 pub struct BuildImageParams {
     pub name: String,
+    /// A registered image's name or an ext4 file; the default base when absent.
+    #[serde(default)]
+    pub base: Option<String>,
+    #[serde(default)]
     pub docker: bool,
-    pub base_rootfs: Option<PathBuf>,
+    /// apt packages; the configured packages file's when absent.
+    #[serde(default)]
+    pub packages: Option<Vec<String>>,
+    /// The builder's disk size, as the user wrote it (`8G`).
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Stop after the scripted steps for a shell in the image
+    /// (`image.build_continue` ends it).
+    #[serde(default)]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContinueBuildParams {
+    pub image: String,
+    /// Seal what the shell changed; `false` discards the build.
+    pub keep: bool,
+}
+
+/// A build: its steps as they go, and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageBuild {
+    pub name: String,
+    pub state: BuildState,
+    pub steps: Vec<BuildStep>,
+    pub log_path: PathBuf,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Why it failed, and the log's last lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// The registered image, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+    /// While an `--interactive` build waits for its shell: the builder VM
+    /// to open it in, and the command (the image is mounted there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<BuildShell>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildShell {
+    pub vm: String,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildStep {
+    pub name: String,
+    pub state: StepState,
+    /// Milliseconds spent, once it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Skipped,
+    Failed,
 }
 
 #[cfg(test)]

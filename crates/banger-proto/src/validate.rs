@@ -200,6 +200,15 @@ pub fn signal_name(number: i32) -> String {
         .unwrap_or_else(|| format!("signal {number}"))
 }
 
+/// Package names from a packages.apt text: one per line, `#` comments.
+pub fn package_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

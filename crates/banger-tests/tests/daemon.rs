@@ -420,12 +420,33 @@ fn a_full_disk_under_the_log_never_wedges_the_daemon() {
 }
 
 #[test]
-fn unimplemented_commands_fail_and_say_so() {
+fn image_build_without_a_base_or_with_bad_input_says_what_to_do() {
     let world = World::new();
     let out = world.banger(&["image", "build", "--name", "x"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "bad input, as for usage errors");
     assert!(
-        stderr(&out).contains("not implemented yet"),
+        stderr(&out).contains("no base to build from: give --base IMAGE|PATH"),
+        "{}",
+        stderr(&out)
+    );
+    let out = world.banger(&["image", "build", "--name", "Bad_Name"]);
+    assert_eq!(out.status.code(), Some(2), "refused by the CLI");
+    assert!(
+        stderr(&out).contains("invalid VM name \"Bad_Name\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = world.banger(&[
+        "image",
+        "build",
+        "--name",
+        "x",
+        "--packages",
+        "/no/such.apt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("reading the package list /no/such.apt"),
         "{}",
         stderr(&out)
     );

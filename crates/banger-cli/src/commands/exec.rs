@@ -20,6 +20,15 @@ use crate::args::ExecArgs;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(args: ExecArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let code = status(&args, ctx)?;
+    Ok(ExitCode::from(
+        u8::try_from(code.rem_euclid(256)).unwrap_or(1),
+    ))
+}
+
+/// Runs the command as `vm exec` does; returns its status as a shell
+/// reports it (128 + N for a signal).
+pub fn status(args: &ExecArgs, ctx: &Context) -> anyhow::Result<i32> {
     let terminal = args.tty && std::io::stdin().is_terminal();
     let mut env = args.env.clone();
     if args.tty
@@ -44,9 +53,7 @@ pub fn run(args: ExecArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         &mut std::io::stderr(),
         &mut |_| {},
     )?;
-    Ok(ExitCode::from(
-        u8::try_from(status.shell_code().rem_euclid(256)).unwrap_or(1),
-    ))
+    Ok(status.shell_code())
 }
 
 /// Starts `request` in the running VM's guest agent, with the fix when

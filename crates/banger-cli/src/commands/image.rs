@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use banger_proto::api::method;
-use banger_proto::{BuildImageParams, Image, ImageRef};
+use banger_proto::{Image, ImageRef};
 
 use super::Context;
 use crate::args::ImageCommand;
@@ -37,6 +37,23 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 println!("initrd:      {}", opt(&image.initrd));
                 println!("modules:     {}", opt(&image.modules_dir));
                 println!("docker:      {}", image.docker);
+                let size = std::fs::metadata(&image.rootfs)
+                    .map(|m| banger_proto::validate::format_size(m.len().div_ceil(1 << 20) << 20))
+                    .unwrap_or_else(|_| "-".into());
+                println!("size:        {size}");
+                println!("base:        {}", image.base.as_deref().unwrap_or("-"));
+                println!(
+                    "packages:    {}",
+                    if image.packages.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        image.packages.join(" ")
+                    }
+                );
+                if let Some(secs) = image.build_secs {
+                    println!("built in:    {secs}s");
+                }
+                println!("build log:   {}", opt(&image.build_log));
                 println!(
                     "source:      {}",
                     if image.managed { "built" } else { "bundle" }
@@ -52,19 +69,7 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        ImageCommand::Build(args) => {
-            let params = BuildImageParams {
-                name: args.name,
-                docker: args.docker,
-                base_rootfs: args.base_rootfs,
-            };
-            let image: Image = client.call::<method::ImageBuild>(params)?;
-            if args.output.json {
-                output::print_json(&image)?;
-            } else {
-                println!("built image {} at {}", image.name, image.rootfs.display());
-            }
-        }
+        ImageCommand::Build(args) => return super::image_build::run(args, ctx),
         ImageCommand::Delete(target) => {
             client.call::<method::ImageDelete>(ImageRef {
                 image: target.image.clone(),

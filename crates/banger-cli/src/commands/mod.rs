@@ -2,8 +2,9 @@
 
 mod cp;
 mod daemon;
-mod exec;
+pub(crate) mod exec;
 mod image;
+mod image_build;
 mod port_forward;
 pub mod ssh;
 mod vm;

@@ -256,7 +256,7 @@ impl App {
             }
             KeyCode::Char('b') => {
                 self.error(
-                    "image build is not implemented yet in this version of banger (see `banger image build --help`)",
+                    "images are built from a shell, where the steps show: banger image build --name NAME (see --help)",
                 );
                 return Vec::new();
             }

@@ -35,7 +35,15 @@ impl Lifecycle {
                     path: files.config_drive(),
                     read_only: true,
                 },
-            ],
+            ]
+            .into_iter()
+            // A builder VM's image under construction (see `image_build`).
+            .chain(files.build_target().exists().then(|| Drive {
+                id: "build".into(),
+                path: files.build_target(),
+                read_only: false,
+            }))
+            .collect(),
             net: None,
             vsock_cid: record.vsock_cid.unwrap_or(0),
             vsock_path: record.vsock_path.clone().unwrap_or_else(|| files.vsock()),

@@ -6,6 +6,17 @@ use super::*;
 impl Lifecycle {
     #[tracing::instrument(skip_all, fields(name = params.name.as_deref().unwrap_or("(generated)")))]
     pub fn create(self: &Arc<Self>, params: &CreateVmParams) -> Result<VmRecord> {
+        self.create_with(params, |_| Ok(()))
+    }
+
+    /// `create`, with `before_boot` run on the new VM's directory once its
+    /// disks exist and before its first boot (an image build puts the image
+    /// it builds there). A failure there rolls the create back.
+    pub fn create_with(
+        self: &Arc<Self>,
+        params: &CreateVmParams,
+        before_boot: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<VmRecord> {
         let name = params.name.as_deref().map(VmName::parse).transpose()?;
         let vcpu = params.vcpu.unwrap_or(DEFAULT_VCPU);
         validate::vcpu(vcpu)?;
@@ -53,7 +64,7 @@ impl Lifecycle {
         let name = record.name.clone();
         self.locks.with(&id, || {
             let mut undo = Undo::default();
-            match self.build_and_boot(&mut record, &image, &mut undo) {
+            match self.build_and_boot(&mut record, &image, &mut undo, before_boot) {
                 Ok(()) => {
                     tracing::info!(vm = %name, id = %id, pid = ?record.pid, ip = ?record.guest_ip, "VM created");
                     Ok(record)
@@ -122,6 +133,7 @@ impl Lifecycle {
         record: &mut VmRecord,
         image: &Image,
         undo: &mut Undo,
+        before_boot: impl FnOnce(&std::path::Path) -> Result<()>,
     ) -> Result<()> {
         let name = record.name.clone();
         let dir = self.vm_dir(&record.id);
@@ -155,6 +167,7 @@ impl Lifecycle {
                 this.undo_quietly(c.name(), c.deprovision(&deprovision, &ctx_copy));
             }
         });
+        before_boot(&ctx.dir)?;
         let pid = self.boot(record, image, "creating", Some(prepared))?;
         let this = self.clone();
         let booted = record.clone();

@@ -139,7 +139,7 @@ impl LifecycleError {
         }
     }
 
-    pub(super) fn step(
+    pub(crate) fn step(
         action: &'static str,
         name: &str,
         step: &str,

@@ -298,4 +298,4 @@ impl Lifecycle {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,15 +13,17 @@ use banger_vmm::fake::{FakeOp, FakeVmm};
 use super::*;
 use crate::store::{Store, VmRecord};
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    paths: Paths,
-    store: Arc<Store>,
-    vmm: Arc<FakeVmm>,
-    disks: Arc<FakeDisks>,
-    network: Arc<FakeNetwork>,
-    dns: crate::capabilities::DnsTable,
-    lifecycle: Arc<Lifecycle>,
+/// A lifecycle on fakes over a store in a temporary home, with the
+/// default image registered (other modules' tests use it too).
+pub(crate) struct Fixture {
+    pub(crate) _tmp: tempfile::TempDir,
+    pub(crate) paths: Paths,
+    pub(crate) store: Arc<Store>,
+    pub(crate) vmm: Arc<FakeVmm>,
+    pub(crate) disks: Arc<FakeDisks>,
+    pub(crate) network: Arc<FakeNetwork>,
+    pub(crate) dns: crate::capabilities::DnsTable,
+    pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
 const QUICK: StopTimeouts = StopTimeouts {
@@ -29,7 +31,7 @@ const QUICK: StopTimeouts = StopTimeouts {
     term: Duration::from_secs(2),
 };
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().to_path_buf();
     let paths = Paths::under(&home).unwrap();
@@ -50,6 +52,7 @@ fn fixture() -> Fixture {
             docker: false,
             managed: false,
             created_at: 0,
+            ..Default::default()
         })
         .unwrap();
     let vmm = Arc::new(FakeVmm::new());
