@@ -278,6 +278,17 @@ kill "$pf_pid" 2>/dev/null
 wait "$pf_pid" 2>/dev/null
 pf_pid=""
 
+say "== 4f. vm pause and unpause: vCPUs frozen and thawed in place"
+pid_before=$(vm_field e2e-a pid)
+check "vm pause e2e-a" "$banger" vm pause e2e-a
+check "vm show says paused" test "$(vm_field e2e-a state)" = paused
+frozen_ssh() { ssh -i "$bundle/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=3 "root@$1" true 2>/dev/null; }
+no_ssh() { ! frozen_ssh "$1"; }
+check "a frozen guest answers nothing (SSH to $ip_a times out)" no_ssh "$ip_a"
+check "vm unpause e2e-a" "$banger" vm unpause e2e-a
+check "the same VMM process runs on ($pid_before)" test "$(vm_field e2e-a pid)" = "$pid_before" -a "$(vm_field e2e-a state)" = running
+check "e2e-a answers SSH again at once" test "$(in_vm e2e-a hostname)" = e2e-a
+
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.
 check "write a file in /root and one in /etc" in_vm e2e-a 'echo kept > /root/e2e-root && echo kept > /etc/e2e-etc && sync'

@@ -78,6 +78,10 @@ pub enum VmCommand {
     Restart(VmTargets),
     /// Send a signal to VMs' VMM processes
     Kill(KillArgs),
+    /// Freeze running VMs' vCPUs in place (memory stays; nothing is written)
+    Pause(VmTargets),
+    /// Thaw paused VMs
+    Unpause(VmTargets),
     /// Delete VMs and every file they own
     #[command(alias = "rm")]
     Delete(VmTargets),

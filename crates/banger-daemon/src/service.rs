@@ -155,6 +155,8 @@ impl Daemon {
             | Name::VmRestart
             | Name::VmDelete
             | Name::VmKill
+            | Name::VmPause
+            | Name::VmUnpause
             | Name::VmSet
             | Name::VmRename
             | Name::VmPing
@@ -231,6 +233,14 @@ impl Daemon {
             }
             Name::VmRestart => {
                 self.batch::<method::VmRestart>(params, |lc, id| lc.restart(id))
+                    .await
+            }
+            Name::VmPause => {
+                self.batch::<method::VmPause>(params, |lc, id| lc.pause(id))
+                    .await
+            }
+            Name::VmUnpause => {
+                self.batch::<method::VmUnpause>(params, |lc, id| lc.unpause(id))
                     .await
             }
             Name::VmDelete => {

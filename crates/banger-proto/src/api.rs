@@ -73,6 +73,9 @@ pub mod method {
         VmStop = "vm.stop": VmRefs => BatchResult;
         VmRestart = "vm.restart": VmRefs => BatchResult;
         VmKill = "vm.kill": KillParams => BatchResult;
+        /// Freezes the guests' vCPUs in place (no file is written).
+        VmPause = "vm.pause": VmRefs => BatchResult;
+        VmUnpause = "vm.unpause": VmRefs => BatchResult;
         VmDelete = "vm.delete": VmRefs => BatchResult;
         VmSet = "vm.set": SetVmParams => BatchResult;
         /// A new name for a VM; its ID, disks and IP stay.

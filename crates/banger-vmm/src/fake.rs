@@ -3,7 +3,7 @@
 //! daemon restart and leak checks all work on it exactly as on Firecracker.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +31,7 @@ pub enum FakeOp {
     Prepare,
     Launch,
     Shutdown,
+    Pause,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +40,8 @@ pub struct FakeVmm {
     ignore_shutdown: AtomicBool,
     ignore_sigterm: AtomicBool,
     io_error: AtomicBool,
+    /// Every `set_paused`: the VM directory and the state asked for.
+    pauses: Mutex<Vec<(PathBuf, bool)>>,
     launches: Mutex<Vec<LaunchSpec>>,
     prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
@@ -91,6 +94,14 @@ impl FakeVmm {
     /// The PID of every process `prepare` started, launched or not.
     pub fn prepared(&self) -> Vec<u32> {
         self.prepared.lock().expect("prepared lock").clone()
+    }
+
+    /// Every pause (`true`) and resume asked of this VMM, in order.
+    pub fn pauses(&self) -> Vec<(PathBuf, bool)> {
+        self.pauses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn launches(&self) -> Vec<LaunchSpec> {
@@ -174,6 +185,15 @@ impl Vmm for FakeVmm {
         if !self.ignore_shutdown.load(Ordering::SeqCst) {
             let _ = send_signal(pid, libc::SIGTERM);
         }
+        Ok(())
+    }
+
+    fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()> {
+        self.check(FakeOp::Pause)?;
+        self.pauses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((vm_dir.to_path_buf(), paused));
         Ok(())
     }
 

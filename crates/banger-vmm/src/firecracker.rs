@@ -230,6 +230,23 @@ impl Vmm for Firecracker {
         .map_err(VmmError::Shutdown)
     }
 
+    fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()> {
+        let (state, what) = if paused {
+            ("Paused", "pausing the guest")
+        } else {
+            ("Resumed", "resuming the guest")
+        };
+        api::call(
+            &banger_host::VmDir::new(vm_dir).firecracker_api(),
+            "PATCH",
+            "/vm",
+            Some(&json!({ "state": state })),
+            API_TIMEOUT,
+        )
+        .map(|_| ())
+        .map_err(|source| VmmError::Api { what, source })
+    }
+
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
         api::send(
             &banger_host::VmDir::new(vm_dir).firecracker_api(),

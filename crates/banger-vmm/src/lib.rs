@@ -49,6 +49,19 @@ pub enum VmmError {
     Shutdown(#[source] firecracker::api::ApiError),
     #[error("asking the guest to power off through QEMU's QMP socket {0}")]
     Qmp(PathBuf, #[source] std::io::Error),
+    #[error("{what} through QEMU's QMP socket {socket}")]
+    QmpCommand {
+        what: &'static str,
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} through Firecracker's API")]
+    Api {
+        what: &'static str,
+        #[source]
+        source: firecracker::api::ApiError,
+    },
     #[error("injected failure: {0}")]
     Injected(String),
 }
@@ -186,6 +199,10 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// Whether the VMM holds its guest still on an I/O error (QEMU pauses
     /// a guest whose disk write failed). `None` when the backend cannot
     /// tell or the guest runs.
+    /// Freezes (`true`) or thaws the guest's vCPUs in place; the VMM and
+    /// the guest's memory stay as they are.
+    fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()>;
+
     fn io_error_pause(&self, _vm_dir: &Path) -> Option<bool> {
         None
     }

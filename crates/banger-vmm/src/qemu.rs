@@ -172,8 +172,9 @@ struct QmpStatus {
 
 /// Runs one QMP command after the capabilities handshake and returns its
 /// `return` value. Events are skipped; an `error` answer is an error.
-/// Kept by hand rather than the `qapi` crate: banger sends two commands
-/// (`query-status`, `system_powerdown`), each one line of JSON, and `qapi`
+/// Kept by hand rather than the `qapi` crate: banger sends a few commands
+/// without arguments (`query-status`, `system_powerdown`, `stop`, `cont`),
+/// each one line of JSON, and `qapi`
 /// brings types generated for every command of QEMU's schema.
 fn qmp(socket: &Path, command: &str) -> std::io::Result<serde_json::Value> {
     let stream = UnixStream::connect(socket)?;
@@ -283,6 +284,22 @@ impl Vmm for Qemu {
         qmp(&banger_host::VmDir::new(vm_dir).qmp(), "system_powerdown")
             .map(|_| ())
             .map_err(|e| VmmError::Qmp(banger_host::VmDir::new(vm_dir).qmp(), e))
+    }
+
+    fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()> {
+        let (command, what) = if paused {
+            ("stop", "pausing the guest")
+        } else {
+            ("cont", "resuming the guest")
+        };
+        let socket = banger_host::VmDir::new(vm_dir).qmp();
+        qmp(&socket, command)
+            .map(|_| ())
+            .map_err(|source| VmmError::QmpCommand {
+                what,
+                socket,
+                source,
+            })
     }
 
     /// `query-status` answers `io-error` while QEMU holds a guest on a

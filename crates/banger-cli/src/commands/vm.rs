@@ -56,6 +56,8 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Restart(targets) => batch::<method::VmRestart>(ctx, targets, "restarted"),
         VmCommand::Delete(targets) => batch::<method::VmDelete>(ctx, targets, "deleted"),
         VmCommand::Kill(args) => kill(args, ctx),
+        VmCommand::Pause(targets) => batch::<method::VmPause>(ctx, targets, "paused"),
+        VmCommand::Unpause(targets) => batch::<method::VmUnpause>(ctx, targets, "running again"),
         VmCommand::Set(args) => set(args, ctx),
         VmCommand::Rename(args) => rename(args, ctx),
     }
@@ -232,6 +234,8 @@ fn verb_ing(method: &str) -> &'static str {
         method::VmStop::NAME => "stopping",
         method::VmRestart::NAME => "restarting",
         method::VmDelete::NAME => "deleting",
+        method::VmPause::NAME => "pausing",
+        method::VmUnpause::NAME => "unpausing",
         _ => "working",
     }
 }

@@ -29,6 +29,7 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
             ("u", "start"),
             ("x", "stop"),
             ("r", "restart"),
+            ("p", "pause or unpause (vCPUs frozen in place)"),
             ("K", "kill (choose the signal)"),
             ("d", "delete (asks first)"),
             ("n", "toggle NAT"),
@@ -196,15 +197,24 @@ impl App {
                     });
                 }
             }
+            // Toggles go one direction for all targets: the other way
+            // only when every target is already there.
+            KeyCode::Char('p') => {
+                let vms = self.targets();
+                if !vms.is_empty() {
+                    let all_paused =
+                        self.all_of(&vms, |vm| vm.state == banger_proto::VmState::Paused);
+                    return self.start(if all_paused {
+                        Call::Unpause(vms)
+                    } else {
+                        Call::Pause(vms)
+                    });
+                }
+            }
             KeyCode::Char('n') => {
                 let vms = self.targets();
-                // One direction for all: on unless every target has NAT.
-                let all_on = self
-                    .vms
-                    .iter()
-                    .filter(|vm| vms.iter().any(|n| vm.name == n.as_str()))
-                    .all(|vm| vm.nat);
                 if !vms.is_empty() {
+                    let all_on = self.all_of(&vms, |vm| vm.nat);
                     return self.start(Call::Set(SetVmParams {
                         vms,
                         nat: Some(!all_on),

@@ -422,7 +422,7 @@ fn render_key_hints(app: &App, frame: &mut Frame, area: Rect) {
     } else {
         match app.view() {
             View::Vms => {
-                "Enter ssh  c new  u start  x stop  r restart  K kill  d del  n nat  e set  R rename  / filter  ? help  q quit"
+                "Enter ssh  c new  u start  x stop  r restart  p pause  K kill  d del  n nat  e set  R rename  / filter  ? help  q quit"
             }
             View::Images => "↑↓ select  d delete  b build  ? help  q quit",
             View::Doctor | View::Daemon => "r refresh  1-4 views  ? help  q quit",

@@ -183,6 +183,14 @@ impl App {
         self.visible().into_iter().find(|vm| vm.name == name)
     }
 
+    /// Whether every VM named in `names` satisfies `test`.
+    pub fn all_of(&self, names: &[String], test: impl Fn(&VmSummary) -> bool) -> bool {
+        self.vms
+            .iter()
+            .filter(|vm| names.iter().any(|n| vm.name == n.as_str()))
+            .all(test)
+    }
+
     /// Marked VMs, else the selected one.
     pub fn targets(&self) -> Vec<String> {
         if self.marked.is_empty() {
@@ -314,6 +322,8 @@ impl App {
             (
                 call @ (Call::Start(_)
                 | Call::Stop(_)
+                | Call::Pause(_)
+                | Call::Unpause(_)
                 | Call::Restart(_)
                 | Call::Delete(_)
                 | Call::Kill(_)
@@ -409,7 +419,12 @@ impl App {
 /// The VMs a call acts on, for their busy marks.
 pub fn targets_of(call: &Call) -> Vec<String> {
     match call {
-        Call::Start(vms) | Call::Stop(vms) | Call::Restart(vms) | Call::Delete(vms) => vms.clone(),
+        Call::Start(vms)
+        | Call::Stop(vms)
+        | Call::Pause(vms)
+        | Call::Unpause(vms)
+        | Call::Restart(vms)
+        | Call::Delete(vms) => vms.clone(),
         Call::Kill(params) => params.vms.clone(),
         Call::Set(params) => params.vms.clone(),
         Call::Create(params) => params.name.iter().cloned().collect(),
@@ -423,6 +438,8 @@ pub fn busy_verb(call: &Call) -> &'static str {
     match call {
         Call::Start(_) => "starting",
         Call::Stop(_) => "stopping",
+        Call::Pause(_) => "pausing",
+        Call::Unpause(_) => "unpausing",
         Call::Restart(_) => "restarting",
         Call::Delete(_) => "deleting",
         Call::Kill(_) => "signalling",
@@ -437,6 +454,8 @@ fn done_verb(call: &Call) -> String {
     match call {
         Call::Start(_) => "started".into(),
         Call::Stop(_) => "stopped".into(),
+        Call::Pause(_) => "paused".into(),
+        Call::Unpause(_) => "unpaused".into(),
         Call::Restart(_) => "restarted".into(),
         Call::Delete(_) => "deleted".into(),
         Call::Kill(params) => format!("sent {} to", params.signal),
@@ -458,6 +477,8 @@ fn failed_what(call: &Call) -> String {
             let word = match other {
                 Call::Start(_) => "start",
                 Call::Stop(_) => "stop",
+                Call::Pause(_) => "pause",
+                Call::Unpause(_) => "unpause",
                 Call::Restart(_) => "restart",
                 Call::Delete(_) => "delete",
                 Call::Kill(_) => "kill",

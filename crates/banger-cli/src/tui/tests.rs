@@ -233,9 +233,12 @@ impl Daemon for RecordingDaemon {
         };
         Ok(match call {
             Call::List => Reply::Vms(mixed()),
-            Call::Start(vms) | Call::Stop(vms) | Call::Restart(vms) | Call::Delete(vms) => {
-                batch(vms)
-            }
+            Call::Start(vms)
+            | Call::Stop(vms)
+            | Call::Pause(vms)
+            | Call::Unpause(vms)
+            | Call::Restart(vms)
+            | Call::Delete(vms) => batch(vms),
             Call::Kill(p) => batch(&p.vms),
             Call::Set(p) => batch(&p.vms),
             Call::SuggestName => Reply::Name(VmName::parse("brisk-heron").unwrap()),
@@ -511,4 +514,18 @@ fn cpu_share_is_the_change_in_cpu_seconds_over_wall_time() {
     history.record(10.5, 1.0);
     history.record(12.0, 2.0);
     assert_eq!(history.percent, [50, 150]);
+}
+
+#[test]
+fn p_pauses_and_unpauses_when_every_target_is_paused() {
+    let fake = RecordingDaemon::default();
+    let mut vms = mixed();
+    let mut app = app_with(vms.clone());
+    drive(&mut app, &fake, "p");
+    assert_eq!(recorded(&fake), [Call::Pause(vec!["calm-otter".into()])]);
+    assert_eq!(app.status.as_ref().unwrap().text, "paused calm-otter");
+    vms[0].state = VmState::Paused;
+    let mut app = app_with(vms);
+    drive(&mut app, &fake, "p");
+    assert_eq!(recorded(&fake), [Call::Unpause(vec!["calm-otter".into()])]);
 }

@@ -34,6 +34,7 @@ mod error;
 mod image_delete;
 mod inspect;
 mod kill;
+mod pause;
 mod reconcile;
 mod rename;
 mod restart;

@@ -171,7 +171,9 @@ impl Lifecycle {
                         tracing::error!(vm = %record.name, free = %free, "guest paused on an I/O error");
                         VmState::Paused
                     }
-                    (VmState::Paused, false) => {
+                    // Only a pause the watcher saw come from a disk error
+                    // (it left the reason): a `vm pause` stays paused.
+                    (VmState::Paused, false) if record.last_error.is_some() => {
                         record.last_error = None;
                         tracing::info!(vm = %record.name, "guest runs again");
                         VmState::Running

@@ -18,9 +18,12 @@ impl Lifecycle {
         let dir = self.vm_dir(&record.id);
         let graceful = self.stop_timeouts.graceful;
         let requested = match self.backend(record.vmm) {
-            Ok(backend) => backend
-                .request_shutdown(&dir, pid)
-                .map_err(|e| e.to_string()),
+            Ok(backend) => {
+                self.thaw_for_shutdown(record);
+                backend
+                    .request_shutdown(&dir, pid)
+                    .map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         let why = match requested {
@@ -55,6 +58,23 @@ impl Lifecycle {
         reason
     }
 
+    /// A frozen guest cannot hear the power button: a paused VM is thawed
+    /// before it is asked to shut down.
+    fn thaw_for_shutdown(&self, record: &VmRecord) {
+        if record.state != VmState::Paused {
+            return;
+        }
+        let thawed = match self.backend(record.vmm) {
+            Ok(backend) => backend
+                .set_paused(&self.vm_dir(&record.id), false)
+                .map_err(|e| error_text(&e)),
+            Err(e) => Err(error_text(&e)),
+        };
+        if let Err(e) = thawed {
+            tracing::warn!(vm = %record.name, error = %e, "could not resume the paused guest before its shutdown");
+        }
+    }
+
     #[tracing::instrument(skip(self), fields(vm = %id))]
     pub fn stop(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         self.locks.with(id, || self.stop_locked(id))
@@ -66,6 +86,7 @@ impl Lifecycle {
             self.transition(&mut record, VmState::Stopped)?;
             return Ok(record);
         };
+        self.thaw_for_shutdown(&record);
         self.transition(&mut record, VmState::Stopping)?;
         self.crash_point("stop:stopping");
         let reason = self.shut_down(&record, pid);

@@ -1940,3 +1940,44 @@ fn a_restarted_daemon_reopens_the_ports_of_running_vms() {
     let (_second, ports) = publishing_daemon(&fx);
     assert_eq!(ports.all_open(), [(vm.id.to_string(), mapping("8080:80"))]);
 }
+
+#[test]
+fn pause_freezes_in_place_and_the_io_watcher_leaves_it_paused() {
+    let fx = fixture();
+    let vm = fx.create("frozen");
+    let dir = fx.paths.vm_dir(&vm.id);
+    let paused = fx.lifecycle.pause(&vm.id).unwrap();
+    assert_eq!(paused.state, VmState::Paused);
+    assert_eq!(paused.pid, vm.pid, "the VMM process stays");
+    fx.lifecycle.watch_io_errors();
+    assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Paused);
+    // Twice is once.
+    fx.lifecycle.pause(&vm.id).unwrap();
+    assert_eq!(fx.vmm.pauses(), [(dir.clone(), true)]);
+
+    let running = fx.lifecycle.unpause(&vm.id).unwrap();
+    assert_eq!(running.state, VmState::Running);
+    assert_eq!(fx.vmm.pauses(), [(dir.clone(), true), (dir.clone(), false)]);
+
+    // A VMM that refuses changes nothing.
+    fx.vmm.fail_on(FakeOp::Pause);
+    let err = fx.lifecycle.pause(&vm.id).unwrap_err();
+    assert!(
+        error_text(&err).contains("pausing frozen"),
+        "{}",
+        error_text(&err)
+    );
+    assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Running);
+    fx.vmm.clear_failures();
+
+    // A paused guest is thawed so it can power off.
+    fx.lifecycle.pause(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert_eq!(fx.vmm.pauses().last(), Some(&(dir, false)));
+    let err = fx.lifecycle.pause(&vm.id).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "frozen is not running: start it with `banger vm start frozen`"
+    );
+}
