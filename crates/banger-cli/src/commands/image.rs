@@ -51,7 +51,10 @@ pub fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
                     }
                 );
                 if let Some(secs) = image.build_secs {
-                    println!("built in:    {secs}s");
+                    println!(
+                        "built:       {} in {secs}s",
+                        output::when(image.created_at, output::now())
+                    );
                 }
                 println!("build log:   {}", opt(&image.build_log));
                 println!(
