@@ -57,7 +57,7 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Delete(targets) => batch::<method::VmDelete>(ctx, targets, "deleted"),
         VmCommand::Kill(args) => kill(args, ctx),
         VmCommand::Pause(targets) => batch::<method::VmPause>(ctx, targets, "paused"),
-        VmCommand::Unpause(targets) => batch::<method::VmUnpause>(ctx, targets, "running again"),
+        VmCommand::Unpause(targets) => batch::<method::VmUnpause>(ctx, targets, "unpaused"),
         VmCommand::Set(args) => set(args, ctx),
         VmCommand::Rename(args) => rename(args, ctx),
     }

@@ -58,10 +58,12 @@ impl Lifecycle {
         reason
     }
 
-    /// A frozen guest cannot hear the power button: a paused VM is thawed
-    /// before it is asked to shut down.
+    /// A frozen guest cannot hear the power button: a VM paused by `vm
+    /// pause` is thawed before it is asked to shut down. One the VMM paused
+    /// on a failed disk write (it carries the reason) stays frozen: thawed,
+    /// it would retry the write and take the last free bytes the store needs.
     fn thaw_for_shutdown(&self, record: &VmRecord) {
-        if record.state != VmState::Paused {
+        if record.state != VmState::Paused || record.last_error.is_some() {
             return;
         }
         let thawed = match self.backend(record.vmm) {

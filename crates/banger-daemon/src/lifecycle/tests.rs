@@ -1980,4 +1980,14 @@ fn pause_freezes_in_place_and_the_io_watcher_leaves_it_paused() {
         err.to_string(),
         "frozen is not running: start it with `banger vm start frozen`"
     );
+
+    // Paused by the VMM on a failed disk write: stopped without a thaw,
+    // which would retry the write on a full disk.
+    fx.lifecycle.start(&vm.id).unwrap();
+    fx.vmm.pause_on_io_error(true);
+    fx.lifecycle.watch_io_errors();
+    assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Paused);
+    let before = fx.vmm.pauses().len();
+    fx.lifecycle.stop(&vm.id).unwrap();
+    assert_eq!(fx.vmm.pauses().len(), before, "no thaw");
 }
