@@ -615,7 +615,7 @@ impl ImageBuilds {
                     run,
                     &vsock,
                     Step::Apt,
-                    steps::APT_SCRIPT,
+                    &format!("{}{}", steps::WAIT_FOR_MIRROR, steps::APT_SCRIPT),
                     &[("BANGER_PACKAGES", &list)],
                     None,
                     log,
@@ -628,7 +628,7 @@ impl ImageBuilds {
                     run,
                     &vsock,
                     Step::Docker,
-                    steps::DOCKER_SCRIPT,
+                    &format!("{}{}", steps::WAIT_FOR_MIRROR, steps::DOCKER_SCRIPT),
                     &[],
                     None,
                     log,
@@ -684,7 +684,11 @@ impl ImageBuilds {
                 run,
                 &vsock,
                 Step::Tmux,
-                steps::TMUX_CONFIG_SCRIPT,
+                &format!(
+                    "wait_for_mirror() {{\n{}\n}}\n{}",
+                    steps::WAIT_FOR_MIRROR,
+                    steps::TMUX_CONFIG_SCRIPT
+                ),
                 &[],
                 None,
                 log,
@@ -1018,7 +1022,7 @@ fn guest(
         .map_err(|e| host(error_text(&e)))?;
     match status.code {
         Some(0) => Ok(()),
-        Some(steps::EXIT_OFFLINE) if step == Step::Apt => {
+        Some(steps::EXIT_OFFLINE) if matches!(step, Step::Apt | Step::Docker | Step::Tmux) => {
             Err(StepError::Offline { step: step.name() })
         }
         Some(code) => Err(StepError::Exit {

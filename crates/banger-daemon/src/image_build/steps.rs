@@ -96,16 +96,26 @@ chmod 755 /mnt/image/usr/sbin/policy-rc.d
 echo "mounted $target at /mnt/image"
 "#;
 
-/// Needs `BANGER_PACKAGES` (space-separated).
-pub const APT_SCRIPT: &str = r#"
+/// Waits up to a minute for the image's first apt mirror to resolve (the
+/// agent answers before the guest's network is up), then exits 3 saying the
+/// step needs the internet. Prefixed to every script that runs apt.
+pub const WAIT_FOR_MIRROR: &str = r#"
 # The first mirror host the image's apt sources name (one-line or deb822).
 mirror=$(cat /mnt/image/etc/apt/sources.list /mnt/image/etc/apt/sources.list.d/* 2>/dev/null \
     | grep -oE 'https?://[^/ ]+' | head -n1 | sed 's#^https\{0,1\}://##' || true)
 mirror=${mirror:-deb.debian.org}
+for _ in $(seq 1 60); do
+    getent hosts "$mirror" >/dev/null && break
+    sleep 1
+done
 if ! getent hosts "$mirror" >/dev/null; then
-    echo "banger: the builder cannot resolve $mirror: installing apt packages needs the internet (the builder has NAT; see banger doctor)" >&2
+    echo "banger: the builder cannot resolve $mirror after 60s: installing apt packages needs the internet (the builder has NAT; see banger doctor)" >&2
     exit 3
 fi
+"#;
+
+/// Needs `BANGER_PACKAGES` (space-separated); after [`WAIT_FOR_MIRROR`].
+pub const APT_SCRIPT: &str = r#"
 export DEBIAN_FRONTEND=noninteractive
 chroot /mnt/image apt-get update
 # shellcheck disable=SC2086
@@ -169,6 +179,7 @@ tar -x -f - -C "$dest" --strip-components=1 --no-same-owner
 ls "$dest"
 "#;
 
+/// Defines `wait_for_mirror` ([`WAIT_FOR_MIRROR`]) before it.
 pub const TMUX_CONFIG_SCRIPT: &str = r#"
 conf=/mnt/image/root/.tmux.conf
 marker='# banger image build: tmux-resurrect and tmux-continuum'
@@ -184,6 +195,7 @@ BANGER_END
 fi
 if ! chroot /mnt/image sh -c 'command -v tmux' >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
+    wait_for_mirror
     chroot /mnt/image apt-get update
     chroot /mnt/image apt-get install -y --no-install-recommends tmux
 fi
