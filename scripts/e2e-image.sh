@@ -37,7 +37,9 @@ diagnose() {
 
 cleanup() {
     [ -n "${build_pid:-}" ] && kill "$build_pid" 2>/dev/null
-    [ -S "${tmux_socket:-}" ] && tmux -S "$tmux_socket" kill-server 2>/dev/null
+    for socket in "$world"/tmux-*.sock; do
+        [ -S "$socket" ] && tmux -S "$socket" kill-server 2>/dev/null
+    done
     "$banger" vm delete e2e-imgvm >/dev/null 2>&1
     for vm in $("$banger" vm list --json 2>/dev/null | python3 -c 'import json,sys; print(" ".join(v["name"] for v in json.load(sys.stdin)))'); do
         "$banger" vm delete "$vm" >/dev/null 2>&1
@@ -117,12 +119,14 @@ say "== 3b. --interactive: a shell in the image, sealed on exit 0, discarded on 
 if ! command -v tmux >/dev/null; then
     skip "image build --interactive" "tmux is not installed (apt-get install tmux)"
 else
-    tmux_socket="$world/tmux.sock"
     pane() { tmux -S "$tmux_socket" "$@"; }
     pane_shows() { tmux_shows "$tmux_socket" "$1" 1800; }
     : > "$world/no-packages.apt"
     for verdict in 0 1; do
         name="e2e-shell$verdict"
+        # A server of its own per build: a killed server may still be
+        # exiting when the next session would join it.
+        tmux_socket="$world/tmux-$verdict.sock"
         TERM=xterm-256color pane new-session -d -x 150 -y 40 \
             "'$banger' image build --name $name --base e2e-img --packages '$world/no-packages.apt' --interactive; echo BUILD-EXIT=\$?; sleep 600"
         check "$name: the build opens a shell in the image" pane_shows "root@build-$name:/#"
