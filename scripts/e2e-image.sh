@@ -13,11 +13,7 @@ banger="${BANGER_E2E_BANGER:-$repo/target/debug/banger}"
 bundle="${BANGER_RUNTIME_DIR:-$repo/runtime}"
 boot_timeout=${BANGER_E2E_BOOT_TIMEOUT:-240}
 
-world=$(mktemp -d "${TMPDIR:-/tmp}/banger-e2e-image-XXXXXX")
-real_home=$HOME
-export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
-unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
-mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
+enter_world banger-e2e-image
 bridge="bgimg-$(( $$ % 100000 ))"
 pool="10.217.$(( $$ % 200 + 20 )).0/24"
 state="$HOME/.local/state/banger"

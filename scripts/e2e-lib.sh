@@ -57,6 +57,17 @@ create_booted() {
     "$cli" vm create --name "$name" "$@"
 }
 
+# A home of the suite's own, /tmp/$1-XXXXXX: sets $world and $real_home
+# (the caller's HOME, for cargo and caches) and points HOME,
+# XDG_RUNTIME_DIR and BANGER_RUNTIME_DIR (the caller's $bundle) there.
+enter_world() {
+    world=$(mktemp -d "${TMPDIR:-/tmp}/$1-XXXXXX")
+    real_home=$HOME
+    export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
+    unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
+    mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
+}
+
 # The steps both suites and ./verify.sh run against a VM. They use the
 # caller's $banger, $boot_timeout and (for dns_a) $dns.
 

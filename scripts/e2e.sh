@@ -31,12 +31,7 @@ boot_timeout=${BANGER_E2E_BOOT_TIMEOUT:-240}
 sizes=()
 [ -n "${BANGER_E2E_VCPU:-}" ] && sizes=(--vcpu "$BANGER_E2E_VCPU")
 
-world=$(mktemp -d "${TMPDIR:-/tmp}/banger-e2e-XXXXXX")
-# The caller's HOME, for cargo/rustup (make install builds).
-real_home=$HOME
-export HOME="$world" XDG_RUNTIME_DIR="$world/run" BANGER_RUNTIME_DIR="$bundle"
-unset XDG_CONFIG_HOME XDG_STATE_HOME XDG_CACHE_HOME
-mkdir -p "$XDG_RUNTIME_DIR" "$HOME/.config/banger"
+enter_world banger-e2e
 # The e2e VMs use the named backend whatever the host offers, and a
 # bridge, pool and DNS port of their own: the suite runs beside anyone's
 # banger daemon on this host without sharing an address with it.

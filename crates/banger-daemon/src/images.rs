@@ -13,15 +13,7 @@ use crate::store::{Store, StoreError};
 /// The files of the default image: config keys first, else the bundle's
 /// conventional names (`rootfs-docker.ext4`, falling back to `rootfs.ext4`).
 pub fn default_image(config: &Config, runtime_dir: Option<&Path>) -> Option<Image> {
-    // A valid bundle.json says where everything is; without one, the
-    // bundle's conventional file names are used.
-    let manifest = runtime_dir.and_then(|dir| match banger_host::bundle::Bundle::load(dir) {
-        Ok(bundle) => Some(bundle),
-        Err(e) => {
-            tracing::warn!(error = %e, "runtime bundle manifest unusable; using conventional file names");
-            None
-        }
-    });
+    let manifest = runtime_dir.and_then(bundle_manifest);
     let in_bundle = |file: BundleFile| file.locate(runtime_dir?, manifest.as_ref());
     let rootfs = config
         .default_rootfs
@@ -56,6 +48,18 @@ pub fn default_image(config: &Config, runtime_dir: Option<&Path>) -> Option<Imag
     })
 }
 
+/// The bundle's `bundle.json`, which says where everything is; `None`
+/// (logged) when it is unusable, and the conventional file names serve.
+pub fn bundle_manifest(dir: &Path) -> Option<banger_host::bundle::Bundle> {
+    match banger_host::bundle::Bundle::load(dir) {
+        Ok(bundle) => Some(bundle),
+        Err(e) => {
+            tracing::warn!(error = %e, "runtime bundle manifest unusable; using conventional file names");
+            None
+        }
+    }
+}
+
 /// Registers (or refreshes) the default image when its rootfs exists.
 pub fn register_default(
     store: &Store,
@@ -72,12 +76,7 @@ pub fn register_default(
     image.created_at = store
         .get_image(DEFAULT_IMAGE)?
         .map(|i| i.created_at)
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-                .unwrap_or(0)
-        });
+        .unwrap_or_else(crate::lifecycle::now);
     store.put_image(&image)?;
     Ok(Some(image))
 }

@@ -42,7 +42,7 @@ use banger_proto::{
 };
 use thiserror::Error;
 
-use crate::lifecycle::{DEFAULT_IMAGE, Lifecycle, LifecycleError, error_text};
+use crate::lifecycle::{DEFAULT_IMAGE, Lifecycle, LifecycleError, error_text, now};
 use steps::Step;
 
 /// The pingd unit, as the runtime bundle's images have it.
@@ -137,6 +137,15 @@ enum StepError {
     Cancelled(&'static str),
     #[error("discarded: {0}; nothing was sealed into an image")]
     Discarded(String),
+}
+
+impl StepError {
+    fn host(step: Step, detail: impl Into<String>) -> Self {
+        StepError::Host {
+            step: step.name(),
+            detail: detail.into(),
+        }
+    }
 }
 
 /// What a validated build request will do.
@@ -451,8 +460,7 @@ impl ImageBuilds {
 
     fn bundle_file(&self, file: BundleFile) -> Option<PathBuf> {
         let dir = self.runtime_dir.as_deref()?;
-        let manifest = banger_host::bundle::Bundle::load(dir).ok();
-        file.locate(dir, manifest.as_ref())
+        file.locate(dir, crate::images::bundle_manifest(dir).as_ref())
     }
 
     /// `default_base_rootfs`, else the bundle's rootfs.ext4, else (as the
@@ -489,9 +497,11 @@ impl ImageBuilds {
         let started = Instant::now();
         let outcome = std::fs::create_dir_all(self.log_dir())
             .and_then(|()| File::create(&plan.log))
-            .map_err(|e| StepError::Host {
-                step: Step::Prepare.name(),
-                detail: format!("creating the build log {}: {e}", plan.log.display()),
+            .map_err(|e| {
+                StepError::host(
+                    Step::Prepare,
+                    format!("creating the build log {}: {e}", plan.log.display()),
+                )
             })
             .and_then(|mut log| {
                 let result = self.steps(plan, run, &mut log, started);
@@ -583,10 +593,7 @@ impl ImageBuilds {
                 );
                 let cache = self.paths.cache_dir.join("image-sources");
                 let path = image_sources::fetch(source, place, pin, &cache, self.runner.as_ref())
-                    .map_err(|e| StepError::Host {
-                    step: Step::Prepare.name(),
-                    detail: error_text(&e),
-                })?;
+                    .map_err(|e| StepError::host(Step::Prepare, error_text(&e)))?;
                 sources.insert(source.key, path);
                 run.check_cancelled(Step::Prepare)?;
             }
@@ -736,10 +743,7 @@ impl ImageBuilds {
             let image = self
                 .lifecycle
                 .register_built_image(image, staged)
-                .map_err(|e| StepError::Host {
-                    step: Step::Register.name(),
-                    detail: error_text(&e),
-                })?;
+                .map_err(|e| StepError::host(Step::Register, error_text(&e)))?;
             let _ = writeln!(
                 log,
                 "registered image {} at {}",
@@ -786,10 +790,7 @@ impl ImageBuilds {
     /// Creates the builder VM with a copy of the base as its build disk and
     /// waits for its agent. Returns the builder's vsock socket.
     fn boot_builder(&self, plan: &Plan, run: &Run, log: &mut File) -> Result<PathBuf, StepError> {
-        let host = |detail: String| StepError::Host {
-            step: Step::Boot.name(),
-            detail,
-        };
+        let host = |detail: String| StepError::host(Step::Boot, detail);
         let params = CreateVmParams {
             name: Some(format!("build-{}", plan.name)),
             image: Some(DEFAULT_IMAGE.to_owned()),
@@ -926,10 +927,7 @@ impl ImageBuilds {
         vsock: &Path,
         log: &mut File,
     ) -> Result<PathBuf, StepError> {
-        let host = |detail: String| StepError::Host {
-            step: Step::Seal.name(),
-            detail,
-        };
+        let host = |detail: String| StepError::host(Step::Seal, detail);
         guest(run, vsock, Step::Seal, steps::SEAL_SCRIPT, &[], None, log)?;
         let id = run
             .builder
@@ -987,10 +985,7 @@ fn guest(
     log: &mut File,
 ) -> Result<(), StepError> {
     run.check_cancelled(step)?;
-    let host = |detail: String| StepError::Host {
-        step: step.name(),
-        detail,
-    };
+    let host = |detail: String| StepError::host(step, detail);
     let request = ExecRequest {
         argv: ["bash", "-euo", "pipefail", "-c", script]
             .iter()
@@ -1061,13 +1056,6 @@ fn packages_sha256(packages: &[String]) -> String {
     let mut text = packages.join("\n");
     text.push('\n');
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! at /mnt/image and every change is made there through `chroot`, so the
 //! builder's own identity (hostname, addresses, keys) never enters it.
 
-use banger_host::image_sources::{MISE, OPENCODE, Source, TMUX_CONTINUUM, TMUX_RESURRECT};
-
 /// A step's exit status saying the internet is out of reach.
 pub const EXIT_OFFLINE: i32 = 3;
 
@@ -62,16 +60,6 @@ impl Step {
             .iter()
             .position(|s| *s == self)
             .expect("every step is listed")
-    }
-}
-
-/// The pinned sources a step installs.
-pub fn sources_of(step: Step) -> &'static [Source] {
-    match step {
-        Step::Mise => &[MISE],
-        Step::Opencode => &[OPENCODE],
-        Step::Tmux => &[TMUX_RESURRECT, TMUX_CONTINUUM],
-        _ => &[],
     }
 }
 

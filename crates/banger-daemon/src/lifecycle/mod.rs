@@ -126,7 +126,8 @@ pub struct Lifecycle {
 /// VM does not start on a disk that is already full.
 pub const MIN_FREE_BYTES: u64 = 1 << 30;
 
-fn now() -> i64 {
+/// Unix seconds.
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
