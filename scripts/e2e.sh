@@ -79,7 +79,7 @@ as_neighbour() {
 cleanup() {
     [ -n "${pf_pid:-}" ] && kill "$pf_pid" 2>/dev/null
     [ -S "${tui_socket:-}" ] && tmux -S "$tui_socket" kill-server 2>/dev/null
-    "$banger" vm delete e2e-a e2e-b crash2 >/dev/null 2>&1
+    "$banger" vm delete e2e-a e2e-b e2e-c crash2 >/dev/null 2>&1
     "$banger" daemon stop >/dev/null 2>&1
     if [ -d "$neighbour" ]; then
         as_neighbour vm delete e2e-neighbour >/dev/null 2>&1
@@ -283,6 +283,66 @@ check "a frozen guest answers nothing (SSH to $ip_a times out)" no_ssh "$ip_a"
 check "vm unpause e2e-a" "$banger" vm unpause e2e-a
 check "the same VMM process runs on ($pid_before)" test "$(vm_field e2e-a pid)" = "$pid_before" -a "$(vm_field e2e-a state)" = running
 check "e2e-a answers SSH again at once" test "$(in_vm e2e-a hostname)" = e2e-a
+
+say "== 4g. vm suspend and resume: the guest goes on where it was"
+check "a counter runs in a tmux session in e2e-a" in_vm e2e-a 'tmux new -d -s counter "i=0; while :; do i=\$((i+1)); echo \$i > /root/counter; sleep 1; done" && sleep 2'
+boot_id=$(in_vm e2e-a cat /proc/sys/kernel/random/boot_id)
+pid_before=$(vm_field e2e-a pid)
+id_suspended=$(vm_field e2e-a id)
+started=$SECONDS
+check "vm suspend e2e-a" "$banger" vm suspend e2e-a
+say "      suspended in $((SECONDS - started))s; saved state $(du -sh "$state/vms/$id_suspended/suspended" 2>/dev/null | cut -f1) for $(vm_field e2e-a memory_mib) MiB of guest memory"
+check "vm show says suspended" test "$(vm_field e2e-a state)" = suspended
+check "its VMM process ($pid_before) is gone" sh -c "! kill -0 $pid_before 2>/dev/null"
+refusal=$("$banger" vm stop e2e-a 2>&1); refused=$?
+say "      ${refusal%%$'\n'*}"
+check "vm stop without --force refuses, keeps the state and names --force" test "$refused" != 0 -a "$(vm_field e2e-a state)" = suspended -a -n "$(grep -- '--force' <<<"$refusal")"
+sleep 3 # the host clock moves on while the guest's stands still
+started=$SECONDS
+check "vm resume e2e-a" "$banger" vm resume e2e-a
+check "e2e-a answers SSH after the resume" wait_ssh e2e-a
+say "      resumed and answered SSH in $((SECONDS - started))s"
+check "the same boot goes on (boot_id unchanged) with its tmux session" test "$(in_vm e2e-a 'cat /proc/sys/kernel/random/boot_id; tmux has-session -t counter && echo session')" = "$(printf '%s\nsession' "$boot_id")"
+counter_then=$(in_vm e2e-a cat /root/counter)
+sleep 2
+check "the counter goes on counting ($counter_then, then $(in_vm e2e-a cat /root/counter))" test "$(in_vm e2e-a cat /root/counter)" -gt "$counter_then"
+clock_skew() { local guest; guest=$(in_vm e2e-a date +%s); [ -n "$guest" ] && [ $(( $(date +%s) - guest )) -le 2 ] && [ $(( guest - $(date +%s) )) -le 2 ]; }
+check "the guest clock was stepped to the host's (within 2s)" clock_skew
+check "vm exec works over the replugged vsock" test "$("$banger" vm exec e2e-a -- hostname)" = e2e-a
+reminder=$("$banger" vm ssh e2e-a -- true 2>&1 >/dev/null | tail -n1)
+check "the reminder after the resume says e2e-a is still running" grep -q "^e2e-a is still running (up " <<<"$reminder"
+in_vm e2e-a 'tmux kill-session -t counter'
+
+say "== 4h. vm snapshot: taken running, a file written after it is gone on restore"
+started=$SECONDS
+check "vm snapshot create e2e-a before-file" "$banger" vm snapshot create e2e-a before-file
+say "      taken in $((SECONDS - started))s: $("$banger" vm snapshot list e2e-a | grep before-file)"
+check "vm snapshot list says it holds disks and memory" sh -c "'$banger' vm snapshot list e2e-a | grep -q 'before-file .*disks and memory'"
+check "e2e-a runs on after the snapshot" test "$(in_vm e2e-a hostname)" = e2e-a
+check "write a file in /root after the snapshot" in_vm e2e-a 'echo later > /root/after-snapshot && sync'
+refusal=$("$banger" vm snapshot restore e2e-a before-file 2>&1); refused=$?
+check "restore without --force refuses, naming --force" test "$refused" != 0 -a -n "$(grep -- '--force' <<<"$refusal")"
+check "vm snapshot restore e2e-a before-file --force" "$banger" vm snapshot restore e2e-a before-file --force
+check "e2e-a answers SSH after the restore" wait_ssh e2e-a
+check "the file written after the snapshot is gone" test "$(in_vm e2e-a 'test -e /root/after-snapshot || echo gone')" = gone
+check "vm snapshot delete e2e-a before-file" "$banger" vm snapshot delete e2e-a before-file
+check "no snapshot is left" sh -c "'$banger' vm snapshot list e2e-a | grep -q '^no snapshots'"
+
+say "== 4i. vm branch: a copy of running e2e-a, /root included, with its own identity"
+check "a file in e2e-a's /root to carry over" in_vm e2e-a 'echo carried > /root/branch-me && sync'
+started=$SECONDS
+check "vm branch e2e-a e2e-c --no-memory" "$banger" vm branch e2e-a e2e-c --no-memory
+say "      branched in $((SECONDS - started))s"
+check "e2e-c answers SSH" wait_ssh e2e-c
+check "e2e-a runs on" test "$(vm_field e2e-a state)" = running -a "$(in_vm e2e-a hostname)" = e2e-a
+check "e2e-c has e2e-a's /root file" test "$(in_vm e2e-c cat /root/branch-me)" = carried
+check "e2e-c has its own IP ($(vm_field e2e-c guest_ip), e2e-a $(vm_field e2e-a guest_ip))" test "$(vm_field e2e-c guest_ip)" != "$(vm_field e2e-a guest_ip)"
+check "e2e-c has its own hostname" test "$(in_vm e2e-c hostname)" = e2e-c
+identity='cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
+check "e2e-c has its own machine-id and SSH host key" test "$(in_vm e2e-c "$identity")" != "$(in_vm e2e-a "$identity")" -a -n "$(in_vm e2e-c "$identity")"
+id_c=$(vm_field e2e-c id)
+check "vm delete e2e-c" "$banger" vm delete e2e-c
+check "nothing of e2e-c is left (files, process, TAP)" sh -c "! test -e '$state/vms/$id_c' && ! pgrep -f '$id_c' >/dev/null && ! ip -o link show | grep -q ' bg-${id_c:0:10}'"
 
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.

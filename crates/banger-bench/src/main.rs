@@ -492,6 +492,7 @@ fn firecracker_lifecycle(
         paths.clone(),
         store,
         deps.backends.clone(),
+        deps.disks.clone(),
         capabilities,
         None,
     )
@@ -1216,6 +1217,7 @@ fn by_hand_spec(
         vsock_cid: 3,
         vsock_path: dir.join("bench-vsock.sock"),
         log_path: dir.join("by-hand.log"),
+        restore: None,
     }
 }
 

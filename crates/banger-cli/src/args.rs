@@ -71,8 +71,8 @@ pub enum VmCommand {
     /// Forward a host TCP port to a port in a running VM, over vsock, until Ctrl-C
     PortForward(PortForwardArgs),
     /// Stop VMs gracefully (their disks are kept)
-    Stop(VmTargets),
-    /// Start stopped VMs
+    Stop(StopArgs),
+    /// Start stopped VMs, or resume suspended ones
     Start(StartArgs),
     /// Stop, then start VMs
     Restart(VmTargets),
@@ -82,6 +82,10 @@ pub enum VmCommand {
     Pause(VmTargets),
     /// Thaw paused VMs
     Unpause(VmTargets),
+    /// Save running VMs' whole state (memory included) to disk and end their VMMs; `vm start` or `vm resume` goes on where they were
+    Suspend(VmTargets),
+    /// Resume suspended VMs where they were (clock stepped to now)
+    Resume(VmTargets),
     /// Delete VMs and every file they own
     #[command(alias = "rm")]
     Delete(VmTargets),
@@ -89,6 +93,66 @@ pub enum VmCommand {
     Set(SetArgs),
     /// Rename a VM (its ID, disks and IP stay; the guest's hostname follows at its next boot)
     Rename(RenameArgs),
+    /// Save and restore points of a VM: its disks, and its memory when it runs
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Make a new VM from another's disks (/root included), with its own name, IP and identity
+    Branch(BranchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a VM: its disks, and its memory when it runs or is suspended (the guest pauses for the copy)
+    Create(SnapshotCreateArgs),
+    /// List a VM's snapshots
+    List(VmTarget),
+    /// Put a VM back to a snapshot; a running VM runs on from it
+    Restore(SnapshotRestoreArgs),
+    /// Delete a snapshot
+    Delete(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    /// A name for the snapshot (default: snapshot1, snapshot2, ...)
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// VM name or unique ID prefix
+    pub vm: String,
+    /// The snapshot's name (see `banger vm snapshot list VM`)
+    pub snapshot: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRestoreArgs {
+    #[command(flatten)]
+    pub target: SnapshotArgs,
+    /// Restore even though the VM's memory or disk changes since the snapshot are lost
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchArgs {
+    /// The VM to branch from (name or unique ID prefix); it keeps running
+    pub source: String,
+    /// The new VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: String,
+    /// Boot the branch from the copied disks instead of the source's memory (needed for now)
+    #[arg(long)]
+    pub no_memory: bool,
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +223,15 @@ pub struct VmTargets {
     pub vms: Vec<String>,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub targets: VmTargets,
+    /// Stop suspended VMs too, discarding their saved memory (their disks stay)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -487,7 +560,32 @@ mod tests {
             ),
             (
                 &["vm", "stop", "calm-otter"],
-                &["Stop(", "vms: [\"calm-otter\"]"],
+                &["Stop(", "vms: [\"calm-otter\"]", "force: false"],
+            ),
+            (&["vm", "stop", "--force", "calm-otter"], &["force: true"]),
+            (
+                &["vm", "suspend", "calm-otter", "web"],
+                &["Suspend(", "vms: [\"calm-otter\", \"web\"]"],
+            ),
+            (&["vm", "resume", "calm-otter"], &["Resume("]),
+            (
+                &["vm", "snapshot", "create", "calm-otter"],
+                &["Snapshot(Create(", "snapshot: None"],
+            ),
+            (
+                &[
+                    "vm",
+                    "snapshot",
+                    "restore",
+                    "calm-otter",
+                    "before",
+                    "--force",
+                ],
+                &["Restore(", "snapshot: \"before\"", "force: true"],
+            ),
+            (
+                &["vm", "branch", "calm-otter", "calm-fork", "--no-memory"],
+                &["Branch(", "name: \"calm-fork\"", "no_memory: true"],
             ),
             (
                 &["vm", "start", "calm-otter"],

@@ -77,6 +77,23 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// `45s`, `12m`, `3h`, `4d`: how long ago `unix_secs` was.
+/// A size as people read it, rounded: `329M`, `1.4G`, `512K`.
+pub fn approx_size(bytes: u64) -> String {
+    let units = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    for (shift, unit) in units {
+        let scale = (1u64 << shift) as f64;
+        let value = bytes as f64 / scale;
+        if value >= 1.0 {
+            return if value < 10.0 {
+                format!("{value:.1}{unit}")
+            } else {
+                format!("{value:.0}{unit}")
+            };
+        }
+    }
+    format!("{bytes}B")
+}
+
 pub fn age(unix_secs: i64, now: i64) -> String {
     let secs = (now - unix_secs).max(0);
     match secs {
@@ -315,6 +332,14 @@ mod tests {
     fn table_aligns_columns() {
         let text = table(&["A", "LONGER"], &[vec!["wide-cell".into(), "x".into()]]);
         assert_eq!(text, "A          LONGER\nwide-cell  x\n");
+    }
+
+    #[test]
+    fn approximate_sizes_round_to_a_readable_unit() {
+        assert_eq!(approx_size(345_243_648), "329M");
+        assert_eq!(approx_size(3 << 30), "3.0G");
+        assert_eq!(approx_size(1500), "1.5K");
+        assert_eq!(approx_size(12), "12B");
     }
 
     #[test]

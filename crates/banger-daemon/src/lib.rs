@@ -353,6 +353,7 @@ async fn start_lifecycle(
         paths.clone(),
         store,
         deps.backends,
+        deps.disks,
         capabilities,
         config.namegen_path.clone(),
     )

@@ -6,8 +6,9 @@ use std::time::Instant;
 use banger_host::{Config, Paths};
 use banger_proto::api::method;
 use banger_proto::{
-    BatchItem, BatchResult, DaemonStatus, ErrorKind, Image, ImageDetail, ImageRef, KillParams,
-    Method, RpcError, Stopping, Vm, VmRef, VmRefs, VmSummary, validate,
+    BatchItem, BatchResult, BranchVmParams, CreateSnapshotParams, DaemonStatus, ErrorKind, Image,
+    ImageDetail, ImageRef, KillParams, Method, RestoreSnapshotParams, RpcError, SnapshotRef,
+    StopParams, Stopping, Vm, VmRef, VmRefs, VmSummary, validate,
 };
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -157,10 +158,17 @@ impl Daemon {
             | Name::VmKill
             | Name::VmPause
             | Name::VmUnpause
+            | Name::VmSuspend
+            | Name::VmResume
             | Name::VmSet
             | Name::VmRename
             | Name::VmPing
             | Name::VmSuggestName => self.route_vm(method, params).await,
+            Name::VmSnapshotCreate
+            | Name::VmSnapshotList
+            | Name::VmSnapshotRestore
+            | Name::VmSnapshotDelete
+            | Name::VmBranch => self.route_snapshot(method, params).await,
             Name::ImageList
             | Name::ImageShow
             | Name::ImageBuild
@@ -188,6 +196,72 @@ impl Daemon {
             }
             Name::Doctor => answer::<method::Doctor>(self.doctor().await?),
             other => unreachable!("{} is not a daemon method", other.as_str()),
+        }
+    }
+
+    /// Snapshots and branches: each acts on one VM and answers at the end.
+    async fn route_snapshot(
+        self: &Arc<Self>,
+        method: method::Name,
+        params: Value,
+    ) -> Result<Box<RawValue>, RpcError> {
+        use method::Name;
+        match method {
+            Name::VmSnapshotCreate => {
+                let CreateSnapshotParams { vm, snapshot } =
+                    params_of::<method::VmSnapshotCreate>(params)?;
+                let taken = self
+                    .blocking("vm.snapshot_create", move |lc| {
+                        lc.snapshot_create(&lc.resolve(&vm)?.id, snapshot.as_deref())
+                    })
+                    .await?;
+                answer::<method::VmSnapshotCreate>(taken)
+            }
+            Name::VmSnapshotList => {
+                let VmRef { vm } = params_of::<method::VmSnapshotList>(params)?;
+                let list = self
+                    .blocking("vm.snapshot_list", move |lc| {
+                        lc.snapshot_list(&lc.resolve(&vm)?.id)
+                    })
+                    .await?;
+                answer::<method::VmSnapshotList>(list)
+            }
+            Name::VmSnapshotRestore => {
+                let RestoreSnapshotParams {
+                    vm,
+                    snapshot,
+                    force,
+                } = params_of::<method::VmSnapshotRestore>(params)?;
+                let record = self
+                    .blocking("vm.snapshot_restore", move |lc| {
+                        lc.snapshot_restore(&lc.resolve(&vm)?.id, &snapshot, force)
+                    })
+                    .await?;
+                answer::<method::VmSnapshotRestore>(self.vm_view(&record))
+            }
+            Name::VmSnapshotDelete => {
+                let SnapshotRef { vm, snapshot } = params_of::<method::VmSnapshotDelete>(params)?;
+                let deleted = self
+                    .blocking("vm.snapshot_delete", move |lc| {
+                        lc.snapshot_delete(&lc.resolve(&vm)?.id, &snapshot)
+                    })
+                    .await?;
+                answer::<method::VmSnapshotDelete>(deleted)
+            }
+            Name::VmBranch => {
+                let BranchVmParams {
+                    source,
+                    name,
+                    no_memory,
+                } = params_of::<method::VmBranch>(params)?;
+                let record = self
+                    .blocking("vm.branch", move |lc| {
+                        lc.branch(&lc.resolve(&source)?.id, &name, no_memory)
+                    })
+                    .await?;
+                answer::<method::VmBranch>(self.vm_view(&record))
+            }
+            other => unreachable!("{} is not a snapshot method", other.as_str()),
         }
     }
 
@@ -228,7 +302,16 @@ impl Daemon {
                     .await
             }
             Name::VmStop => {
-                self.batch::<method::VmStop>(params, |lc, id| lc.stop(id))
+                let StopParams { vms, force } = params_of::<method::VmStop>(params)?;
+                self.batch_refs::<method::VmStop>(vms, move |lc, id| lc.stop(id, force))
+                    .await
+            }
+            Name::VmSuspend => {
+                self.batch::<method::VmSuspend>(params, |lc, id| lc.suspend(id))
+                    .await
+            }
+            Name::VmResume => {
+                self.batch::<method::VmResume>(params, |lc, id| lc.resume(id))
                     .await
             }
             Name::VmRestart => {

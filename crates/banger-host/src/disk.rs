@@ -34,6 +34,8 @@ pub enum DiskError {
     Extract(PathBuf, #[source] ProcessError),
     #[error("setting root ownership inside {0}")]
     Ownership(PathBuf, #[source] ProcessError),
+    #[error("removing the guest's machine-id and SSH host keys from {0}")]
+    ForgetIdentity(PathBuf, #[source] ProcessError),
     #[error("checking filesystem {0} before resizing")]
     Check(PathBuf, #[source] ProcessError),
     #[error("resizing filesystem {0}")]
@@ -73,6 +75,11 @@ pub trait Disks: Send + Sync + fmt::Debug {
     /// Checks the filesystem, shrinks it to its content and cuts the file
     /// to match. Returns the new length.
     fn shrink_to_fit(&self, path: &Path) -> Result<u64>;
+
+    /// Removes from a copied overlay what makes its guest that one host:
+    /// the machine-id and the SSH host keys. The guest makes new ones at its
+    /// next boot (the images regenerate missing host keys).
+    fn forget_identity(&self, overlay: &Path) -> Result<()>;
 
     /// Writes the guest's configuration for its next boot as the config
     /// drive at `path` (see [`crate::config_drive`]).
@@ -222,6 +229,17 @@ impl Ext4Disks {
     }
 
     fn debugfs_write(&self, image: &Path, script: &str) -> Result<(), ProcessError> {
+        self.debugfs_write_tolerating(image, script, &[])
+    }
+
+    /// [`Ext4Disks::debugfs_write`], where complaints containing one of
+    /// `tolerated` are not failures.
+    fn debugfs_write_tolerating(
+        &self,
+        image: &Path,
+        script: &str,
+        tolerated: &[&str],
+    ) -> Result<(), ProcessError> {
         let mut file =
             tempfile_in(&self.scratch).map_err(|e| ProcessError::Spawn("debugfs".into(), e))?;
         file.1
@@ -240,6 +258,7 @@ impl Ext4Disks {
             .stderr
             .lines()
             .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+            .filter(|l| !tolerated.iter().any(|t| l.contains(t)))
             .collect();
         if out.code != Some(0) || !complaints.is_empty() {
             return Err(ProcessError::Reported {
@@ -251,7 +270,35 @@ impl Ext4Disks {
     }
 }
 
+/// What [`Disks::forget_identity`] removes, as the overlay's upper layer
+/// holds it (the initrd mounts it at `upper/`).
+const IDENTITY_FILES: &[&str] = &[
+    "/upper/etc/machine-id",
+    "/upper/var/lib/dbus/machine-id",
+    "/upper/etc/ssh/ssh_host_rsa_key",
+    "/upper/etc/ssh/ssh_host_rsa_key.pub",
+    "/upper/etc/ssh/ssh_host_ecdsa_key",
+    "/upper/etc/ssh/ssh_host_ecdsa_key.pub",
+    "/upper/etc/ssh/ssh_host_ed25519_key",
+    "/upper/etc/ssh/ssh_host_ed25519_key.pub",
+    "/upper/etc/ssh/ssh_host_dsa_key",
+    "/upper/etc/ssh/ssh_host_dsa_key.pub",
+];
+
 impl Disks for Ext4Disks {
+    fn forget_identity(&self, overlay: &Path) -> Result<()> {
+        // A copy of a live disk has recent files only in its journal, which
+        // debugfs does not read: replayed first, they are there to remove.
+        self.check_filesystem(overlay)?;
+        let script: String = IDENTITY_FILES
+            .iter()
+            .map(|file| format!("rm {file}\n"))
+            .collect();
+        // A file the guest never made is not there to remove.
+        self.debugfs_write_tolerating(overlay, &script, &["File not found by ext2_lookup"])
+            .map_err(|e| DiskError::ForgetIdentity(overlay.into(), e))
+    }
+
     fn write_config_drive(&self, path: &Path, files: &[GuestFile]) -> Result<()> {
         Ok(config_drive::write(path, files)?)
     }
@@ -427,6 +474,70 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Turns every all-zero 4 KiB page of `path` into a hole, so a file
+/// written whole (a guest's memory dump) takes only what is not zero.
+pub fn punch_zero_pages(path: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    const PAGE: usize = 4096;
+    const CHUNK: usize = 1 << 20;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut buffer = vec![0u8; CHUNK];
+    let mut offset: u64 = 0;
+    let punch = |file: &std::fs::File, start: u64, len: u64| -> std::io::Result<()> {
+        let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: fallocate on a descriptor we own; the result is checked.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start,
+                len,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            match file.read(&mut buffer[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        let mut run: Option<u64> = None;
+        for (index, page) in buffer[..filled].chunks(PAGE).enumerate() {
+            let at = offset + (index * PAGE) as u64;
+            let zero = page.len() == PAGE && page.iter().all(|b| *b == 0);
+            match (zero, run) {
+                (true, None) => run = Some(at),
+                (false, Some(start)) => {
+                    punch(&file, start, at - start)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        let end = offset + filled as u64;
+        if let Some(start) = run {
+            punch(&file, start, end - start)?;
+        }
+        offset = end;
+    }
 }
 
 /// Copies a sparse file: a reflink where the filesystem shares blocks,
@@ -622,6 +733,7 @@ mod fakes {
         WriteConfigDrive,
         CopyImage,
         ShrinkToFit,
+        ForgetIdentity,
     }
 
     /// Writes small sparse files instead of filesystems, and fails on demand.
@@ -629,6 +741,7 @@ mod fakes {
     pub struct FakeDisks {
         fail: Mutex<HashSet<DiskOp>>,
         written: Mutex<Vec<(PathBuf, Vec<GuestFile>)>>,
+        forgotten: Mutex<Vec<PathBuf>>,
     }
 
     impl FakeDisks {
@@ -642,6 +755,11 @@ mod fakes {
 
         pub fn clear_failures(&self) {
             self.fail.lock().expect("fail lock").clear();
+        }
+
+        /// Every overlay `forget_identity` was asked to scrub.
+        pub fn forgotten(&self) -> Vec<PathBuf> {
+            self.forgotten.lock().expect("forgotten lock").clone()
         }
 
         /// Every `write_config_drive` call: the drive and the files.
@@ -706,6 +824,15 @@ mod fakes {
             std::fs::metadata(path)
                 .map(|m| m.len())
                 .map_err(|e| DiskError::Length(path.into(), e))
+        }
+
+        fn forget_identity(&self, overlay: &Path) -> Result<()> {
+            self.check(DiskOp::ForgetIdentity)?;
+            self.forgotten
+                .lock()
+                .expect("forgotten lock")
+                .push(overlay.to_path_buf());
+            Ok(())
         }
 
         /// Writes the real drive (it is only memory and one file) and records it.
@@ -791,6 +918,45 @@ mod tests {
 
     fn disks(dir: &Path) -> Ext4Disks {
         Ext4Disks::new(Arc::new(HostRunner), dir.join("cache"))
+    }
+
+    #[test]
+    fn a_copied_overlay_forgets_the_machine_id_and_host_keys_and_keeps_the_rest() {
+        if !have_e2fsprogs() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("upper/etc/ssh")).unwrap();
+        std::fs::write(tree.join("upper/etc/machine-id"), "0123\n").unwrap();
+        std::fs::write(tree.join("upper/etc/hostname"), "source\n").unwrap();
+        for key in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+            std::fs::write(tree.join("upper/etc/ssh").join(key), "key").unwrap();
+        }
+        std::fs::write(tree.join("upper/etc/ssh/sshd_config"), "Port 22").unwrap();
+        let image = tmp.path().join("overlay.ext4");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        disks(tmp.path()).forget_identity(&image).unwrap();
+        let etc = debugfs(&image, "ls /upper/etc");
+        assert!(
+            !etc.contains("machine-id") && etc.contains("hostname"),
+            "{etc}"
+        );
+        let ssh = debugfs(&image, "ls /upper/etc/ssh");
+        assert!(
+            !ssh.contains("ssh_host") && ssh.contains("sshd_config"),
+            "{ssh}"
+        );
     }
 
     #[test]
@@ -1006,6 +1172,29 @@ mod tests {
                 .len(),
             2 << 30
         );
+    }
+
+    #[test]
+    fn zero_pages_become_holes_and_data_stays() {
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("memory");
+        let mut data = vec![0u8; 3 << 20];
+        data[5000] = 7; // page 1
+        data[(2 << 20) + 10] = 9; // a page in the third chunk
+        std::fs::write(&path, &data).unwrap();
+        punch_zero_pages(&path).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.len(), 3 << 20, "the size stays");
+        assert!(
+            meta.blocks() * 512 <= 16 << 10,
+            "{} bytes allocated",
+            meta.blocks() * 512
+        );
+        let mut read = vec![0u8; 3 << 20];
+        file.read_exact_at(&mut read, 0).unwrap();
+        assert!(read == data, "the content is unchanged");
     }
 
     #[test]

@@ -82,6 +82,24 @@ impl VmDir {
     pub fn vhost_vsock_pid(&self) -> PathBuf {
         self.path.join("vhost-vsock.pid")
     }
+
+    /// A suspended VM's whole state (memory and devices), as its backend
+    /// wrote it: present only while the VM is suspended, since the guest's
+    /// disks move on as soon as it runs again.
+    pub fn saved_state(&self) -> PathBuf {
+        self.path.join("suspended")
+    }
+
+    /// The VM's snapshots, one directory each.
+    pub fn snapshots(&self) -> PathBuf {
+        self.path.join("snapshots")
+    }
+
+    /// Where a suspend writes before it is complete; renamed to
+    /// [`VmDir::saved_state`] only then, so a crash never leaves half a state.
+    pub fn saved_state_partial(&self) -> PathBuf {
+        self.path.join("suspended.partial")
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +121,9 @@ mod tests {
             dir.qmp(),
             dir.vhost_vsock(),
             dir.vhost_vsock_pid(),
+            dir.saved_state(),
+            dir.saved_state_partial(),
+            dir.snapshots(),
         ];
         let unique: std::collections::HashSet<_> = files.iter().collect();
         assert_eq!(unique.len(), files.len());

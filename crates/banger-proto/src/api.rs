@@ -70,13 +70,29 @@ pub mod method {
         VmShow = "vm.show": VmRef => Vm;
         VmStats = "vm.stats": VmRef => super::VmStats;
         VmStart = "vm.start": VmRefs => BatchResult;
-        VmStop = "vm.stop": VmRefs => BatchResult;
+        /// `force` is needed to stop a suspended VM: that discards its
+        /// saved memory state.
+        VmStop = "vm.stop": StopParams => BatchResult;
+        /// Saves each guest's whole state into its directory and ends its
+        /// VMM; `vm.start` resumes it.
+        VmSuspend = "vm.suspend": VmRefs => BatchResult;
+        /// Resumes suspended VMs (and only those; `vm.start` also boots).
+        VmResume = "vm.resume": VmRefs => BatchResult;
         VmRestart = "vm.restart": VmRefs => BatchResult;
         VmKill = "vm.kill": KillParams => BatchResult;
         /// Freezes the guests' vCPUs in place (no file is written).
         VmPause = "vm.pause": VmRefs => BatchResult;
         VmUnpause = "vm.unpause": VmRefs => BatchResult;
         VmDelete = "vm.delete": VmRefs => BatchResult;
+        /// Saves the VM's disks, and its memory when it runs or is
+        /// suspended, under a name.
+        VmSnapshotCreate = "vm.snapshot_create": CreateSnapshotParams => Snapshot;
+        VmSnapshotList = "vm.snapshot_list": VmRef => Vec<Snapshot>;
+        /// Puts the VM back to a snapshot: a running VM runs on from it.
+        VmSnapshotRestore = "vm.snapshot_restore": RestoreSnapshotParams => Vm;
+        VmSnapshotDelete = "vm.snapshot_delete": SnapshotRef => Snapshot;
+        /// A new VM from another's disks, with an identity of its own.
+        VmBranch = "vm.branch": BranchVmParams => Vm;
         VmSet = "vm.set": SetVmParams => BatchResult;
         /// A new name for a VM; its ID, disks and IP stay.
         VmRename = "vm.rename": RenameVmParams => Vm;
@@ -139,6 +155,72 @@ pub struct DaemonStatus {
 #[serde(deny_unknown_fields)]
 pub struct VmRef {
     pub vm: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotParams {
+    pub vm: String,
+    /// A name for it; the time of day when absent (`snap-20261129-120405`).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRef {
+    pub vm: String,
+    pub snapshot: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSnapshotParams {
+    pub vm: String,
+    pub snapshot: String,
+    /// Needed when the restore would lose memory or disk changes made
+    /// since the snapshot.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BranchVmParams {
+    /// The VM to branch from (name or ID prefix).
+    pub source: String,
+    /// The new VM's name.
+    pub name: String,
+    /// Cold-boot the branch from the copied disks rather than resume it
+    /// from the source's memory.
+    #[serde(default)]
+    pub no_memory: bool,
+}
+
+/// A saved point of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub name: String,
+    pub vm: VmName,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Whether it holds the guest's memory (taken while the VM ran or was
+    /// suspended): a restore then resumes the guest where it was.
+    pub memory: bool,
+    /// What it takes on the host.
+    pub allocated_bytes: u64,
+    /// The VM's shape when it was taken; a restore brings it back.
+    pub vcpu: u32,
+    pub memory_mib: u64,
+    pub disk_size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StopParams {
+    pub vms: Vec<String>,
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Several VMs, each named by a ref; the daemon acts on them concurrently.
@@ -226,6 +308,11 @@ pub enum VmState {
     /// The VMM is alive but holds the guest still: QEMU pauses a guest
     /// whose disk write failed (a full host disk); `last_error` says why.
     Paused,
+    /// `vm suspend` is saving the guest's state; the VMM still runs.
+    Suspending,
+    /// The guest's whole state is saved in the VM's directory and no VMM
+    /// runs: `vm start` resumes it where it was.
+    Suspended,
     Stopping,
     Stopped,
     Failed,
@@ -238,6 +325,8 @@ impl VmState {
             Self::Starting => "starting",
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::Suspending => "suspending",
+            Self::Suspended => "suspended",
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
@@ -250,6 +339,8 @@ impl VmState {
             Self::Starting,
             Self::Running,
             Self::Paused,
+            Self::Suspending,
+            Self::Suspended,
             Self::Stopping,
             Self::Stopped,
             Self::Failed,
@@ -271,8 +362,17 @@ impl VmState {
             (Creating, Running)
                 | (Stopped | Failed, Starting | Stopped)
                 | (Starting, Running | Stopped)
-                | (Running, Stopping | Stopped | Paused)
-                | (Paused, Running | Stopping | Stopped)
+                | (Running, Stopping | Stopped | Paused | Suspending)
+                | (Paused, Running | Stopping | Stopped | Suspending)
+                // A save that failed lets the guest run on; one whose VMM
+                // died leaves it stopped.
+                | (Suspending, Suspended | Running | Stopped)
+                // Resuming starts a VMM; discarding the state stops the VM.
+                | (Suspended, Starting | Stopped)
+                // A snapshot with memory put back.
+                | (Stopped | Failed, Suspended)
+                // A resume that failed before the guest ran keeps the state.
+                | (Starting, Suspended)
                 // A stop cut short by a daemon's death: the next daemon
                 // adopts the VMM that still runs, or records it stopped.
                 | (Stopping, Stopped | Running)
@@ -284,7 +384,7 @@ impl VmState {
     pub fn has_vmm(self) -> bool {
         matches!(
             self,
-            Self::Starting | Self::Running | Self::Paused | Self::Stopping
+            Self::Starting | Self::Running | Self::Paused | Self::Suspending | Self::Stopping
         )
     }
 }
@@ -483,7 +583,7 @@ mod tests {
     fn the_state_machine_allows_only_the_lifecycle_s_moves() {
         use VmState::*;
         let all = [
-            Creating, Starting, Running, Paused, Stopping, Stopped, Failed,
+            Creating, Starting, Running, Paused, Suspending, Suspended, Stopping, Stopped, Failed,
         ];
         let allowed: Vec<(VmState, VmState)> = all
             .iter()
@@ -498,6 +598,13 @@ mod tests {
             (Stopping, Stopped),
             (Running, Paused),
             (Paused, Running),
+            (Running, Suspending),
+            (Suspending, Suspended),
+            (Suspending, Running),
+            (Suspended, Starting),
+            (Suspended, Stopped),
+            (Starting, Suspended),
+            (Stopped, Suspended),
         ] {
             assert!(allowed.contains(&(from, to)), "{from} -> {to}");
         }
@@ -506,6 +613,8 @@ mod tests {
             (Creating, Starting),
             (Stopped, Paused),
             (Failed, Running),
+            (Suspended, Running),
+            (Running, Suspended),
         ] {
             assert!(!from.can_become(to), "{from} -> {to} skips a step");
         }
@@ -514,7 +623,10 @@ mod tests {
             "only create makes Creating"
         );
         let with_vmm: Vec<_> = all.iter().filter(|s| s.has_vmm()).collect();
-        assert_eq!(with_vmm, [&Starting, &Running, &Paused, &Stopping]);
+        assert_eq!(
+            with_vmm,
+            [&Starting, &Running, &Paused, &Suspending, &Stopping]
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub enum ValidationError {
     )]
     Name(String),
     #[error(
+        "invalid snapshot name {0:?}: use 1 to 63 characters from a-z, 0-9 and '-', not starting or ending with '-' (like before-upgrade)"
+    )]
+    SnapshotName(String),
+    #[error(
         "invalid size {0:?}: use a positive whole number with a unit K, M, G or T (like 512M, 16G, 1T)"
     )]
     Size(String),
@@ -64,18 +68,30 @@ pub fn clip(text: &str) -> String {
 }
 
 pub fn vm_name(name: &str) -> Result<(), ValidationError> {
-    let ok = !name.is_empty()
+    if is_hostname_like(name) {
+        Ok(())
+    } else {
+        Err(ValidationError::Name(clip(name)))
+    }
+}
+
+/// Snapshot names follow VM names' rules: they name directories.
+pub fn snapshot_name(name: &str) -> Result<(), ValidationError> {
+    if is_hostname_like(name) {
+        Ok(())
+    } else {
+        Err(ValidationError::SnapshotName(clip(name)))
+    }
+}
+
+fn is_hostname_like(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('-')
         && !name.ends_with('-')
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::Name(clip(name)))
-    }
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Parses `512M`, `16G`, `1T` (binary units; a trailing `B` or `iB` is allowed)

@@ -422,8 +422,22 @@ fn a_full_disk_under_the_log_never_wedges_the_daemon() {
 #[test]
 fn image_build_without_a_base_or_with_bad_input_says_what_to_do() {
     let world = World::new();
-    let out = world.banger(&["image", "build", "--name", "x"]);
-    assert_eq!(out.status.code(), Some(2), "bad input, as for usage errors");
+    // No bundle, so no default image to build from, even in a checkout
+    // where `make runtime` made one beside the binaries.
+    let empty = world.home().join("no-bundle");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = world
+        .command(&*support::BANGER)
+        .env("BANGER_RUNTIME_DIR", &empty)
+        .args(["image", "build", "--name", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad input, as for usage errors: {}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("no base to build from: give --base IMAGE|PATH"),
         "{}",

@@ -32,7 +32,12 @@ pub enum FakeOp {
     Launch,
     Shutdown,
     Pause,
+    /// `save_state` fails after writing part of the state.
+    Save,
 }
+
+/// The fake's saved state: one file, holding the VMM's PID.
+pub const STATE_FILE: &str = "fake-state";
 
 #[derive(Debug, Default)]
 pub struct FakeVmm {
@@ -42,6 +47,8 @@ pub struct FakeVmm {
     io_error: AtomicBool,
     /// Every `set_paused`: the VM directory and the state asked for.
     pauses: Mutex<Vec<(PathBuf, bool)>>,
+    /// Every VM directory whose guest `resume_after_save` let run on.
+    resumed_after_save: Mutex<Vec<PathBuf>>,
     launches: Mutex<Vec<LaunchSpec>>,
     prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
@@ -104,6 +111,14 @@ impl FakeVmm {
             .clone()
     }
 
+    /// The VM directories whose guests ran on after a save, in order.
+    pub fn resumed_after_save(&self) -> Vec<PathBuf> {
+        self.resumed_after_save
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn launches(&self) -> Vec<LaunchSpec> {
         self.launches.lock().expect("launches lock").clone()
     }
@@ -157,6 +172,17 @@ impl Vmm for FakeVmm {
         self.check(FakeOp::Launch)?;
         let mut child =
             prepared.into_child_or(|| self.prepare(&spec.vm_dir, &spec.vm_id, &spec.log_path))?;
+        if let Some(state) = &spec.restore {
+            // Consumed before the "guest" runs, as the real backends do.
+            if !state.join(STATE_FILE).is_file() {
+                crate::process::kill_child(&mut child);
+                return Err(VmmError::StateMissing(state.clone(), STATE_FILE));
+            }
+            if let Err(e) = std::fs::remove_dir_all(state) {
+                crate::process::kill_child(&mut child);
+                return Err(VmmError::StateWrite(state.clone(), e));
+            }
+        }
         let ready = spec.vm_dir.join(READY_FILE);
         let ready_wait = std::time::Duration::from_secs(5);
         if let Err(err) = crate::process::await_ready(
@@ -194,6 +220,24 @@ impl Vmm for FakeVmm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((vm_dir.to_path_buf(), paused));
+        Ok(())
+    }
+
+    fn save_state(&self, vm_dir: &Path, state_dir: &Path) -> Result<()> {
+        let file = state_dir.join(STATE_FILE);
+        let write = |content: &str| {
+            std::fs::write(&file, content).map_err(|e| VmmError::StateWrite(state_dir.into(), e))
+        };
+        write("partial")?;
+        self.check(FakeOp::Save)?;
+        write(&vm_dir.display().to_string())
+    }
+
+    fn resume_after_save(&self, vm_dir: &Path) -> Result<()> {
+        self.resumed_after_save
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(vm_dir.to_path_buf());
         Ok(())
     }
 

@@ -62,6 +62,17 @@ pub enum VmmError {
         #[source]
         source: firecracker::api::ApiError,
     },
+    #[error("the saved state in {0} is incomplete: {1} is missing")]
+    StateMissing(PathBuf, &'static str),
+    #[error("writing the saved state into {0}")]
+    StateWrite(PathBuf, #[source] std::io::Error),
+    #[error("{binary} exited ({status}) while restoring the saved state; see {log}{tail}", tail = process::tail_suffix(.tail))]
+    RestoreExit {
+        binary: String,
+        status: String,
+        log: PathBuf,
+        tail: Vec<String>,
+    },
     #[error("injected failure: {0}")]
     Injected(String),
 }
@@ -99,6 +110,10 @@ pub struct LaunchSpec {
     pub vsock_path: PathBuf,
     /// The VMM's stdout and stderr are appended here.
     pub log_path: PathBuf,
+    /// A state [`Vmm::save_state`] wrote: the guest resumes from it instead
+    /// of booting. The backend consumes it (removes the directory) before
+    /// the guest runs, since the disks move on from then.
+    pub restore: Option<PathBuf>,
 }
 
 /// A started VMM process.
@@ -196,13 +211,22 @@ pub trait Vmm: Send + Sync + fmt::Debug {
         reason
     }
 
-    /// Whether the VMM holds its guest still on an I/O error (QEMU pauses
-    /// a guest whose disk write failed). `None` when the backend cannot
-    /// tell or the guest runs.
     /// Freezes (`true`) or thaws the guest's vCPUs in place; the VMM and
     /// the guest's memory stay as they are.
     fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()>;
 
+    /// Saves the running guest's whole state (memory and devices) into
+    /// `state_dir`, an empty directory, and leaves the guest stopped, its
+    /// disks flushed, for the caller to end the VMM or to let it go on
+    /// ([`Vmm::resume_after_save`]). On error the guest runs again as it was.
+    fn save_state(&self, vm_dir: &Path, state_dir: &Path) -> Result<()>;
+
+    /// Lets a guest that [`Vmm::save_state`] stopped run on in the same VMM.
+    fn resume_after_save(&self, vm_dir: &Path) -> Result<()>;
+
+    /// Whether the VMM holds its guest still on an I/O error (QEMU pauses
+    /// a guest whose disk write failed). `None` when the backend cannot
+    /// tell or the guest runs.
     fn io_error_pause(&self, _vm_dir: &Path) -> Option<bool> {
         None
     }

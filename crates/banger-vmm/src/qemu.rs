@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use banger_proto::check::Check;
 
@@ -15,6 +15,25 @@ use crate::process::{self, detach};
 use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// PCI slots: 0 and 1 are the host bridge and the PIIX3 of `-M pc`.
+const NET_SLOT: u32 = 2;
+const VSOCK_SLOT: u32 = 3;
+const FIRST_DRIVE_SLOT: u32 = 4;
+const VSOCK_CHARDEV: &str = "vsock";
+const VSOCK_DEVICE: &str = "vsock0";
+/// The migration stream in a saved state's directory.
+const STATE_FILE: &str = "qemu-state";
+/// For the guest to let go of the vsock device (ACPI hot-unplug): about
+/// 2 s under TCG here.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
+/// For the migration stream to be written or read: 3 s for a 768 MiB
+/// guest here; large guests on slow disks take longer.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `path` in single quotes for `sh -c` (QEMU runs `exec:` URIs so).
+fn shell_quoted(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
 
 #[derive(Debug, Clone)]
 pub struct Qemu {
@@ -82,35 +101,116 @@ impl Qemu {
         if let Some(initrd) = &spec.initrd {
             args.extend(["-initrd".into(), initrd.display().to_string()]);
         }
-        for drive in &spec.drives {
+        // Every device at a fixed PCI slot: a saved state loads only into
+        // the same slots, and the vsock device, unplugged for the save,
+        // must not let the disks move up into its slot.
+        for (slot, drive) in (FIRST_DRIVE_SLOT..).zip(&spec.drives) {
             let mut value = format!(
-                "file={},if=virtio,format=raw,id={}",
+                "file={},if=none,format=raw,id={}",
                 drive.path.display(),
                 drive.id
             );
             if drive.read_only {
                 value.push_str(",readonly=on");
             }
-            args.extend(["-drive".into(), value]);
+            args.extend([
+                "-drive".into(),
+                value,
+                "-device".into(),
+                format!(
+                    "virtio-blk-pci,drive={},id=blk-{},addr={slot:#x}",
+                    drive.id, drive.id
+                ),
+            ]);
         }
         if let Some(net) = &spec.net {
             args.extend([
                 "-netdev".into(),
                 format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
                 "-device".into(),
-                format!("virtio-net-pci,netdev=net0,mac={}", net.mac),
+                format!(
+                    "virtio-net-pci,netdev=net0,mac={},addr={NET_SLOT:#x}",
+                    net.mac
+                ),
             ]);
         }
-        args.extend([
-            "-chardev".into(),
-            format!(
-                "socket,id=vsock,path={}",
-                banger_host::VmDir::new(dir).vhost_vsock().display()
-            ),
-            "-device".into(),
-            "vhost-user-vsock-pci,chardev=vsock".into(),
-        ]);
+        match &spec.restore {
+            // vhost-user-vsock cannot migrate: the state was saved without
+            // it, and it is plugged back once the guest runs.
+            Some(state) => args.extend([
+                "-S".into(),
+                "-incoming".into(),
+                format!("exec:cat {}", shell_quoted(&state.join(STATE_FILE))),
+            ]),
+            None => args.extend([
+                "-chardev".into(),
+                format!(
+                    "socket,id={VSOCK_CHARDEV},path={}",
+                    banger_host::VmDir::new(dir).vhost_vsock().display()
+                ),
+                "-device".into(),
+                format!(
+                    "vhost-user-vsock-pci,chardev={VSOCK_CHARDEV},id={VSOCK_DEVICE},addr={VSOCK_SLOT:#x}"
+                ),
+            ]),
+        }
         args
+    }
+
+    /// Waits for QEMU to load the saved state, removes it (stale from the
+    /// guest's first instruction on), lets the guest run and plugs the
+    /// vsock device back in.
+    fn finish_restore(
+        &self,
+        child: &mut std::process::Child,
+        spec: &LaunchSpec,
+        state: &Path,
+    ) -> Result<()> {
+        let socket = banger_host::VmDir::new(&spec.vm_dir).qmp();
+        let exited = |child: &mut std::process::Child| {
+            let status = child.try_wait().ok().flatten()?;
+            Some(VmmError::RestoreExit {
+                binary: self.binary.display().to_string(),
+                status: status.to_string(),
+                log: spec.log_path.clone(),
+                tail: process::tail(&spec.log_path, 5),
+            })
+        };
+        let failed = |what: &'static str, child: &mut std::process::Child, source| {
+            // A QEMU that refused the stream exits: its log says why.
+            std::thread::sleep(Duration::from_millis(200));
+            exited(child).unwrap_or_else(|| qmp_failed(what, &socket)(source))
+        };
+        let mut qmp = match Qmp::connect(&socket) {
+            Ok(qmp) => qmp,
+            Err(e) => return Err(failed("connecting", child, e)),
+        };
+        let started = Instant::now();
+        let deadline = started + MIGRATION_TIMEOUT;
+        loop {
+            match qmp.status() {
+                Ok(status) if status == "paused" => break,
+                Ok(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(status) => {
+                    let source = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("still {status} after {}s", MIGRATION_TIMEOUT.as_secs()),
+                    );
+                    return Err(failed("loading the saved state", child, source));
+                }
+                Err(e) => return Err(failed("loading the saved state", child, e)),
+            }
+        }
+        let loaded = started.elapsed();
+        std::fs::remove_dir_all(state).map_err(|e| VmmError::StateWrite(state.into(), e))?;
+        let qmp_error = |what| qmp_failed(what, &socket);
+        qmp.execute("cont", None)
+            .map_err(qmp_error("resuming the guest"))?;
+        plug_vsock(&mut qmp, &spec.vm_dir).map_err(qmp_error("plugging the vsock device back"))?;
+        tracing::info!(load_secs = loaded.as_secs_f64(), "guest state restored");
+        Ok(())
     }
 
     fn start_vsock_helper(&self, spec: &LaunchSpec) -> Result<std::process::Child> {
@@ -156,6 +256,8 @@ struct QmpLine {
     #[serde(rename = "return")]
     answer: Option<serde_json::Value>,
     error: Option<QmpError>,
+    event: Option<String>,
+    data: Option<serde_json::Value>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -170,47 +272,205 @@ struct QmpStatus {
     status: String,
 }
 
-/// Runs one QMP command after the capabilities handshake and returns its
-/// `return` value. Events are skipped; an `error` answer is an error.
-/// Kept by hand rather than the `qapi` crate: banger sends a few commands
-/// without arguments (`query-status`, `system_powerdown`, `stop`, `cont`),
-/// each one line of JSON, and `qapi`
-/// brings types generated for every command of QEMU's schema.
-fn qmp(socket: &Path, command: &str) -> std::io::Result<serde_json::Value> {
-    let stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?; // greeting
-    for execute in ["qmp_capabilities", command] {
-        writer.write_all(
-            serde_json::json!({ "execute": execute })
-                .to_string()
-                .as_bytes(),
-        )?;
-        writer.write_all(b"\n")?;
-        let answer = loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let parsed: QmpLine = serde_json::from_str(&line).map_err(std::io::Error::other)?;
-            if let Some(error) = parsed.error {
+/// `query-migrate`'s answer (the fields banger reads).
+#[derive(Debug, serde::Deserialize)]
+struct QmpMigration {
+    status: Option<String>,
+    #[serde(rename = "error-desc")]
+    error: Option<String>,
+}
+
+/// One QMP connection, past the capabilities handshake. Kept by hand
+/// rather than the `qapi` crate: banger sends a dozen commands, each one
+/// line of JSON, and `qapi` brings types generated for every command of
+/// QEMU's schema.
+struct Qmp {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    /// Events read while waiting for an answer: (name, data).
+    events: Vec<(String, serde_json::Value)>,
+}
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Qmp {
+    fn connect(socket: &Path) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(QMP_TIMEOUT))?;
+        let mut qmp = Self {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+            events: Vec::new(),
+        };
+        let mut greeting = String::new();
+        qmp.reader.read_line(&mut greeting)?;
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
+    }
+
+    fn read_line(&mut self) -> std::io::Result<QmpLine> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    }
+
+    /// Runs `command` and returns its `return` value; events that come
+    /// first are kept for [`Qmp::wait_event`]. An `error` answer is an error.
+    fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> std::io::Result<serde_json::Value> {
+        let mut request = serde_json::json!({ "execute": command });
+        if let Some(arguments) = arguments {
+            request["arguments"] = arguments;
+        }
+        self.writer.write_all(request.to_string().as_bytes())?;
+        self.writer.write_all(b"\n")?;
+        loop {
+            let line = self.read_line()?;
+            if let Some(error) = line.error {
                 return Err(std::io::Error::other(format!(
-                    "QMP {execute}: {} ({})",
+                    "QMP {command}: {} ({})",
                     error.desc, error.class
                 )));
             }
-            if let Some(answer) = parsed.answer {
-                break answer;
+            if let Some(answer) = line.answer {
+                return Ok(answer);
             }
-        };
-        if execute == command {
-            return Ok(answer);
+            if let Some(event) = line.event {
+                self.events
+                    .push((event, line.data.unwrap_or(serde_json::Value::Null)));
+            }
         }
     }
-    unreachable!("the loop returns at the command's answer")
+
+    /// Waits up to `timeout` for the event `name` whose data matches `wanted`.
+    fn wait_event(
+        &mut self,
+        name: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> std::io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self
+                .events
+                .iter()
+                .position(|(event, data)| event == name && wanted(data))
+            {
+                self.events.remove(at);
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no {name} event within {}s", timeout.as_secs()),
+                ));
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            let line = self.read_line();
+            self.reader.get_ref().set_read_timeout(Some(QMP_TIMEOUT))?;
+            match line {
+                Ok(QmpLine {
+                    event: Some(event),
+                    data,
+                    ..
+                }) => self
+                    .events
+                    .push((event, data.unwrap_or(serde_json::Value::Null))),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn status(&mut self) -> std::io::Result<String> {
+        let answer = self.execute("query-status", None)?;
+        let status: QmpStatus = serde_json::from_value(answer).map_err(std::io::Error::other)?;
+        Ok(status.status)
+    }
+}
+
+/// Puts the vsock device back at its slot, on a new connection to the
+/// vhost-user helper (which keeps listening while QEMU is away).
+fn plug_vsock(qmp: &mut Qmp, vm_dir: &Path) -> std::io::Result<()> {
+    let plugged = qmp.execute(
+        "qom-get",
+        Some(serde_json::json!({
+            "path": format!("/machine/peripheral/{VSOCK_DEVICE}"),
+            "property": "type",
+        })),
+    );
+    if plugged.is_ok() {
+        return Ok(()); // a save interrupted before the unplug
+    }
+    let helper = banger_host::VmDir::new(vm_dir).vhost_vsock();
+    qmp.execute(
+        "chardev-add",
+        Some(serde_json::json!({
+            "id": VSOCK_CHARDEV,
+            "backend": { "type": "socket", "data": {
+                "addr": { "type": "unix", "data": { "path": helper } },
+                "server": false,
+            }},
+        })),
+    )?;
+    qmp.execute(
+        "device_add",
+        Some(serde_json::json!({
+            "driver": "vhost-user-vsock-pci",
+            "id": VSOCK_DEVICE,
+            "chardev": VSOCK_CHARDEV,
+            "addr": format!("{VSOCK_SLOT:#x}"),
+        })),
+    )?;
+    Ok(())
+}
+
+/// How a QMP command that failed is reported.
+fn qmp_failed(what: &'static str, socket: &Path) -> impl FnOnce(std::io::Error) -> VmmError {
+    let socket = socket.to_path_buf();
+    move |source| VmmError::QmpCommand {
+        what,
+        socket,
+        source,
+    }
+}
+
+/// Polls `query-migrate` until the outgoing migration ends.
+fn await_migration(qmp: &mut Qmp) -> std::io::Result<()> {
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        let answer = qmp.execute("query-migrate", None)?;
+        let migration: QmpMigration =
+            serde_json::from_value(answer).map_err(std::io::Error::other)?;
+        match migration.status.as_deref() {
+            Some("completed") => return Ok(()),
+            Some(status @ ("failed" | "cancelled")) => {
+                return Err(std::io::Error::other(format!(
+                    "migration {status}: {}",
+                    migration.error.as_deref().unwrap_or("QEMU gave no reason")
+                )));
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("not done after {}s", MIGRATION_TIMEOUT.as_secs()),
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Runs one QMP command without arguments on a connection of its own.
+fn qmp(socket: &Path, command: &str) -> std::io::Result<serde_json::Value> {
+    Qmp::connect(socket)?.execute(command, None)
 }
 
 impl Vmm for Qemu {
@@ -241,6 +501,11 @@ impl Vmm for Qemu {
         if !self.binary.is_file() {
             return Err(VmmError::BinaryMissing(self.binary.clone()));
         }
+        if let Some(state) = &spec.restore
+            && !state.join(STATE_FILE).is_file()
+        {
+            return Err(VmmError::StateMissing(state.clone(), STATE_FILE));
+        }
         let qmp_socket = banger_host::VmDir::new(&spec.vm_dir).qmp();
         let _ = std::fs::remove_file(&qmp_socket);
         let mut helper = self.start_vsock_helper(spec)?;
@@ -269,7 +534,11 @@ impl Vmm for Qemu {
             &self.binary,
             &spec.log_path,
             START_TIMEOUT,
-        ) {
+        )
+        .and_then(|()| match &spec.restore {
+            Some(state) => self.finish_restore(&mut child, spec, state),
+            None => Ok(()),
+        }) {
             process::kill_child(&mut child);
             process::kill_child(&mut helper);
             self.cleanup(&spec.vm_dir);
@@ -295,11 +564,78 @@ impl Vmm for Qemu {
         let socket = banger_host::VmDir::new(vm_dir).qmp();
         qmp(&socket, command)
             .map(|_| ())
-            .map_err(|source| VmmError::QmpCommand {
-                what,
-                socket,
-                source,
-            })
+            .map_err(qmp_failed(what, &socket))
+    }
+
+    /// vhost-user-vsock cannot migrate (its backend lacks
+    /// `VHOST_USER_PROTOCOL_F_LOG_SHMFD`): it is unplugged, the guest
+    /// stopped and its state migrated into a file; on any failure the
+    /// guest runs on with the device back in.
+    fn save_state(&self, vm_dir: &Path, state_dir: &Path) -> Result<()> {
+        let socket = banger_host::VmDir::new(vm_dir).qmp();
+        let qmp_error = |what| qmp_failed(what, &socket);
+        let mut qmp = Qmp::connect(&socket).map_err(qmp_error("connecting"))?;
+        let started = Instant::now();
+        qmp.execute(
+            "device_del",
+            Some(serde_json::json!({ "id": VSOCK_DEVICE })),
+        )
+        .map_err(qmp_error("unplugging the vsock device"))?;
+        qmp.wait_event(
+            "DEVICE_DELETED",
+            |data| data["device"] == VSOCK_DEVICE,
+            UNPLUG_TIMEOUT,
+        )
+        .map_err(qmp_error(
+            "waiting for the guest to release the vsock device",
+        ))?;
+        let unplugged = started.elapsed();
+        let saved = (|| {
+            qmp.execute(
+                "chardev-remove",
+                Some(serde_json::json!({ "id": VSOCK_CHARDEV })),
+            )
+            .map_err(qmp_error("removing the vsock connection"))?;
+            qmp.execute("stop", None)
+                .map_err(qmp_error("stopping the guest"))?;
+            // QEMU's default cap (32 MiB/s) is for live links, not files.
+            qmp.execute(
+                "migrate-set-parameters",
+                Some(serde_json::json!({ "max-bandwidth": u64::MAX >> 2 })),
+            )
+            .map_err(qmp_error("lifting the migration bandwidth cap"))?;
+            let uri = format!("exec:cat > {}", shell_quoted(&state_dir.join(STATE_FILE)));
+            qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+                .map_err(qmp_error("saving the guest's state"))?;
+            await_migration(&mut qmp).map_err(qmp_error("saving the guest's state"))
+        })();
+        if let Err(err) = saved {
+            let _ = qmp.execute("migrate_cancel", None);
+            if let Err(undo) = qmp
+                .execute("cont", None)
+                .and_then(|_| plug_vsock(&mut qmp, vm_dir))
+            {
+                tracing::error!(error = %undo, "could not let the guest run on after a failed save");
+            }
+            return Err(err);
+        }
+        tracing::info!(
+            unplug_secs = unplugged.as_secs_f64(),
+            save_secs = (started.elapsed() - unplugged).as_secs_f64(),
+            "guest state saved"
+        );
+        Ok(())
+    }
+
+    fn resume_after_save(&self, vm_dir: &Path) -> Result<()> {
+        let socket = banger_host::VmDir::new(vm_dir).qmp();
+        let qmp_error = |what| qmp_failed(what, &socket);
+        let mut qmp = Qmp::connect(&socket).map_err(qmp_error("connecting"))?;
+        // After a daemon died mid-save a migration may still run.
+        let _ = qmp.execute("migrate_cancel", None);
+        qmp.execute("cont", None)
+            .map_err(qmp_error("resuming the guest"))?;
+        plug_vsock(&mut qmp, vm_dir).map_err(qmp_error("plugging the vsock device back"))
     }
 
     /// `query-status` answers `io-error` while QEMU holds a guest on a
@@ -468,22 +804,44 @@ mod tests {
             vsock_cid: 3,
             vsock_path: "/s/vms/aa12/vsock.sock".into(),
             log_path: "/s/vms/aa12/firecracker.log".into(),
+            restore: None,
         };
         let line = Qemu::args(&spec).join(" ");
+        assert!(!line.contains("-incoming"), "{line}");
         for part in [
             "-machine pc,accel=tcg,memory-backend=mem",
             "-object memory-backend-memfd,id=mem,size=1024M,share=on",
             "-kernel /nonexistent/vmlinux",
             "-initrd /r/initrd.img",
-            "-drive file=/r/rootfs.ext4,if=virtio,format=raw,id=base,readonly=on",
+            "-drive file=/r/rootfs.ext4,if=none,format=raw,id=base,readonly=on",
+            "-device virtio-blk-pci,drive=base,id=blk-base,addr=0x4",
             "-netdev tap,id=net0,ifname=bg-aa12,script=no,downscript=no",
-            "-device virtio-net-pci,netdev=net0,mac=06:00:0a:db:00:02",
+            "-device virtio-net-pci,netdev=net0,mac=06:00:0a:db:00:02,addr=0x2",
             "-chardev socket,id=vsock,path=/s/vms/aa12/vhost-vsock.sock",
-            "-device vhost-user-vsock-pci,chardev=vsock",
+            "-device vhost-user-vsock-pci,chardev=vsock,id=vsock0,addr=0x3",
             "-chardev file,id=console,path=/s/vms/aa12/firecracker.log,append=on",
             "-qmp unix:/s/vms/aa12/qmp.sock,server=on,wait=off",
         ] {
             assert!(line.contains(part), "missing {part:?} in {line}");
         }
+        let restoring = LaunchSpec {
+            restore: Some("/s/vms/aa12/suspended".into()),
+            ..spec
+        };
+        let line = Qemu::args(&restoring).join(" ");
+        assert!(
+            line.contains("-S -incoming exec:cat '/s/vms/aa12/suspended/qemu-state'"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("vhost-user-vsock-pci"),
+            "the state was saved without the vsock device: {line}"
+        );
+        assert!(line.contains("virtio-blk-pci,drive=base,id=blk-base,addr=0x4"));
+    }
+
+    #[test]
+    fn a_quote_in_a_path_stays_inside_its_quotes() {
+        assert_eq!(shell_quoted(Path::new("/a b/it's")), r"'/a b/it'\''s'");
     }
 }

@@ -60,6 +60,7 @@ fn spec(dir: &Path) -> LaunchSpec {
         vsock_cid: 3,
         vsock_path: dir.join("vsock.sock"),
         log_path: dir.join("firecracker.log"),
+        restore: None,
     }
 }
 

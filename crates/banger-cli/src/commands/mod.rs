@@ -6,6 +6,7 @@ pub(crate) mod exec;
 mod image;
 mod image_build;
 mod port_forward;
+mod snapshot;
 pub mod ssh;
 mod vm;
 mod wait;

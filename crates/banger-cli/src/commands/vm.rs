@@ -4,12 +4,14 @@ use std::process::ExitCode;
 use banger_proto::Method;
 use banger_proto::api::method;
 use banger_proto::{
-    BatchResult, CreateVmParams, KillParams, RenameVmParams, SetVmParams, Vm, VmRef, VmRefs,
-    VmStats, VmSummary,
+    BatchResult, CreateVmParams, KillParams, RenameVmParams, SetVmParams, StopParams, Vm, VmRef,
+    VmRefs, VmStats, VmSummary,
 };
 
 use super::Context;
-use crate::args::{CreateArgs, KillArgs, RenameArgs, SetArgs, StartArgs, VmCommand, VmTargets};
+use crate::args::{
+    CreateArgs, KillArgs, RenameArgs, SetArgs, StartArgs, StopArgs, VmCommand, VmTargets,
+};
 use crate::client::Client;
 use crate::output;
 
@@ -51,15 +53,19 @@ pub fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
         VmCommand::Exec(args) => super::exec::run(args, ctx),
         VmCommand::Cp(args) => super::cp::run(args, ctx),
         VmCommand::PortForward(args) => super::port_forward::run(args, ctx),
-        VmCommand::Stop(targets) => batch::<method::VmStop>(ctx, targets, "stopped"),
+        VmCommand::Stop(args) => stop(args, ctx),
         VmCommand::Start(args) => start(args, ctx),
         VmCommand::Restart(targets) => batch::<method::VmRestart>(ctx, targets, "restarted"),
         VmCommand::Delete(targets) => batch::<method::VmDelete>(ctx, targets, "deleted"),
         VmCommand::Kill(args) => kill(args, ctx),
         VmCommand::Pause(targets) => batch::<method::VmPause>(ctx, targets, "paused"),
         VmCommand::Unpause(targets) => batch::<method::VmUnpause>(ctx, targets, "unpaused"),
+        VmCommand::Suspend(targets) => batch::<method::VmSuspend>(ctx, targets, "suspended"),
+        VmCommand::Resume(targets) => batch::<method::VmResume>(ctx, targets, "resumed"),
         VmCommand::Set(args) => set(args, ctx),
         VmCommand::Rename(args) => rename(args, ctx),
+        VmCommand::Snapshot(command) => super::snapshot::run(command, ctx),
+        VmCommand::Branch(args) => super::snapshot::branch(args, ctx),
     }
 }
 
@@ -157,6 +163,16 @@ fn start(args: StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+fn stop(args: StopArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let mut client: Client = ctx.client()?;
+    say_progress(method::VmStop::NAME, &args.targets.vms);
+    let result = client.call::<method::VmStop>(StopParams {
+        vms: args.targets.vms,
+        force: args.force,
+    })?;
+    report(&result, "stopped", args.targets.output.json)
+}
+
 fn kill(args: KillArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let params = KillParams {
         vms: args.targets.vms.clone(),
@@ -194,16 +210,25 @@ fn batch<M: Method<Params = VmRefs, Result = BatchResult>>(
     verb: &str,
 ) -> anyhow::Result<ExitCode> {
     let mut client: Client = ctx.client()?;
-    if M::NAME != method::VmStart::NAME && std::io::stderr().is_terminal() {
-        // A guest gets time to power off; say so rather than sit silent.
-        eprintln!(
-            "{}: waiting for {} to power off...",
-            verb_ing(M::NAME),
-            targets.vms.join(", ")
-        );
-    }
+    say_progress(M::NAME, &targets.vms);
     let result = client.call::<M>(VmRefs { vms: targets.vms })?;
     report(&result, verb, targets.output.json)
+}
+
+/// What a slow batch action waits for, on a terminal, rather than sit silent.
+fn say_progress(method: &str, vms: &[String]) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let vms = vms.join(", ");
+    let waiting = match method {
+        method::VmStop::NAME | method::VmRestart::NAME | method::VmDelete::NAME => {
+            format!("waiting for {vms} to power off")
+        }
+        method::VmSuspend::NAME => format!("saving the memory of {vms}"),
+        _ => return,
+    };
+    eprintln!("{}: {waiting}...", verb_ing(method));
 }
 
 fn report(result: &BatchResult, verb: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -236,6 +261,7 @@ fn verb_ing(method: &str) -> &'static str {
         method::VmDelete::NAME => "deleting",
         method::VmPause::NAME => "pausing",
         method::VmUnpause::NAME => "unpausing",
+        method::VmSuspend::NAME => "suspending",
         _ => "working",
     }
 }

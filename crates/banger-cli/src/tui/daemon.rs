@@ -24,6 +24,7 @@ pub enum Call {
     Stop(Vec<String>),
     Pause(Vec<String>),
     Unpause(Vec<String>),
+    Suspend(Vec<String>),
     Restart(Vec<String>),
     Delete(Vec<String>),
     Kill(KillParams),
@@ -152,10 +153,16 @@ impl CliDaemon {
                 Reply::Vm(Box::new(client.call::<method::VmCreate>(params.clone())?))
             }
             Call::Start(vms) => Reply::Batch(client.call::<method::VmStart>(refs(vms))?),
-            Call::Stop(vms) => Reply::Batch(client.call::<method::VmStop>(refs(vms))?),
+            Call::Stop(vms) => {
+                Reply::Batch(client.call::<method::VmStop>(banger_proto::StopParams {
+                    vms: vms.clone(),
+                    force: false,
+                })?)
+            }
             Call::Restart(vms) => Reply::Batch(client.call::<method::VmRestart>(refs(vms))?),
             Call::Pause(vms) => Reply::Batch(client.call::<method::VmPause>(refs(vms))?),
             Call::Unpause(vms) => Reply::Batch(client.call::<method::VmUnpause>(refs(vms))?),
+            Call::Suspend(vms) => Reply::Batch(client.call::<method::VmSuspend>(refs(vms))?),
             Call::Delete(vms) => Reply::Batch(client.call::<method::VmDelete>(refs(vms))?),
             Call::Kill(params) => Reply::Batch(client.call::<method::VmKill>(params.clone())?),
             Call::Set(params) => Reply::Batch(client.call::<method::VmSet>(params.clone())?),

@@ -26,10 +26,11 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
             ("/", "filter by name, image, state or IP"),
             ("Enter, s", "SSH into the VM"),
             ("c", "create a VM"),
-            ("u", "start"),
+            ("u", "start, or resume a suspended VM"),
             ("x", "stop"),
             ("r", "restart"),
             ("p", "pause or unpause (vCPUs frozen in place)"),
+            ("z", "suspend (memory to disk; u resumes)"),
             ("K", "kill (choose the signal)"),
             ("d", "delete (asks first)"),
             ("n", "toggle NAT"),
@@ -209,6 +210,12 @@ impl App {
                     } else {
                         Call::Pause(vms)
                     });
+                }
+            }
+            KeyCode::Char('z') => {
+                let vms = self.targets();
+                if !vms.is_empty() {
+                    return self.start(Call::Suspend(vms));
                 }
             }
             KeyCode::Char('n') => {

@@ -190,6 +190,8 @@ fn state_style(state: VmState) -> Style {
         VmState::Running => Style::new().fg(Color::Green),
         VmState::Failed => Style::new().fg(Color::Red),
         VmState::Stopped => Style::new().dim(),
+        // At rest, like stopped, but with its memory kept.
+        VmState::Suspended => Style::new().fg(Color::Cyan),
         _ => Style::new().fg(Color::Yellow),
     }
 }
@@ -422,7 +424,7 @@ fn render_key_hints(app: &App, frame: &mut Frame, area: Rect) {
     } else {
         match app.view() {
             View::Vms => {
-                "Enter ssh  c new  u start  x stop  r restart  p pause  K kill  d del  n nat  e set  R rename  / filter  ? help  q quit"
+                "Enter ssh  c new  u start  x stop  r restart  p pause  z suspend  K kill  d del  n nat  e set  / filter  ? help  q quit"
             }
             View::Images => "↑↓ select  d delete  b build  ? help  q quit",
             View::Doctor | View::Daemon => "r refresh  1-4 views  ? help  q quit",

@@ -324,6 +324,7 @@ impl App {
                 | Call::Stop(_)
                 | Call::Pause(_)
                 | Call::Unpause(_)
+                | Call::Suspend(_)
                 | Call::Restart(_)
                 | Call::Delete(_)
                 | Call::Kill(_)
@@ -423,6 +424,7 @@ pub fn targets_of(call: &Call) -> Vec<String> {
         | Call::Stop(vms)
         | Call::Pause(vms)
         | Call::Unpause(vms)
+        | Call::Suspend(vms)
         | Call::Restart(vms)
         | Call::Delete(vms) => vms.clone(),
         Call::Kill(params) => params.vms.clone(),
@@ -440,6 +442,7 @@ pub fn busy_verb(call: &Call) -> &'static str {
         Call::Stop(_) => "stopping",
         Call::Pause(_) => "pausing",
         Call::Unpause(_) => "unpausing",
+        Call::Suspend(_) => "suspending",
         Call::Restart(_) => "restarting",
         Call::Delete(_) => "deleting",
         Call::Kill(_) => "signalling",
@@ -456,6 +459,7 @@ fn done_verb(call: &Call) -> String {
         Call::Stop(_) => "stopped".into(),
         Call::Pause(_) => "paused".into(),
         Call::Unpause(_) => "unpaused".into(),
+        Call::Suspend(_) => "suspended".into(),
         Call::Restart(_) => "restarted".into(),
         Call::Delete(_) => "deleted".into(),
         Call::Kill(params) => format!("sent {} to", params.signal),
@@ -479,6 +483,7 @@ fn failed_what(call: &Call) -> String {
                 Call::Stop(_) => "stop",
                 Call::Pause(_) => "pause",
                 Call::Unpause(_) => "unpause",
+                Call::Suspend(_) => "suspend",
                 Call::Restart(_) => "restart",
                 Call::Delete(_) => "delete",
                 Call::Kill(_) => "kill",

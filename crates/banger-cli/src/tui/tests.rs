@@ -237,6 +237,7 @@ impl Daemon for RecordingDaemon {
             | Call::Stop(vms)
             | Call::Pause(vms)
             | Call::Unpause(vms)
+            | Call::Suspend(vms)
             | Call::Restart(vms)
             | Call::Delete(vms) => batch(vms),
             Call::Kill(p) => batch(&p.vms),
@@ -514,6 +515,15 @@ fn cpu_share_is_the_change_in_cpu_seconds_over_wall_time() {
     history.record(10.5, 1.0);
     history.record(12.0, 2.0);
     assert_eq!(history.percent, [50, 150]);
+}
+
+#[test]
+fn z_suspends_the_targets() {
+    let fake = RecordingDaemon::default();
+    let mut app = app_with(mixed());
+    drive(&mut app, &fake, "z");
+    assert_eq!(recorded(&fake), [Call::Suspend(vec!["calm-otter".into()])]);
+    assert_eq!(app.status.as_ref().unwrap().text, "suspended calm-otter");
 }
 
 #[test]

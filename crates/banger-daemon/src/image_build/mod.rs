@@ -935,7 +935,9 @@ impl ImageBuilds {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| host("the builder VM is gone".into()))?;
-        self.lifecycle.stop(&id).map_err(|e| host(error_text(&e)))?;
+        self.lifecycle
+            .stop(&id, false)
+            .map_err(|e| host(error_text(&e)))?;
         let staging = self.staging(&plan.name);
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)

@@ -48,6 +48,7 @@ impl Lifecycle {
             vsock_cid: record.vsock_cid.unwrap_or(0),
             vsock_path: record.vsock_path.clone().unwrap_or_else(|| files.vsock()),
             log_path: files.console_log(),
+            restore: files.saved_state().is_dir().then(|| files.saved_state()),
             vm_dir: dir,
         }
     }

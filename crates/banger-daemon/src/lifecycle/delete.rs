@@ -47,14 +47,18 @@ impl Lifecycle {
         Ok(record)
     }
 
-    /// The `.deleting` directories an interrupted VM or image delete left.
+    /// The `.deleting` directories an interrupted VM or image delete left,
+    /// and the staging directories of interrupted branches.
     pub(super) fn remove_deleted_dirs(&self) {
         for parent in [&self.paths.vms_dir, &self.paths.images_dir] {
             let Ok(entries) = std::fs::read_dir(parent) else {
                 continue;
             };
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().ends_with(".deleting") {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".deleting")
+                    || name.ends_with(super::branch::BRANCH_STAGING_SUFFIX)
+                {
                     match std::fs::remove_dir_all(entry.path()) {
                         Ok(()) => {
                             tracing::warn!(dir = %entry.path().display(), "removed what a delete left")

@@ -68,6 +68,40 @@ pub enum LifecycleError {
     },
     #[error("{name} is not running: start it with `banger vm start {name}`")]
     NotRunning { name: String },
+    #[error("{name} is {state}, not suspended: `banger vm start {name}` boots a stopped VM")]
+    NotSuspended { name: String, state: VmState },
+    #[error(
+        "{name} is suspended: stopping it discards its saved memory (running processes, open editors; the disks stay): resume it with `banger vm start {name}`, or discard with `banger vm stop --force {name}`"
+    )]
+    WouldDiscardState { name: String },
+    #[error(
+        "{name} is suspended, and its saved state needs the vCPUs, memory and disks it was saved with: resume it with `banger vm start {name}` and stop it, or discard the state with `banger vm stop --force {name}`"
+    )]
+    SuspendedNeedsSameShape { name: String },
+    #[error(
+        "{vm} already has a snapshot named {snapshot:?}: pick another name, or delete it with `banger vm snapshot delete {vm} {snapshot}`"
+    )]
+    SnapshotExists { vm: String, snapshot: String },
+    #[error("{vm} has no snapshot named {snapshot:?}: see `banger vm snapshot list {vm}`")]
+    NoSnapshot { vm: String, snapshot: String },
+    #[error(
+        "restoring {snapshot} discards {vm}'s {what}: take a snapshot of it first if you want to keep them, then run again with --force"
+    )]
+    RestoreLoses {
+        vm: String,
+        snapshot: String,
+        what: &'static str,
+    },
+    #[error(
+        "branching {vm} with its memory is not implemented yet: add --no-memory to boot the branch from a copy of its disks ({vm} keeps running)"
+    )]
+    BranchWithMemory { vm: String },
+    #[error("{name} is {state}: try again once it is running, stopped or suspended")]
+    Busy { name: String, state: VmState },
+    #[error(
+        "{name} is paused on a disk error (its VMM could not write): free space on the host, `banger vm unpause {name}`, then suspend it"
+    )]
+    PausedOnError { name: String },
     #[error(
         "refusing to shrink {name}'s work disk from {} to {}: work disks only grow",
         format_size(*.current), format_size(*.requested)
@@ -117,9 +151,17 @@ impl LifecycleError {
             | Self::NameIsIdPrefix { .. }
             | Self::MustBeStopped { .. }
             | Self::NotRunning { .. }
+            | Self::NotSuspended { .. }
+            | Self::WouldDiscardState { .. }
+            | Self::SuspendedNeedsSameShape { .. }
+            | Self::PausedOnError { .. }
+            | Self::SnapshotExists { .. }
+            | Self::RestoreLoses { .. }
+            | Self::Busy { .. }
+            | Self::BranchWithMemory { .. }
             | Self::Transition { .. }
             | Self::ImageInUse { .. } => K::Conflict,
-            Self::NotFound(_) | Self::NoImage(_) => K::NotFound,
+            Self::NotFound(_) | Self::NoImage(_) | Self::NoSnapshot { .. } => K::NotFound,
             Self::ImageFileMissing { .. } | Self::Namegen(_) => K::InvalidInput,
             Self::Reserve(..) | Self::NotReady { .. } => K::Unavailable,
             Self::Step { .. } | Self::Signal { .. } => K::HostFailure,

@@ -27,6 +27,7 @@ use crate::namegen::{self, NamegenError};
 use crate::store::{Store, StoreError, VmRecord};
 
 mod boot;
+mod branch;
 mod crash;
 mod create;
 mod delete;
@@ -39,8 +40,10 @@ mod reconcile;
 mod rename;
 mod restart;
 mod set;
+mod snapshot;
 mod start;
 mod stop;
+mod suspend;
 
 pub use crash::{CRASH_AT_VAR, Crash};
 pub use error::{LifecycleError, error_text};
@@ -103,6 +106,9 @@ pub struct Lifecycle {
     paths: Paths,
     store: Arc<Store>,
     backends: Vec<Arc<dyn Vmm>>,
+    /// For what the lifecycle does to disks beyond the storage capability
+    /// (a branch's copied overlay forgets its guest's identity).
+    disks: Arc<dyn banger_host::disk::Disks>,
     /// In pipeline order; undone in reverse.
     capabilities: Vec<Arc<dyn Capability>>,
     namegen_path: Option<PathBuf>,
@@ -141,6 +147,7 @@ impl Lifecycle {
         paths: Paths,
         store: Arc<Store>,
         backends: Vec<Arc<dyn Vmm>>,
+        disks: Arc<dyn banger_host::disk::Disks>,
         capabilities: Vec<Arc<dyn Capability>>,
         namegen_path: Option<PathBuf>,
     ) -> Arc<Self> {
@@ -149,6 +156,7 @@ impl Lifecycle {
             paths,
             store,
             backends,
+            disks,
             capabilities,
             namegen_path,
             locks: VmLocks::default(),
@@ -173,16 +181,23 @@ impl Lifecycle {
     /// Refuses `action` when the state directory's filesystem has less
     /// than [`MIN_FREE_BYTES`] free, naming both figures.
     fn check_free_space(&self, action: &'static str) -> Result<()> {
+        self.check_free_space_for(action, 0)
+    }
+
+    /// [`Lifecycle::check_free_space`] for an action that writes `bytes`
+    /// on top (a saved state).
+    fn check_free_space_for(&self, action: &'static str, bytes: u64) -> Result<()> {
         let dir = self.paths.vms_dir.clone();
         let Ok(free) = banger_host::disk::free_bytes(&dir) else {
             return Ok(()); // unknown: mkfs or the copy will say what failed
         };
-        if free < self.min_free_bytes {
+        let needed = self.min_free_bytes.saturating_add(bytes);
+        if free < needed {
             return Err(LifecycleError::NoSpace {
                 action,
                 dir,
                 free,
-                needed: self.min_free_bytes,
+                needed,
             });
         }
         Ok(())
@@ -265,6 +280,19 @@ impl Lifecycle {
         files.extend(record.vsock_path.clone());
         for file in files {
             let _ = std::fs::remove_file(file);
+        }
+    }
+
+    /// Whether the VM runs (`true`) or rests, stopped or suspended
+    /// (`false`); one on its way between the two is busy.
+    fn runs_or_rests(record: &VmRecord) -> Result<bool> {
+        match record.state {
+            VmState::Running | VmState::Paused => Ok(true),
+            VmState::Stopped | VmState::Failed | VmState::Suspended => Ok(false),
+            other => Err(LifecycleError::Busy {
+                name: record.name.to_string(),
+                state: other,
+            }),
         }
     }
 

@@ -36,7 +36,9 @@ impl Lifecycle {
         mut record: VmRecord,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let pid_file = banger_host::VmDir::new(self.vm_dir(&record.id)).vmm_pid();
+        let files = banger_host::VmDir::new(self.vm_dir(&record.id));
+        snapshot::remove_partial_snapshots(&files);
+        let pid_file = files.vmm_pid();
         // The stored PID, or, when a daemon died between starting the VMM
         // and storing its PID, the identity written at its spawn.
         let recorded = banger_vmm::process::recorded_process(&pid_file);
@@ -62,11 +64,68 @@ impl Lifecycle {
                 self.undo_interrupted_create(&record, &pid_file, alive)?;
                 report.removed.push(record.name.to_string());
             }
+            VmState::Suspended => self.reconcile_suspended(record, report)?,
+            VmState::Suspending | VmState::Starting
+                if banger_host::VmDir::new(self.vm_dir(&record.id))
+                    .saved_state()
+                    .is_dir() =>
+            {
+                // A whole state on disk is the truth: the save finished (or
+                // the resume never let the guest run). Any VMM goes.
+                self.end_vmm_of(&record, &pid_file, alive);
+                record.pid = None;
+                record.pid_start_time = None;
+                self.transition(&mut record, VmState::Suspended)?;
+                tracing::warn!(vm = %record.name, "found suspended after an interrupted suspend or resume");
+                report.stopped.push(record.name.to_string());
+            }
+            VmState::Suspending => {
+                // The save did not finish: the guest runs on, if its VMM does.
+                let dir = self.vm_dir(&record.id);
+                let _ =
+                    std::fs::remove_dir_all(banger_host::VmDir::new(&dir).saved_state_partial());
+                if let (Some(_), Ok(backend)) = (alive, self.backend(record.vmm))
+                    && let Err(e) = backend.resume_after_save(&dir)
+                {
+                    tracing::warn!(vm = %record.name, error = %error_text(&e), "letting the guest of an interrupted suspend run on");
+                }
+                self.reconcile_live(record, &pid_file, alive, report)?;
+            }
             VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
                 self.reconcile_live(record, &pid_file, alive, report)?;
             }
         }
         Ok(())
+    }
+
+    /// A suspended VM needs its saved state; without it, it is stopped.
+    fn reconcile_suspended(
+        &self,
+        mut record: VmRecord,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let files = banger_host::VmDir::new(self.vm_dir(&record.id));
+        let _ = std::fs::remove_dir_all(files.saved_state_partial());
+        if !files.saved_state().is_dir() {
+            record.exit_reason = Some("its saved state is gone".into());
+            self.transition(&mut record, VmState::Stopped)?;
+            tracing::warn!(vm = %record.name, "suspended VM without a saved state; now stopped");
+            report.stopped.push(record.name.to_string());
+        }
+        Ok(())
+    }
+
+    /// Ends the VMM of `record`, if one runs, and what it left.
+    fn end_vmm_of(&self, record: &VmRecord, pid_file: &std::path::Path, alive: Option<u32>) {
+        banger_vmm::process::end_recorded(pid_file);
+        if let Some(pid) = alive.filter(|pid| procfs::is_running(*pid, record.pid_start_time)) {
+            let _ = send_signal(pid, libc::SIGKILL);
+        }
+        self.remove_runtime_files(record);
+        self.detach_all(record);
+        let _ = std::fs::remove_dir_all(
+            banger_host::VmDir::new(self.vm_dir(&record.id)).saved_state_partial(),
+        );
     }
 
     /// Everything a create made before the daemon died goes: its VMM (if
@@ -77,14 +136,7 @@ impl Lifecycle {
         pid_file: &std::path::Path,
         alive: Option<u32>,
     ) -> Result<()> {
-        if let Some(pid) = banger_vmm::process::end_recorded(pid_file) {
-            tracing::warn!(vm = %record.name, pid, "killed the VMM of an interrupted create");
-        }
-        if let Some(pid) = alive.filter(|pid| procfs::is_running(*pid, record.pid_start_time)) {
-            let _ = send_signal(pid, libc::SIGKILL);
-        }
-        self.remove_runtime_files(record);
-        self.detach_all(record);
+        self.end_vmm_of(record, pid_file, alive);
         let ctx = self.context(record);
         for c in self.capabilities.iter().rev() {
             self.undo_quietly(c.name(), c.deprovision(record, &ctx));

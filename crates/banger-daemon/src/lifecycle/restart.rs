@@ -6,7 +6,7 @@ impl Lifecycle {
     #[tracing::instrument(skip(self), fields(vm = %id))]
     pub fn restart(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         self.locks.with(id, || {
-            self.stop_locked(id)?;
+            self.stop_locked(id, false)?;
             self.start_locked(id)
         })
     }

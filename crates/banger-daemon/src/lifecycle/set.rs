@@ -24,6 +24,11 @@ impl Lifecycle {
             let running = Self::running_pid(&old).is_some();
             let needs_stopped =
                 params.vcpu.is_some() || params.memory_mib.is_some() || disk_size.is_some();
+            if needs_stopped && old.state == VmState::Suspended {
+                return Err(LifecycleError::SuspendedNeedsSameShape {
+                    name: old.name.to_string(),
+                });
+            }
             if needs_stopped && running {
                 return Err(LifecycleError::MustBeStopped {
                     name: old.name.to_string(),

@@ -17,17 +17,31 @@ impl Lifecycle {
         }
         let image = self.usable_image(&record.image)?;
         self.preflight("start", &record.name, &record)?;
+        let resuming = record.state == VmState::Suspended;
+        let action = if resuming { "resuming" } else { "starting" };
         self.transition(&mut record, VmState::Starting)?;
-        match self.boot(&mut record, &image, "starting", None) {
+        match self.boot(&mut record, &image, action, None) {
             Ok(_) => {
                 record.last_error = None;
                 self.transition(&mut record, VmState::Running)?;
-                tracing::info!(vm = %record.name, pid = ?record.pid, "VM started");
+                if resuming {
+                    self.step_guest_clock(&record);
+                }
+                tracing::info!(vm = %record.name, pid = ?record.pid, resumed = resuming, "VM started");
                 Ok(record)
             }
             Err(err) => {
                 record.last_error = Some(error_text(&err));
-                self.record_stopped(&mut record, "start failed".into())?;
+                // The backend removes the state only once the guest can
+                // run: while it is there, the VM is still suspended.
+                let state = banger_host::VmDir::new(self.vm_dir(&record.id)).saved_state();
+                if resuming && state.is_dir() {
+                    record.pid = None;
+                    record.pid_start_time = None;
+                    self.transition(&mut record, VmState::Suspended)?;
+                } else {
+                    self.record_stopped(&mut record, format!("{action} failed"))?;
+                }
                 Err(err)
             }
         }

@@ -19,7 +19,7 @@ impl Lifecycle {
         let graceful = self.stop_timeouts.graceful;
         let requested = match self.backend(record.vmm) {
             Ok(backend) => {
-                self.thaw_for_shutdown(record);
+                self.thaw_user_pause(record);
                 backend
                     .request_shutdown(&dir, pid)
                     .map_err(|e| e.to_string())
@@ -58,11 +58,11 @@ impl Lifecycle {
         reason
     }
 
-    /// A frozen guest cannot hear the power button: a VM paused by `vm
-    /// pause` is thawed before it is asked to shut down. One the VMM paused
+    /// A frozen guest cannot hear the power button (nor let go of a
+    /// device for a suspend): a VM paused by `vm pause` is thawed first. One the VMM paused
     /// on a failed disk write (it carries the reason) stays frozen: thawed,
     /// it would retry the write and take the last free bytes the store needs.
-    fn thaw_for_shutdown(&self, record: &VmRecord) {
+    pub(super) fn thaw_user_pause(&self, record: &VmRecord) {
         if record.state != VmState::Paused || record.last_error.is_some() {
             return;
         }
@@ -77,24 +77,55 @@ impl Lifecycle {
         }
     }
 
+    /// `force` lets a suspended VM's saved state go.
     #[tracing::instrument(skip(self), fields(vm = %id))]
-    pub fn stop(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
-        self.locks.with(id, || self.stop_locked(id))
+    pub fn stop(self: &Arc<Self>, id: &str, force: bool) -> Result<VmRecord> {
+        self.locks.with(id, || self.stop_locked(id, force))
     }
 
-    pub(super) fn stop_locked(&self, id: &str) -> Result<VmRecord> {
+    pub(super) fn stop_locked(&self, id: &str, force: bool) -> Result<VmRecord> {
         let mut record = self.record(id)?;
+        if record.state == VmState::Suspended {
+            return self.discard_saved_state(record, force);
+        }
         let Some(pid) = Self::running_pid(&record) else {
             self.transition(&mut record, VmState::Stopped)?;
             return Ok(record);
         };
-        self.thaw_for_shutdown(&record);
+        self.thaw_user_pause(&record);
         self.transition(&mut record, VmState::Stopping)?;
         self.crash_point("stop:stopping");
         let reason = self.shut_down(&record, pid);
         tracing::info!(vm = %record.name, reason = %reason, "VM stopped");
         record.last_error = None;
         self.record_stopped(&mut record, reason)?;
+        Ok(record)
+    }
+
+    /// A suspended VM stops by losing its saved state; its disks stay as
+    /// the save left them (consistent, as after a power cut).
+    fn discard_saved_state(&self, mut record: VmRecord, force: bool) -> Result<VmRecord> {
+        if !force {
+            return Err(LifecycleError::WouldDiscardState {
+                name: record.name.to_string(),
+            });
+        }
+        let state = banger_host::VmDir::new(self.vm_dir(&record.id)).saved_state();
+        match std::fs::remove_dir_all(&state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(LifecycleError::step(
+                    "stopping",
+                    &record.name,
+                    "discarding the saved state",
+                    e,
+                ));
+            }
+        }
+        record.exit_reason = Some("suspended state discarded".into());
+        self.transition(&mut record, VmState::Stopped)?;
+        tracing::info!(vm = %record.name, "saved state discarded");
         Ok(record)
     }
 }

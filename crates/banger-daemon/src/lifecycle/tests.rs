@@ -113,6 +113,7 @@ fn build_with(
         paths.clone(),
         store.clone(),
         deps.backends,
+        deps.disks,
         capabilities,
         None,
     )
@@ -382,7 +383,7 @@ fn stop_is_graceful_and_keeps_the_disks() {
     let fx = fixture();
     let vm = fx.create("calm-otter");
     let pid = vm.pid.unwrap();
-    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(stopped.exit_reason.as_deref(), Some("clean shutdown"));
     assert_eq!(stopped.pid, None);
@@ -390,7 +391,10 @@ fn stop_is_graceful_and_keeps_the_disks() {
     let dir = fx.paths.vm_dir(&vm.id);
     assert!(dir.join("overlay.ext4").exists() && dir.join("work.ext4").exists());
     // Stopping again is a no-op, and start brings it back.
-    assert_eq!(fx.lifecycle.stop(&vm.id).unwrap().state, VmState::Stopped);
+    assert_eq!(
+        fx.lifecycle.stop(&vm.id, false).unwrap().state,
+        VmState::Stopped
+    );
     let started = fx.lifecycle.start(&vm.id).unwrap();
     assert_eq!(started.state, VmState::Running);
     assert_ne!(started.pid, Some(pid));
@@ -403,7 +407,7 @@ fn stop_falls_back_to_signals_when_the_guest_ignores_shutdown() {
     let vm = fx.create("stubborn");
     fx.vmm.ignore_shutdown(true);
     let started = Instant::now();
-    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert!(
         started.elapsed() >= QUICK.graceful,
         "waited for the guest first"
@@ -425,7 +429,7 @@ fn stop_ends_with_sigkill_when_the_vmm_ignores_sigterm() {
     fx.vmm.ignore_sigterm(true);
     let vm = fx.create("wedged");
     let started = Instant::now();
-    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert!(
         started.elapsed() >= QUICK.graceful + QUICK.term,
         "both earlier rungs were waited for"
@@ -444,7 +448,7 @@ fn stop_ends_with_sigkill_when_the_vmm_ignores_sigterm() {
 fn stop_of_a_guest_that_powers_off_is_clean() {
     let fx = fixture();
     let vm = fx.create("polite");
-    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert_eq!(stopped.exit_reason.as_deref(), Some("clean shutdown"));
 }
 
@@ -514,7 +518,7 @@ fn set_needs_a_stopped_vm_and_never_shrinks() {
         "NAT changes on a running VM"
     );
 
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     let changed = fx.lifecycle.set(&vm.id, &grow).unwrap();
     assert_eq!(
         (changed.vcpu, changed.memory_mib, changed.disk_size_bytes),
@@ -602,7 +606,7 @@ fn reconcile_adopts_live_vms_and_stops_dead_ones() {
     // The adopted VM is watched: stopping it works, and so does an exit from outside.
     let adopted = fx.store.get_vm(&alive.id).unwrap().unwrap();
     assert_eq!(adopted.pid, alive.pid, "same process, not restarted");
-    let stopped = fresh.stop(&alive.id).unwrap();
+    let stopped = fresh.stop(&alive.id, false).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     let again = fresh.start(&alive.id).unwrap();
     fresh.retire();
@@ -686,7 +690,7 @@ fn an_interrupted_start_is_adopted_from_its_pid_file() {
     assert!(report.adopted.contains(&"booting".to_owned()), "{report:?}");
     let adopted = fx.store.get_vm(&half.id).unwrap().unwrap();
     assert_eq!((adopted.state, adopted.pid), (VmState::Running, Some(pid)));
-    let stopped = fresh.stop(&half.id).unwrap();
+    let stopped = fresh.stop(&half.id, false).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     assert!(!procfs::is_running(pid, None));
 }
@@ -721,7 +725,7 @@ fn a_name_that_is_another_vms_id_prefix_is_ambiguous() {
 fn no_room_for_disks_refuses_create_and_growth_with_the_figures() {
     let fx = fixture();
     let vm = fx.create("roomy");
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     let cramped = fx.new_lifecycle().with_min_free_bytes(u64::MAX);
     let err = cramped
         .create(&CreateVmParams {
@@ -795,7 +799,7 @@ fn a_guest_paused_on_an_io_error_shows_paused_with_the_reason() {
     // A paused VM still stops (and its VMM ends).
     fx.vmm.pause_on_io_error(true);
     fx.lifecycle.watch_io_errors();
-    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     assert!(!procfs::is_running(vm.pid.unwrap(), None));
 }
@@ -876,7 +880,7 @@ fn rename_keeps_the_identity_and_moves_the_dns_name() {
     assert_eq!(fx.dns.lookup("web-2"), web.guest_ip);
 
     // The next boot's config drive has the new hostname.
-    fx.lifecycle.stop(&web.id).unwrap();
+    fx.lifecycle.stop(&web.id, false).unwrap();
     fx.lifecycle.start(&web.id).unwrap();
     let (_, files) = fx.disks.written().pop().unwrap();
     let hostname = files.iter().find(|f| f.path == "/etc/hostname").unwrap();
@@ -948,7 +952,7 @@ fn network_nat_and_dns_follow_the_vm() {
     assert_eq!(fx.network.state().nat.len(), 1);
 
     // Stopped: no TAP, no rule; the IP and the DNS record stay.
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     assert!(fx.network.state().taps.is_empty() && fx.network.state().nat.is_empty());
     assert_eq!(
         fx.store
@@ -1008,7 +1012,7 @@ fn reconcile_repairs_rules_and_removes_orphans() {
         })
         .unwrap();
     let idle = fx.create("idle");
-    fx.lifecycle.stop(&idle.id).unwrap();
+    fx.lifecycle.stop(&idle.id, false).unwrap();
     let idle_tap = idle.tap.clone().unwrap();
     fx.lifecycle.retire();
     fx.network.with_state(|state| {
@@ -1129,7 +1133,7 @@ fn real_network_follows_the_vm_lifecycle() {
             },
         )
         .unwrap();
-    lifecycle.stop(&vm.id).unwrap();
+    lifecycle.stop(&vm.id, false).unwrap();
     assert!(
         taps().is_empty() && banger_rules().is_empty(),
         "stop leaves no TAP and no rule"
@@ -1223,7 +1227,7 @@ fn preflight_refuses_create_and_start_before_any_change() {
     use banger_proto::check::Check;
     let fx = fixture();
     let vm = fx.create("ready");
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     fx.vmm.set_checks(vec![Check::fail(
         "/dev/kvm",
         "does not exist",
@@ -1295,7 +1299,7 @@ fn guest_config_is_written_to_the_config_drive_before_each_boot() {
     );
 
     // A changed setting reaches the guest at its next start.
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     assert!(!drive.exists(), "a stopped VM has no config drive");
     fx.lifecycle
         .set(
@@ -1318,7 +1322,7 @@ fn guest_config_is_written_to_the_config_drive_before_each_boot() {
 fn a_failed_start_leaves_no_config_drive_and_no_early_vmm() {
     let fx = fixture();
     let vm = fx.create("web");
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     let drive = fx.paths.vm_dir(&vm.id).join("config.tar");
     let earlier = fx.vmm.prepared();
     for inject in [
@@ -1384,12 +1388,34 @@ fn assert_consistent(fx: &Fixture, taps: &[String], step: &str) {
         for disk in [files.overlay(), files.work_disk()] {
             assert!(disk.exists(), "{step}: {} lost {}", vm.name, disk.display());
         }
+        assert!(
+            !files.saved_state_partial().exists(),
+            "{step}: {} keeps half a saved state",
+            vm.name
+        );
+        if vm.state != VmState::Suspended {
+            assert!(
+                !files.saved_state().exists(),
+                "{step}: {} is {} with a saved state",
+                vm.name,
+                vm.state
+            );
+        }
         match vm.state {
             VmState::Running => {
                 let pid = vm.pid.unwrap();
                 assert!(fx.vmm.responds(&dir, pid), "{step}: {} runs", vm.name);
                 assert!(
                     taps.contains(vm.tap.as_ref().unwrap()),
+                    "{step}: {}'s TAP",
+                    vm.name
+                );
+            }
+            VmState::Suspended => {
+                assert!(vm.pid.is_none(), "{step}: {}", vm.name);
+                assert!(files.saved_state().is_dir(), "{step}: {}'s state", vm.name);
+                assert!(
+                    !taps.contains(vm.tap.as_ref().unwrap()),
                     "{step}: {}'s TAP",
                     vm.name
                 );
@@ -1428,9 +1454,18 @@ fn assert_consistent(fx: &Fixture, taps: &[String], step: &str) {
 
 type CrashOp = fn(Arc<Lifecycle>, String);
 
-/// (step, op, whether the existing VM is stopped first, whether the
-/// crashed create's VM must be gone)
-fn crash_cases() -> Vec<(&'static str, CrashOp, bool, bool)> {
+/// How the existing VM is before the crashing action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Before {
+    Running,
+    Stopped,
+    Suspended,
+}
+
+/// (step, op, how the existing VM is first, whether the crashed
+/// create's VM must be gone, the state the existing VM must end in when
+/// the step decides it)
+fn crash_cases() -> Vec<(&'static str, CrashOp, Before, bool, Option<VmState>)> {
     type Op = CrashOp;
     let create: Op = |lc, _| {
         let _ = lc.create(&CreateVmParams {
@@ -1442,7 +1477,7 @@ fn crash_cases() -> Vec<(&'static str, CrashOp, bool, bool)> {
         let _ = lc.start(&id);
     };
     let stop: Op = |lc, id| {
-        let _ = lc.stop(&id);
+        let _ = lc.stop(&id, false);
     };
     let set: Op = |lc, id| {
         let _ = lc.set(
@@ -1459,16 +1494,66 @@ fn crash_cases() -> Vec<(&'static str, CrashOp, bool, bool)> {
     let rename: Op = |lc, id| {
         let _ = lc.rename(&id, "renamed");
     };
+    let suspend: Op = |lc, id| {
+        let _ = lc.suspend(&id);
+    };
+    let snapshot: Op = |lc, id| {
+        let _ = lc.snapshot_create(&id, Some("mid"));
+    };
+    let branch: Op = |lc, id| {
+        let _ = lc.branch(&id, "offshoot", true);
+    };
+    use Before::*;
     vec![
-        ("create:reserved", create, false, true),
-        ("create:provisioned", create, false, true),
-        ("boot:launched", create, false, true),
-        ("boot:launched", start, true, false),
-        ("stop:stopping", stop, false, false),
-        ("set:applied", set, true, false),
-        ("rename:applied", rename, false, false),
-        ("delete:moved", delete, false, false),
-        ("delete:forgotten", delete, false, false),
+        ("create:reserved", create, Running, true, None),
+        ("create:provisioned", create, Running, true, None),
+        ("boot:launched", create, Running, true, None),
+        ("boot:launched", start, Stopped, false, None),
+        ("stop:stopping", stop, Running, false, None),
+        ("set:applied", set, Stopped, false, None),
+        ("rename:applied", rename, Running, false, None),
+        ("delete:moved", delete, Running, false, None),
+        ("delete:forgotten", delete, Running, false, None),
+        // Before the save: the guest runs on.
+        (
+            "suspend:saving",
+            suspend,
+            Running,
+            false,
+            Some(VmState::Running),
+        ),
+        // The state is whole but the VMM not yet ended: suspended.
+        (
+            "suspend:saved",
+            suspend,
+            Running,
+            false,
+            Some(VmState::Suspended),
+        ),
+        // A resume whose guest was let run (the state consumed): running.
+        (
+            "boot:launched",
+            start,
+            Suspended,
+            false,
+            Some(VmState::Running),
+        ),
+        // Mid-snapshot, the guest stopped for the copy: it runs on.
+        (
+            "snapshot:saved",
+            snapshot,
+            Running,
+            false,
+            Some(VmState::Running),
+        ),
+        // Mid-branch, the copy staged: the source runs on, no branch.
+        (
+            "branch:copied",
+            branch,
+            Running,
+            false,
+            Some(VmState::Running),
+        ),
     ]
 }
 
@@ -1481,7 +1566,7 @@ type CrashHost = (
 );
 
 fn crash_matrix(host: &dyn Fn(&Fixture) -> CrashHost) {
-    for (step, op, stopped_first, victim_removed) in crash_cases() {
+    for (step, op, before, victim_removed, ends_as) in crash_cases() {
         let fx = fixture();
         let (daemon, taps) = host(&fx);
         let first = daemon();
@@ -1492,8 +1577,14 @@ fn crash_matrix(host: &dyn Fn(&Fixture) -> CrashHost) {
                 ..Default::default()
             })
             .unwrap();
-        if stopped_first {
-            first.stop(&existing.id).unwrap();
+        match before {
+            Before::Running => {}
+            Before::Stopped => {
+                first.stop(&existing.id, false).unwrap();
+            }
+            Before::Suspended => {
+                first.suspend(&existing.id).unwrap();
+            }
         }
         first.retire();
         let id = existing.id.to_string();
@@ -1502,6 +1593,10 @@ fn crash_matrix(host: &dyn Fn(&Fixture) -> CrashHost) {
         assert_consistent(&fx, &taps(), step);
         if victim_removed {
             assert_eq!(report.removed, ["victim"], "{step}");
+        }
+        if let Some(state) = ends_as {
+            let found = fx.store.get_vm(&existing.id).unwrap().unwrap().state;
+            assert_eq!(found, state, "{step} from {before:?}");
         }
         match step {
             "delete:moved" | "delete:forgotten" => assert!(
@@ -1591,7 +1686,7 @@ fn a_daemon_killed_at_any_step_leaks_no_real_tap_or_rule() {
 fn a_vm_whose_ip_left_the_pool_is_refused_with_the_fix() {
     let fx = fixture();
     let vm = fx.create("moved");
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     // The next daemon runs with another pool (the default moved off a new
     // host route, or config.toml changed).
     let config = banger_host::Config {
@@ -1619,7 +1714,7 @@ fn a_vm_whose_ip_left_the_pool_is_refused_with_the_fix() {
 fn a_move_the_state_machine_forbids_is_refused_and_stores_nothing() {
     let fx = fixture();
     let vm = fx.create("steady");
-    let mut stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let mut stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     let err = fx
         .lifecycle
         .transition(&mut stopped, VmState::Running)
@@ -1780,7 +1875,7 @@ fn published_ports_are_open_exactly_while_the_vm_runs() {
         vm.publish
     );
 
-    lc.stop(&vm.id).unwrap();
+    lc.stop(&vm.id, false).unwrap();
     assert!(ports.all_open().is_empty(), "stopped: nothing listens");
     lc.start(&vm.id).unwrap();
     assert_eq!(ports.open_for(&vm.id).len(), 2);
@@ -1836,7 +1931,7 @@ fn a_host_port_in_use_fails_the_start_and_leaves_nothing_open() {
             ..Default::default()
         })
         .unwrap();
-    lc.stop(&vm.id).unwrap();
+    lc.stop(&vm.id, false).unwrap();
     ports.take(mapping("8443:443").host);
     let err = lc.start(&vm.id).unwrap_err();
     let text = error_text(&err);
@@ -1935,7 +2030,7 @@ fn a_restarted_daemon_reopens_the_ports_of_running_vms() {
             ..Default::default()
         })
         .unwrap();
-    first.stop(&stopped.id).unwrap();
+    first.stop(&stopped.id, false).unwrap();
     drop(first);
     let (_second, ports) = publishing_daemon(&fx);
     assert_eq!(ports.all_open(), [(vm.id.to_string(), mapping("8080:80"))]);
@@ -1972,7 +2067,7 @@ fn pause_freezes_in_place_and_the_io_watcher_leaves_it_paused() {
 
     // A paused guest is thawed so it can power off.
     fx.lifecycle.pause(&vm.id).unwrap();
-    let stopped = fx.lifecycle.stop(&vm.id).unwrap();
+    let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(fx.vmm.pauses().last(), Some(&(dir, false)));
     let err = fx.lifecycle.pause(&vm.id).unwrap_err();
@@ -1988,6 +2083,391 @@ fn pause_freezes_in_place_and_the_io_watcher_leaves_it_paused() {
     fx.lifecycle.watch_io_errors();
     assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Paused);
     let before = fx.vmm.pauses().len();
-    fx.lifecycle.stop(&vm.id).unwrap();
+    fx.lifecycle.stop(&vm.id, false).unwrap();
     assert_eq!(fx.vmm.pauses().len(), before, "no thaw");
+}
+
+#[test]
+fn suspend_saves_ends_the_vmm_and_start_resumes_from_the_state() {
+    let fx = fixture();
+    let vm = fx.create("napper");
+    let dir = fx.paths.vm_dir(&vm.id);
+    let files = banger_host::VmDir::new(&dir);
+    let pid = vm.pid.unwrap();
+    let suspended = fx.lifecycle.suspend(&vm.id).unwrap();
+    assert_eq!(suspended.state, VmState::Suspended);
+    assert_eq!(suspended.pid, None);
+    wait_until("the VMM to end", || !procfs::is_running(pid, None));
+    assert!(
+        files
+            .saved_state()
+            .join(banger_vmm::fake::STATE_FILE)
+            .is_file()
+    );
+    assert!(!files.saved_state_partial().exists());
+    assert!(
+        fx.network.state().taps.is_empty(),
+        "the TAP went with the VMM"
+    );
+    // Twice is once.
+    assert_eq!(
+        fx.lifecycle.suspend(&vm.id).unwrap().state,
+        VmState::Suspended
+    );
+    // The shape a saved state needs cannot change.
+    let err = fx
+        .lifecycle
+        .set(
+            &vm.id,
+            &SetVmParams {
+                memory_mib: Some(4096),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        error_text(&err).contains("napper is suspended"),
+        "{}",
+        error_text(&err)
+    );
+
+    let resumed = fx.lifecycle.start(&vm.id).unwrap();
+    assert_eq!(resumed.state, VmState::Running);
+    let launch = fx.vmm.launches().pop().unwrap();
+    assert_eq!(
+        launch.restore.as_deref(),
+        Some(files.saved_state().as_path())
+    );
+    assert!(!files.saved_state().exists(), "the state is consumed");
+    assert_eq!(fx.network.state().taps.len(), 1);
+
+    // `vm resume` only resumes.
+    fx.lifecycle.stop(&vm.id, false).unwrap();
+    let err = fx.lifecycle.resume(&vm.id).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "napper is stopped, not suspended: `banger vm start napper` boots a stopped VM"
+    );
+    let started = fx.lifecycle.start(&vm.id).unwrap();
+    assert_eq!(
+        fx.vmm.launches().pop().unwrap().restore,
+        None,
+        "a cold boot"
+    );
+    fx.lifecycle.suspend(&started.id).unwrap();
+    assert_eq!(fx.lifecycle.resume(&vm.id).unwrap().state, VmState::Running);
+}
+
+#[test]
+fn stopping_a_suspended_vm_asks_for_force_and_then_discards_the_state() {
+    let fx = fixture();
+    let vm = fx.create("keeper");
+    let files = banger_host::VmDir::new(fx.paths.vm_dir(&vm.id));
+    fx.lifecycle.suspend(&vm.id).unwrap();
+    let err = fx.lifecycle.stop(&vm.id, false).unwrap_err();
+    assert!(
+        error_text(&err).contains("banger vm stop --force keeper"),
+        "{}",
+        error_text(&err)
+    );
+    assert_eq!(
+        fx.lifecycle.record(&vm.id).unwrap().state,
+        VmState::Suspended
+    );
+    assert!(files.saved_state().is_dir(), "nothing changed");
+    let err = fx.lifecycle.restart(&vm.id).unwrap_err();
+    assert!(error_text(&err).contains("--force"), "{}", error_text(&err));
+
+    let stopped = fx.lifecycle.stop(&vm.id, true).unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert_eq!(
+        stopped.exit_reason.as_deref(),
+        Some("suspended state discarded")
+    );
+    assert!(!files.saved_state().exists());
+    fx.lifecycle.start(&vm.id).unwrap();
+    assert_eq!(
+        fx.vmm.launches().pop().unwrap().restore,
+        None,
+        "a cold boot"
+    );
+
+    // A suspended VM can be deleted; nothing of it stays.
+    fx.lifecycle.suspend(&vm.id).unwrap();
+    fx.lifecycle.delete(&vm.id).unwrap();
+    assert!(!fx.paths.vm_dir(&vm.id).exists());
+}
+
+#[test]
+fn a_failed_save_leaves_the_vm_running_with_no_state_on_disk() {
+    let fx = fixture();
+    let vm = fx.create("steady");
+    let files = banger_host::VmDir::new(fx.paths.vm_dir(&vm.id));
+    fx.vmm.fail_on(FakeOp::Save);
+    let err = fx.lifecycle.suspend(&vm.id).unwrap_err();
+    assert!(
+        error_text(&err).starts_with("suspending steady: saving the guest's state failed"),
+        "{}",
+        error_text(&err)
+    );
+    let record = fx.lifecycle.record(&vm.id).unwrap();
+    assert_eq!(record.state, VmState::Running);
+    assert_eq!(record.pid, vm.pid, "the same VMM runs on");
+    assert!(procfs::is_running(vm.pid.unwrap(), None));
+    assert!(!files.saved_state().exists());
+    assert!(
+        !files.saved_state_partial().exists(),
+        "the partial state is removed"
+    );
+    fx.vmm.clear_failures();
+
+    // Not running: nothing to save.
+    fx.lifecycle.stop(&vm.id, false).unwrap();
+    let err = fx.lifecycle.suspend(&vm.id).unwrap_err();
+    assert!(matches!(err, LifecycleError::NotRunning { .. }), "{err}");
+
+    // A user's pause is thawed first; a disk-error pause is refused.
+    fx.lifecycle.start(&vm.id).unwrap();
+    fx.lifecycle.pause(&vm.id).unwrap();
+    assert_eq!(
+        fx.lifecycle.suspend(&vm.id).unwrap().state,
+        VmState::Suspended
+    );
+    let dir = fx.paths.vm_dir(&vm.id);
+    assert_eq!(fx.vmm.pauses().last(), Some(&(dir, false)));
+    fx.lifecycle.start(&vm.id).unwrap();
+    fx.vmm.pause_on_io_error(true);
+    fx.lifecycle.watch_io_errors();
+    let err = fx.lifecycle.suspend(&vm.id).unwrap_err();
+    assert!(matches!(err, LifecycleError::PausedOnError { .. }), "{err}");
+}
+
+#[test]
+fn a_resume_that_fails_before_the_guest_runs_stays_suspended() {
+    let fx = fixture();
+    let vm = fx.create("sleeper");
+    let files = banger_host::VmDir::new(fx.paths.vm_dir(&vm.id));
+    fx.lifecycle.suspend(&vm.id).unwrap();
+    fx.vmm.fail_on(FakeOp::Launch);
+    fx.lifecycle.start(&vm.id).unwrap_err();
+    let record = fx.lifecycle.record(&vm.id).unwrap();
+    assert_eq!(record.state, VmState::Suspended);
+    assert!(record.last_error.is_some());
+    assert!(files.saved_state().is_dir(), "the state is kept");
+    assert!(fx.network.state().taps.is_empty(), "the TAP was undone");
+    fx.vmm.clear_failures();
+    assert_eq!(fx.lifecycle.start(&vm.id).unwrap().state, VmState::Running);
+
+    // A suspended VM whose state vanished is found stopped.
+    fx.lifecycle.suspend(&vm.id).unwrap();
+    std::fs::remove_dir_all(files.saved_state()).unwrap();
+    fx.lifecycle.retire();
+    let report = fx.new_lifecycle().reconcile().unwrap();
+    assert_eq!(report.stopped, ["sleeper"]);
+    assert_eq!(
+        fx.store.get_vm(&vm.id).unwrap().unwrap().state,
+        VmState::Stopped
+    );
+}
+
+#[test]
+fn a_snapshot_of_a_running_vm_holds_its_memory_and_restore_resumes_it() {
+    let fx = fixture();
+    let vm = fx.create("snappy");
+    let dir = fx.paths.vm_dir(&vm.id);
+    let files = banger_host::VmDir::new(&dir);
+    std::fs::write(files.work_disk(), "before").unwrap();
+    let taken = fx.lifecycle.snapshot_create(&vm.id, None).unwrap();
+    assert_eq!(taken.name, "snapshot1");
+    assert!(taken.memory);
+    let record = fx.lifecycle.record(&vm.id).unwrap();
+    assert_eq!(record.state, VmState::Running);
+    assert_eq!(record.pid, vm.pid, "the same VMM runs on");
+    assert_eq!(fx.vmm.resumed_after_save(), std::slice::from_ref(&dir));
+    let err = fx
+        .lifecycle
+        .snapshot_create(&vm.id, Some("snapshot1"))
+        .unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::SnapshotExists { .. }),
+        "{err}"
+    );
+    let err = fx
+        .lifecycle
+        .snapshot_create(&vm.id, Some("Bad Name"))
+        .unwrap_err();
+    assert!(
+        error_text(&err).starts_with("invalid snapshot name"),
+        "{}",
+        error_text(&err)
+    );
+
+    std::fs::write(files.work_disk(), "after").unwrap();
+    let err = fx
+        .lifecycle
+        .snapshot_restore(&vm.id, "snapshot1", false)
+        .unwrap_err();
+    assert!(error_text(&err).contains("--force"), "{}", error_text(&err));
+    assert_eq!(
+        std::fs::read_to_string(files.work_disk()).unwrap(),
+        "after",
+        "nothing changed"
+    );
+    let err = fx
+        .lifecycle
+        .snapshot_restore(&vm.id, "nope", true)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "snappy has no snapshot named \"nope\": see `banger vm snapshot list snappy`"
+    );
+
+    let restored = fx
+        .lifecycle
+        .snapshot_restore(&vm.id, "snapshot1", true)
+        .unwrap();
+    assert_eq!(restored.state, VmState::Running);
+    assert_ne!(restored.pid, vm.pid, "a new VMM, resumed from the snapshot");
+    assert!(
+        !procfs::is_running(vm.pid.unwrap(), None),
+        "the old VMM is gone"
+    );
+    let launch = fx.vmm.launches().pop().unwrap();
+    assert_eq!(
+        launch.restore.as_deref(),
+        Some(files.saved_state().as_path())
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.work_disk()).unwrap(),
+        "before"
+    );
+    assert!(
+        !files.saved_state().exists(),
+        "the restored state was consumed"
+    );
+    assert!(!dir.join("restoring.partial").exists());
+
+    // The snapshot stays for another restore; list and delete.
+    let list = fx.lifecycle.snapshot_list(&vm.id).unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["snapshot1"]
+    );
+    assert!(list[0].allocated_bytes > 0);
+    fx.lifecycle.snapshot_delete(&vm.id, "snapshot1").unwrap();
+    assert!(fx.lifecycle.snapshot_list(&vm.id).unwrap().is_empty());
+}
+
+#[test]
+fn a_snapshot_of_a_stopped_vm_holds_its_disks_and_a_failed_one_leaves_nothing() {
+    let fx = fixture();
+    let vm = fx.create("coldsnap");
+    let files = banger_host::VmDir::new(fx.paths.vm_dir(&vm.id));
+    fx.lifecycle.stop(&vm.id, false).unwrap();
+    std::fs::write(files.overlay(), "one").unwrap();
+    let taken = fx.lifecycle.snapshot_create(&vm.id, Some("one")).unwrap();
+    assert!(!taken.memory);
+    // Unchanged since: no --force needed, and the VM stays stopped.
+    let restored = fx.lifecycle.snapshot_restore(&vm.id, "one", false).unwrap();
+    assert_eq!(restored.state, VmState::Stopped);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(files.overlay(), "two").unwrap();
+    let err = fx
+        .lifecycle
+        .snapshot_restore(&vm.id, "one", false)
+        .unwrap_err();
+    assert!(
+        error_text(&err).contains("the disk changes made since"),
+        "{}",
+        error_text(&err)
+    );
+    fx.lifecycle.snapshot_restore(&vm.id, "one", true).unwrap();
+    assert_eq!(std::fs::read_to_string(files.overlay()).unwrap(), "one");
+
+    // A save that fails leaves no snapshot and the VM running.
+    fx.lifecycle.start(&vm.id).unwrap();
+    fx.vmm.fail_on(FakeOp::Save);
+    fx.lifecycle
+        .snapshot_create(&vm.id, Some("broken"))
+        .unwrap_err();
+    fx.vmm.clear_failures();
+    assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Running);
+    let names: Vec<String> = std::fs::read_dir(files.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["one"], "no partial snapshot stays");
+
+    // A suspended VM's snapshot holds its saved memory.
+    fx.lifecycle.suspend(&vm.id).unwrap();
+    assert!(
+        fx.lifecycle
+            .snapshot_create(&vm.id, Some("asleep"))
+            .unwrap()
+            .memory
+    );
+    assert_eq!(
+        fx.lifecycle.record(&vm.id).unwrap().state,
+        VmState::Suspended
+    );
+}
+
+#[test]
+fn a_branch_boots_from_a_copy_with_an_identity_of_its_own() {
+    let fx = fixture();
+    let source = fx.create("trunk");
+    let source_files = banger_host::VmDir::new(fx.paths.vm_dir(&source.id));
+    std::fs::write(source_files.work_disk(), "root files").unwrap();
+    let err = fx.lifecycle.branch(&source.id, "limb", false).unwrap_err();
+    assert!(
+        error_text(&err).contains("--no-memory"),
+        "{}",
+        error_text(&err)
+    );
+    assert_eq!(fx.store.list_vms().unwrap().len(), 1, "nothing made");
+
+    let branch = fx.lifecycle.branch(&source.id, "limb", true).unwrap();
+    assert_eq!(branch.state, VmState::Running);
+    assert_ne!(branch.id, source.id);
+    assert_ne!(branch.guest_ip, source.guest_ip);
+    assert_ne!(branch.tap, source.tap);
+    assert_ne!(branch.vsock_cid, source.vsock_cid);
+    assert_eq!(
+        (branch.vcpu, branch.memory_mib),
+        (source.vcpu, source.memory_mib)
+    );
+    let branch_files = banger_host::VmDir::new(fx.paths.vm_dir(&branch.id));
+    assert_eq!(
+        std::fs::read_to_string(branch_files.work_disk()).unwrap(),
+        "root files"
+    );
+    assert_eq!(
+        fx.disks.forgotten().len(),
+        1,
+        "the copy's identity was scrubbed"
+    );
+    let source_now = fx.lifecycle.record(&source.id).unwrap();
+    assert_eq!(
+        (source_now.state, source_now.pid),
+        (VmState::Running, source.pid)
+    );
+    let dir = fx.paths.vm_dir(&source.id);
+    assert_eq!(
+        fx.vmm.pauses(),
+        [(dir.clone(), true), (dir, false)],
+        "frozen for the copy only"
+    );
+
+    // A name in use is refused before any copy; a failed create leaves no staging.
+    let err = fx.lifecycle.branch(&source.id, "limb", true).unwrap_err();
+    assert!(matches!(err, LifecycleError::NameTaken(_)), "{err}");
+    fx.disks.fail_on(DiskOp::ForgetIdentity);
+    fx.lifecycle.branch(&source.id, "twig", true).unwrap_err();
+    let leftovers: Vec<_> = std::fs::read_dir(&fx.paths.vms_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(fx.store.list_vms().unwrap().len(), 2);
 }

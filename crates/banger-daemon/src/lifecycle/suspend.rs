@@ -1,0 +1,199 @@
+//! `vm suspend` and resuming: the guest's whole state (memory and
+//! devices) saved into the VM's directory and its VMM ended; `vm start`
+//! restores it, and the guest goes on where it was.
+//!
+//! The state is written under a temporary name and renamed when complete,
+//! and removed (by the backend) before the resumed guest runs: a saved
+//! state that exists is always whole and always matches the disks.
+
+use super::*;
+
+/// How long a resumed guest's agent has to answer the clock step.
+const CLOCK_STEP_WAIT: Duration = Duration::from_secs(20);
+
+impl Lifecycle {
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn suspend(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || self.suspend_locked(id))
+    }
+
+    fn suspend_locked(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        let mut record = self.record(id)?;
+        if record.state == VmState::Suspended {
+            return Ok(record);
+        }
+        let Some(pid) = Self::running_pid(&record) else {
+            return Err(LifecycleError::NotRunning {
+                name: record.name.to_string(),
+            });
+        };
+        if record.state == VmState::Paused && record.last_error.is_some() {
+            return Err(LifecycleError::PausedOnError {
+                name: record.name.to_string(),
+            });
+        }
+        if !record.state.can_become(VmState::Suspending) {
+            return Err(LifecycleError::Transition {
+                name: record.name.to_string(),
+                from: record.state,
+                to: VmState::Suspending,
+            });
+        }
+        let backend = self.backend(record.vmm)?;
+        let dir = self.vm_dir(&record.id);
+        let files = banger_host::VmDir::new(&dir);
+        // The state is at most the guest's memory (QEMU skips zero pages).
+        self.check_free_space_for("suspending", record.memory_mib.0 << 20)?;
+        let partial = files.saved_state_partial();
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir(&partial).map_err(|e| {
+            LifecycleError::step("suspending", &record.name, "making the state directory", e)
+        })?;
+        self.thaw_user_pause(&record);
+        self.transition(&mut record, VmState::Suspending)?;
+        self.crash_point("suspend:saving");
+        let started = std::time::Instant::now();
+        let saved = backend
+            .save_state(&dir, &partial)
+            .map_err(|e| {
+                LifecycleError::step("suspending", &record.name, "saving the guest's state", e)
+            })
+            .and_then(|()| {
+                commit_dir(&partial, &files.saved_state()).map_err(|e| {
+                    // The guest was stopped for the save: it runs on.
+                    if let Err(undo) = backend.resume_after_save(&dir) {
+                        tracing::error!(vm = %record.name, error = %error_text(&undo), "could not let the guest run on");
+                    }
+                    LifecycleError::step("suspending", &record.name, "writing the state", e)
+                })
+            });
+        if let Err(err) = saved {
+            let _ = std::fs::remove_dir_all(&partial);
+            self.transition(&mut record, VmState::Running)?;
+            return Err(err);
+        }
+        self.crash_point("suspend:saved");
+        // The state is whole: the VMM can go. The record lets go of its
+        // PID first, so the VMM's exit is not taken for a crash.
+        record.pid = None;
+        record.pid_start_time = None;
+        record.stopped_at = Some(now());
+        record.exit_reason = Some("suspended".into());
+        self.transition(&mut record, VmState::Suspended)?;
+        self.force_stop(pid);
+        self.remove_runtime_files(&record);
+        self.detach_all(&record);
+        let bytes = dir_bytes(&files.saved_state());
+        tracing::info!(vm = %record.name, secs = started.elapsed().as_secs_f64(), allocated = bytes, "VM suspended");
+        Ok(record)
+    }
+
+    #[tracing::instrument(skip(self), fields(vm = %id))]
+    pub fn resume(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.locks.with(id, || {
+            let record = self.record(id)?;
+            match record.state {
+                VmState::Suspended => self.start_locked(id),
+                VmState::Running => Ok(record),
+                _ => Err(LifecycleError::NotSuspended {
+                    name: record.name.to_string(),
+                    state: record.state,
+                }),
+            }
+        })
+    }
+
+    /// After a resume: the guest's clock stood still while it was
+    /// suspended, so it is stepped to the host's through the agent, in the
+    /// background (the agent answers a moment after the vsock device is
+    /// back). Best effort: an image without the agent keeps its clock
+    /// until chrony or NTP steps it.
+    pub(super) fn step_guest_clock(&self, record: &VmRecord) {
+        let Some(vsock) = record.vsock_path.clone() else {
+            return;
+        };
+        let name = record.name.to_string();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + CLOCK_STEP_WAIT;
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let at = format!("@{}.{:03}", now.as_secs(), now.subsec_millis());
+                let argv = ["date", "-u", "-s", at.as_str()];
+                match banger_host::agent::run(&vsock, &argv, Duration::from_secs(3)) {
+                    Ok((_, status)) if status.shell_code() == 0 => {
+                        tracing::info!(vm = %name, "guest clock stepped after resume");
+                        return;
+                    }
+                    Ok((_, status)) => {
+                        tracing::warn!(vm = %name, ?status, "the guest refused the clock step");
+                        return;
+                    }
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::debug!(vm = %name, error = %error_text(&e), "agent not back yet");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %name, error = %error_text(&e), "could not step the guest clock after resume");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Makes `partial` durable and renames it to `done`: a crash before the
+/// rename leaves only the partial directory, which is discarded.
+pub(super) fn commit_dir(partial: &std::path::Path, done: &std::path::Path) -> std::io::Result<()> {
+    sync_tree(partial)?;
+    std::fs::rename(partial, done)?;
+    if let Some(parent) = done.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// `fsync` of every file and directory under `dir`, and of `dir`.
+fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Bytes the files under `dir` take on disk.
+pub(super) fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Copies every file under `from` into `to` (made here), keeping holes.
+pub(super) fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            banger_host::disk::sparse_copy(&entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
