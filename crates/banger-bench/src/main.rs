@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     }
     // `make bench` runs every group; `banger-bench create list` only those.
     let groups = [
-        "list", "dns", "disks", "create", "boot", "load", "nested", "agent", "image",
+        "list", "dns", "disks", "create", "boot", "load", "nested", "agent", "image", "suspend",
     ];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     if let Some(unknown) = chosen.iter().find(|g| !groups.contains(&g.as_str())) {
@@ -112,6 +112,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("image") {
         image_rows(&banger, &mut rows)?;
+    }
+    if wanted("suspend") {
+        suspend_rows(&banger, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -872,6 +875,100 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         boot,
     ));
     Ok(())
+}
+
+/// On one QEMU guest: resume to SSH against a cold boot to SSH (goal: a
+/// tenth), the suspend's time against a graceful stop and its saved
+/// state against the guest's RAM, and a branch's time after 1 GiB more on
+/// the source's disks against one of the fresh VM (goal: flat).
+fn suspend_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const NAME: &str = "bench-suspend";
+    let guest = match QemuGuest::create(banger, NAME)? {
+        Ok(guest) => guest,
+        Err(why) => {
+            rows.push(skipped("resume to SSH on qemu", why));
+            return Ok(());
+        }
+    };
+    let measured = suspend_figures(&guest, NAME);
+    guest.delete()?;
+    rows.extend(measured?);
+    Ok(())
+}
+
+fn suspend_figures(guest: &QemuGuest, name: &str) -> anyhow::Result<Vec<Row>> {
+    let world = &guest.world;
+    let timed = |args: &[&str]| -> anyhow::Result<Duration> {
+        let mut command = world.command(args);
+        command.env("BANGER_RUNTIME_DIR", &guest.bundle);
+        time_command(command)
+    };
+    let dir = PathBuf::from(guest.vm["dir"].as_str().context("no VM dir")?);
+    let memory_mib = guest.vm["memory_mib"].as_u64().context("no memory size")?;
+    let state = banger_host::VmDir::new(&dir).saved_state();
+    let (mut cold, mut resumed, mut suspends, mut stops, mut sizes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..BOOT_RUNS {
+        stops.push(timed(&["vm", "stop", name])?);
+        cold.push(timed(&["vm", "start", name, "--wait"])?);
+        suspends.push(timed(&["vm", "suspend", name])?);
+        sizes.push(dir_allocated(&state));
+        resumed.push(timed(&["vm", "start", name, "--wait"])?);
+    }
+    let size = *sizes.iter().max().unwrap_or(&0);
+    let mut rows = vec![
+        Row::spread(
+            format!("resume to SSH on qemu (vm suspend, then vm start --wait), {BOOT_RUNS} runs"),
+            &resumed,
+            "cold boot to SSH (vm stop, then vm start --wait)",
+            &cold,
+        ),
+        Row::spread(
+            format!("vm suspend ({memory_mib} MiB guest; state saved, VMM ended)"),
+            &suspends,
+            "vm stop (graceful power-off)",
+            &stops,
+        ),
+        Row {
+            what: "saved state on disk (largest of the runs)".into(),
+            value: format!("{} MiB", size >> 20),
+            baseline: format!("{memory_mib} MiB (guest RAM)"),
+            ratio: format!("{:.2}x", size as f64 / (memory_mib << 20) as f64),
+        },
+    ];
+    // The branch of the VM as created, then after 1 GiB more in /root.
+    let fresh = timed(&["vm", "branch", name, "bench-branch-a", "--no-memory"])?;
+    world.run(&["vm", "delete", "bench-branch-a"])?;
+    world.run(&[
+        "vm",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "head -c 1073741824 /dev/urandom > /root/bench-1g && sync",
+    ])?;
+    let grown = timed(&["vm", "branch", name, "bench-branch-b", "--no-memory"])?;
+    world.run(&["vm", "delete", "bench-branch-b"])?;
+    rows.push(Row::timed(
+        "vm branch --no-memory after 1 GiB more on the source's disks",
+        grown,
+        "vm branch --no-memory of the fresh VM",
+        fresh,
+    ));
+    Ok(rows)
+}
+
+/// Bytes the files in `dir` take on disk.
+fn dir_allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.blocks() * 512)
+        .sum()
 }
 
 /// Round trips and transfers through the guest agent, against SSH to the

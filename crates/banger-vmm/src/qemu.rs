@@ -181,9 +181,22 @@ impl Qemu {
             std::thread::sleep(Duration::from_millis(200));
             exited(child).unwrap_or_else(|| qmp_failed(what, &socket)(source))
         };
-        let mut qmp = match Qmp::connect(&socket) {
-            Ok(qmp) => qmp,
-            Err(e) => return Err(failed("connecting", child, e)),
+        // The socket file exists from QEMU's bind, but a connect is
+        // refused until its listen: under load that gap was seen (CI-like
+        // e2e run), so a refused connect is retried while QEMU lives.
+        let connect_by = Instant::now() + START_TIMEOUT;
+        let mut qmp = loop {
+            match Qmp::connect(&socket) {
+                Ok(qmp) => break qmp,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < connect_by
+                        && matches!(child.try_wait(), Ok(None)) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(failed("connecting", child, e)),
+            }
         };
         let started = Instant::now();
         let deadline = started + MIGRATION_TIMEOUT;
