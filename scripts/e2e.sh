@@ -342,7 +342,9 @@ identity='cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
 check "e2e-c has its own machine-id and SSH host key" test "$(in_vm e2e-c "$identity")" != "$(in_vm e2e-a "$identity")" -a -n "$(in_vm e2e-c "$identity")"
 id_c=$(vm_field e2e-c id)
 check "vm delete e2e-c" "$banger" vm delete e2e-c
-check "nothing of e2e-c is left (files, process, TAP)" sh -c "! test -e '$state/vms/$id_c' && ! pgrep -f '$id_c' >/dev/null && ! ip -o link show | grep -q ' bg-${id_c:0:10}'"
+# A function, not `sh -c`: pgrep -f would find that shell's own command line.
+branch_gone() { ! test -e "$state/vms/$1" && ! pgrep -f "$1" >/dev/null && ! ip -o link show | grep -q " bg-${1:0:10}"; }
+check "nothing of e2e-c is left (files, process, TAP)" branch_gone "$id_c"
 
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.

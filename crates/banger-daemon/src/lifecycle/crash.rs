@@ -37,7 +37,10 @@ impl Lifecycle {
 /// guest not yet asked), `set:applied` (the change made, not yet stored), `rename:applied`
 /// (the DNS table answers for the new name, the store has the old),
 /// `delete:moved` (directory moved aside, row still there),
-/// `delete:forgotten` (row gone, files still there).
+/// `delete:forgotten` (row gone, files still there), `suspend:saving`
+/// (state `suspending`, nothing saved yet), `suspend:saved` (the state whole,
+/// the VMM not yet ended), `snapshot:saved` (the guest stopped for the
+/// disk copies), `branch:copied` (the source's disks staged, no VM yet).
 pub const CRASH_AT_VAR: &str = "BANGER_TEST_CRASH_AT";
 
 /// What reaching the crash step does.
