@@ -14,10 +14,10 @@ pub const AUTHORIZED_KEYS: &str = "/etc/banger/authorized_keys";
 pub const PINGD_UNIT: &str = "banger-vsock-pingd.service";
 
 /// A first boot's host keys: the images' `banger-ssh-hostkeys.service`
-/// runs `ssh-keygen -A`, whose RSA key took 15 s of a 28 s first boot to
-/// SSH under QEMU's TCG (`systemd-analyze blame`); ed25519 alone takes
-/// well under a second, and the first boot answered SSH at 13.7 s. banger's
-/// clients use ed25519, and sshd serves the keys that exist.
+/// runs `ssh-keygen -A`, whose RSA key took 15 to 19 s of a first boot
+/// under QEMU's TCG (`systemd-analyze blame`); ed25519 alone takes 1.0 s,
+/// and `vm create --wait` answered SSH after 14.5 to 15.9 s instead of
+/// 19.0 to 31.3 s. banger's clients use ed25519; sshd serves the keys that exist.
 const HOSTKEYS_DROP_IN: &str =
     "/etc/systemd/system/banger-ssh-hostkeys.service.d/ed25519-only.conf";
 const HOSTKEYS_ED25519_ONLY: &str = "# Written by banger: only the key banger's clients use (RSA takes seconds to make).\n[Service]\nExecStart=\nExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key\n";
