@@ -883,6 +883,7 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 /// the source's disks against one of the fresh VM (goal: flat).
 fn suspend_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     const NAME: &str = "bench-suspend";
+    let started = Instant::now();
     let guest = match QemuGuest::create(banger, NAME)? {
         Ok(guest) => guest,
         Err(why) => {
@@ -890,10 +891,63 @@ fn suspend_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let measured = suspend_figures(&guest, NAME);
+    let first_boot = started.elapsed();
+    let measured = boot_breakdown(&guest.world, NAME, first_boot)
+        .and_then(|row| Ok((row, suspend_figures(&guest, NAME)?)));
     guest.delete()?;
-    rows.extend(measured?);
+    let (breakdown, figures) = measured?;
+    rows.push(breakdown);
+    rows.extend(figures);
     Ok(())
+}
+
+/// Where a first boot's time goes: `vm create --wait` to SSH against the
+/// kernel's part (with the initrd) as `systemd-analyze` reports it, and
+/// the slowest units of the guest's `systemd-analyze blame`.
+fn boot_breakdown(world: &World, name: &str, first_boot: Duration) -> anyhow::Result<Row> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // systemd-analyze answers once the boot has finished (Docker starts late).
+    let summary = loop {
+        let out = world
+            .command(&["vm", "exec", name, "--", "systemd-analyze"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("(kernel)") {
+            break text;
+        }
+        if Instant::now() > deadline {
+            bail!("the guest's boot did not finish within 120 s: {text}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    // "Startup finished in 3.790s (kernel) + 1min 2.5s (userspace) = ..."
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let seconds_before = |label: &str| -> Option<f64> {
+        let at = words.iter().position(|w| *w == label)?;
+        let secs: f64 = words.get(at.checked_sub(1)?)?.strip_suffix('s')?.parse().ok()?;
+        let minutes = at
+            .checked_sub(2)
+            .and_then(|i| words[i].strip_suffix("min")?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Some(minutes * 60.0 + secs)
+    };
+    let kernel = seconds_before("(kernel)").context("no kernel time in systemd-analyze")?;
+    let userspace = seconds_before("(userspace)").unwrap_or(0.0);
+    let blame = world.run(&["vm", "exec", name, "--", "systemd-analyze", "blame"])?;
+    let slowest: Vec<String> = blame
+        .lines()
+        .take(3)
+        .map(|line| line.split_whitespace().rev().collect::<Vec<_>>().join(" "))
+        .collect();
+    Ok(Row {
+        what: format!(
+            "first boot to SSH (vm create --wait); userspace {userspace:.1} s; slowest: {}",
+            slowest.join(", ")
+        ),
+        value: ms(first_boot),
+        baseline: format!("{:.0} ms (kernel and initrd, systemd-analyze)", kernel * 1000.0),
+        ratio: format!("{:.2}x", first_boot.as_secs_f64() / kernel),
+    })
 }
 
 fn suspend_figures(guest: &QemuGuest, name: &str) -> anyhow::Result<Vec<Row>> {
