@@ -924,7 +924,11 @@ fn boot_breakdown(world: &World, name: &str, first_boot: Duration) -> anyhow::Re
     let words: Vec<&str> = summary.split_whitespace().collect();
     let seconds_before = |label: &str| -> Option<f64> {
         let at = words.iter().position(|w| *w == label)?;
-        let secs: f64 = words.get(at.checked_sub(1)?)?.strip_suffix('s')?.parse().ok()?;
+        let secs: f64 = words
+            .get(at.checked_sub(1)?)?
+            .strip_suffix('s')?
+            .parse()
+            .ok()?;
         let minutes = at
             .checked_sub(2)
             .and_then(|i| words[i].strip_suffix("min")?.parse::<f64>().ok())
@@ -945,7 +949,10 @@ fn boot_breakdown(world: &World, name: &str, first_boot: Duration) -> anyhow::Re
             slowest.join(", ")
         ),
         value: ms(first_boot),
-        baseline: format!("{:.0} ms (kernel and initrd, systemd-analyze)", kernel * 1000.0),
+        baseline: format!(
+            "{:.0} ms (kernel and initrd, systemd-analyze)",
+            kernel * 1000.0
+        ),
         ratio: format!("{:.2}x", first_boot.as_secs_f64() / kernel),
     })
 }

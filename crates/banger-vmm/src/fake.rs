@@ -13,9 +13,11 @@ use crate::{LaunchSpec, Launched, Prepared, Result, Vmm, VmmError};
 
 /// On SIGTERM (our stand-in for Ctrl-Alt-Del) the "guest" powers off
 /// cleanly. It touches `$1` once the trap is set, as Firecracker opens its
-/// API socket once it can be configured.
+/// API socket once it can be configured. Short sleeps: a shell ended by
+/// SIGKILL (a suspend, a rollback) runs no trap, and a long sleep of its
+/// would outlive it for good (test runs left hundreds behind).
 const GUEST_SCRIPT: &str = "trap 'kill $sleeper 2>/dev/null; exit 0' TERM; : > \"$1\"; \
-    sleep 1000000 & sleeper=$!; wait $sleeper";
+    while :; do sleep 1 & sleeper=$!; wait $sleeper; done";
 
 /// A VMM process that ignores SIGTERM, as a wedged one would: only SIGKILL
 /// ends it. Short sleeps, so nothing outlives the killed shell for long.
