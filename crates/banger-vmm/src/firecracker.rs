@@ -44,11 +44,7 @@ impl Firecracker {
     /// The requests that configure and boot a VM, in the order they are sent.
     pub fn requests(spec: &LaunchSpec) -> Vec<(&'static str, String, Value)> {
         let mut requests = vec![
-            (
-                "logger",
-                "/logger".to_owned(),
-                json!({ "level": "Info", "show_level": true }),
-            ),
+            ("logger", "/logger".to_owned(), logger_config()),
             (
                 "machine config",
                 "/machine-config".to_owned(),
@@ -108,11 +104,7 @@ impl Firecracker {
         }
         let api_error = |what| move |source| VmmError::Api { what, source };
         session
-            .call(
-                "PUT",
-                "/logger",
-                Some(&json!({ "level": "Info", "show_level": true })),
-            )
+            .call("PUT", "/logger", Some(&logger_config()))
             .map_err(api_error("configuring the logger"))?;
         session
             .set_timeout(SNAPSHOT_TIMEOUT)
@@ -133,6 +125,11 @@ impl Firecracker {
             .map_err(api_error("resuming the guest"))?;
         Ok(())
     }
+}
+
+/// The logger every Firecracker of banger's gets, booted or restored.
+fn logger_config() -> Value {
+    json!({ "level": "Info", "show_level": true })
 }
 
 /// The socket file exists from Firecracker's `bind`, but connections are

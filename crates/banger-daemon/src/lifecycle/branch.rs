@@ -36,7 +36,8 @@ impl Lifecycle {
             .stage_branch(source_id, no_memory, &staging)
             .and_then(|source| {
                 self.crash_point("branch:copied");
-                let overlay = staging.join(OVERLAY);
+                let source_files = banger_host::VmDir::new(self.vm_dir(&source.id));
+                let overlay = files::copied_overlay(&source_files, &staging);
                 self.disks.forget_identity(&overlay).map_err(|e| {
                     LifecycleError::step("branching", &source.name, "giving the copy a new identity", e)
                 })?;
@@ -52,16 +53,9 @@ impl Lifecycle {
                     ..Default::default()
                 };
                 let branch = self.create_with(&params, |dir| {
-                    let files = banger_host::VmDir::new(dir);
-                    for (staged, target) in [
-                        (staging.join(OVERLAY), files.overlay()),
-                        (staging.join(WORK), files.work_disk()),
-                    ] {
-                        std::fs::rename(&staged, &target).map_err(|e| {
-                            LifecycleError::step("branching", &source.name, "moving the copy into place", e)
-                        })?;
-                    }
-                    Ok(())
+                    files::move_disks_in(&staging, &banger_host::VmDir::new(dir)).map_err(|e| {
+                        LifecycleError::step("branching", &source.name, "moving the copy into place", e)
+                    })
                 })?;
                 tracing::info!(source = %source.name, branch = %branch.name, copy_secs = copied.as_secs_f64(), "VM branched");
                 Ok(branch)
@@ -91,21 +85,14 @@ impl Lifecycle {
                 });
             }
             let files = banger_host::VmDir::new(self.vm_dir(&source.id));
-            let needed = [files.overlay(), files.work_disk()]
-                .iter()
-                .map(|d| procfs::disk_usage(d).map_or(0, |(allocated, _)| allocated))
-                .sum();
-            self.check_free_space_for("branching a VM", needed)?;
+            self.check_free_space_for("branching a VM", files::disks_allocated(&files))?;
             std::fs::create_dir(staging).map_err(|e| {
                 LifecycleError::step("branching", &source.name, "making the staging directory", e)
             })?;
-            let copy = || -> Result<()> {
-                for (disk, name) in [(files.overlay(), OVERLAY), (files.work_disk(), WORK)] {
-                    banger_host::disk::sparse_copy(&disk, &staging.join(name)).map_err(|e| {
-                        LifecycleError::step("branching", &source.name, "copying its disks", e)
-                    })?;
-                }
-                Ok(())
+            let copy = || {
+                files::copy_disks(&files, staging).map_err(|e| {
+                    LifecycleError::step("branching", &source.name, "copying its disks", e)
+                })
             };
             if !running {
                 copy()?;
@@ -135,8 +122,5 @@ impl Lifecycle {
     }
 }
 
-/// The staged copies' names.
-const OVERLAY: &str = "overlay";
-const WORK: &str = "work";
 /// Ends a branch's staging directory in the VMs' directory.
 pub(super) const BRANCH_STAGING_SUFFIX: &str = ".branching";

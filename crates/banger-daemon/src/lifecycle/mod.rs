@@ -32,6 +32,7 @@ mod crash;
 mod create;
 mod delete;
 mod error;
+mod files;
 mod image_delete;
 mod inspect;
 mod kill;

@@ -37,6 +37,8 @@ impl Lifecycle {
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let files = banger_host::VmDir::new(self.vm_dir(&record.id));
+        // Half-written states and snapshots are never used: the writer died.
+        let _ = std::fs::remove_dir_all(files.saved_state_partial());
         snapshot::remove_partial_snapshots(&files);
         let pid_file = files.vmm_pid();
         // The stored PID, or, when a daemon died between starting the VMM
@@ -82,8 +84,6 @@ impl Lifecycle {
             VmState::Suspending => {
                 // The save did not finish: the guest runs on, if its VMM does.
                 let dir = self.vm_dir(&record.id);
-                let _ =
-                    std::fs::remove_dir_all(banger_host::VmDir::new(&dir).saved_state_partial());
                 if let (Some(_), Ok(backend)) = (alive, self.backend(record.vmm))
                     && let Err(e) = backend.resume_after_save(&dir)
                 {
@@ -104,9 +104,10 @@ impl Lifecycle {
         mut record: VmRecord,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let files = banger_host::VmDir::new(self.vm_dir(&record.id));
-        let _ = std::fs::remove_dir_all(files.saved_state_partial());
-        if !files.saved_state().is_dir() {
+        if !banger_host::VmDir::new(self.vm_dir(&record.id))
+            .saved_state()
+            .is_dir()
+        {
             record.exit_reason = Some("its saved state is gone".into());
             self.transition(&mut record, VmState::Stopped)?;
             tracing::warn!(vm = %record.name, "suspended VM without a saved state; now stopped");
@@ -123,9 +124,6 @@ impl Lifecycle {
         }
         self.remove_runtime_files(record);
         self.detach_all(record);
-        let _ = std::fs::remove_dir_all(
-            banger_host::VmDir::new(self.vm_dir(&record.id)).saved_state_partial(),
-        );
     }
 
     /// Everything a create made before the daemon died goes: its VMM (if

@@ -8,7 +8,10 @@
 
 use banger_proto::Snapshot;
 
-use super::suspend::{commit_dir, copy_tree, dir_bytes};
+use super::files::{
+    commit_dir, copy_disks, copy_tree, dir_bytes, disks_allocated, disks_changed_since,
+    move_disks_in,
+};
 use super::*;
 
 /// The snapshot's description, beside its files.
@@ -62,9 +65,8 @@ impl Lifecycle {
                     name: record.name.to_string(),
                 });
             }
-            let disks = [files.overlay(), files.work_disk()];
             let memory = if running { record.memory_mib.0 << 20 } else { 0 };
-            let needed = disks.iter().map(|d| allocated(d)).sum::<u64>() + memory;
+            let needed = disks_allocated(&files) + memory;
             self.check_free_space_for("taking a snapshot", needed)?;
             let partial = files.snapshots().join(format!("{name}{PARTIAL}"));
             let _ = std::fs::remove_dir_all(&partial);
@@ -206,7 +208,7 @@ impl Lifecycle {
             if !force {
                 let loses = if was_running || record.state == VmState::Suspended {
                     Some("memory and every disk change since")
-                } else if changed_since(&files, snapshot.created_at) {
+                } else if disks_changed_since(&files, snapshot.created_at) {
                     Some("the disk changes made since")
                 } else {
                     None
@@ -242,8 +244,7 @@ impl Lifecycle {
             }
             let _ = std::fs::remove_dir_all(files.saved_state());
             let swapped = (|| {
-                std::fs::rename(staging.join(file_name(&files.overlay())), files.overlay())?;
-                std::fs::rename(staging.join(file_name(&files.work_disk())), files.work_disk())?;
+                move_disks_in(&staging, &files)?;
                 if staging.join(STATE_DIR).is_dir() {
                     std::fs::rename(staging.join(STATE_DIR), files.saved_state())?;
                 }
@@ -300,33 +301,6 @@ fn read_snapshot(dir: &std::path::Path) -> Option<Snapshot> {
     let mut snapshot: Snapshot = serde_json::from_slice(&meta).ok()?;
     snapshot.allocated_bytes = dir_bytes(dir);
     Some(snapshot)
-}
-
-fn copy_disks(files: &banger_host::VmDir, into: &std::path::Path) -> std::io::Result<()> {
-    for disk in [files.overlay(), files.work_disk()] {
-        banger_host::disk::sparse_copy(&disk, &into.join(file_name(&disk)))?;
-    }
-    Ok(())
-}
-
-fn file_name(path: &std::path::Path) -> &std::ffi::OsStr {
-    path.file_name()
-        .expect("a VM's disk is a file in its directory")
-}
-
-fn allocated(path: &std::path::Path) -> u64 {
-    procfs::disk_usage(path).map_or(0, |(allocated, _)| allocated)
-}
-
-/// Whether a disk was written after `created_at` (Unix seconds).
-fn changed_since(files: &banger_host::VmDir, created_at: i64) -> bool {
-    [files.overlay(), files.work_disk()].iter().any(|disk| {
-        std::fs::metadata(disk)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .is_some_and(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX) > created_at)
-    })
 }
 
 /// `snapshot1`, `snapshot2`, ...: the first number no snapshot of the

@@ -6,6 +6,7 @@
 //! and removed (by the backend) before the resumed guest runs: a saved
 //! state that exists is always whole and always matches the disks.
 
+use super::files::{commit_dir, dir_bytes};
 use super::*;
 
 /// How long a resumed guest's agent has to answer the clock step.
@@ -142,58 +143,4 @@ impl Lifecycle {
             }
         });
     }
-}
-
-/// Makes `partial` durable and renames it to `done`: a crash before the
-/// rename leaves only the partial directory, which is discarded.
-pub(super) fn commit_dir(partial: &std::path::Path, done: &std::path::Path) -> std::io::Result<()> {
-    sync_tree(partial)?;
-    std::fs::rename(partial, done)?;
-    if let Some(parent) = done.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// `fsync` of every file and directory under `dir`, and of `dir`.
-fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            sync_tree(&path)?;
-        } else {
-            std::fs::File::open(&path)?.sync_all()?;
-        }
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Bytes the files under `dir` take on disk.
-pub(super) fn dir_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-            Ok(meta) => meta.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-/// Copies every file under `from` into `to` (made here), keeping holes.
-pub(super) fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            banger_host::disk::sparse_copy(&entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
