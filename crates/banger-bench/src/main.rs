@@ -879,8 +879,9 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 
 /// On one QEMU guest: resume to SSH against a cold boot to SSH (goal: a
 /// tenth), the suspend's time against a graceful stop and its saved
-/// state against the guest's RAM, and a branch's time after 1 GiB more on
-/// the source's disks against one of the fresh VM (goal: flat).
+/// state against the guest's RAM, and a branch's time (without memory and
+/// with) after 1 GiB more on the source's disks against one of the fresh
+/// VM (goal: flat).
 fn suspend_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     const NAME: &str = "bench-suspend";
     let started = Instant::now();
@@ -1000,6 +1001,8 @@ fn suspend_figures(guest: &QemuGuest, name: &str) -> anyhow::Result<Vec<Row>> {
     // The branch of the VM as created, then after 1 GiB more in /root.
     let fresh = timed(&["vm", "branch", name, "bench-branch-a", "--no-memory"])?;
     world.run(&["vm", "delete", "bench-branch-a"])?;
+    let fresh_memory = timed(&["vm", "branch", name, "bench-branch-c"])?;
+    world.run(&["vm", "delete", "bench-branch-c"])?;
     world.run(&[
         "vm",
         "exec",
@@ -1011,11 +1014,19 @@ fn suspend_figures(guest: &QemuGuest, name: &str) -> anyhow::Result<Vec<Row>> {
     ])?;
     let grown = timed(&["vm", "branch", name, "bench-branch-b", "--no-memory"])?;
     world.run(&["vm", "delete", "bench-branch-b"])?;
+    let grown_memory = timed(&["vm", "branch", name, "bench-branch-d"])?;
+    world.run(&["vm", "delete", "bench-branch-d"])?;
     rows.push(Row::timed(
         "vm branch --no-memory after 1 GiB more on the source's disks",
         grown,
         "vm branch --no-memory of the fresh VM",
         fresh,
+    ));
+    rows.push(Row::timed(
+        "vm branch with memory (resumed, own identity) after 1 GiB more on the source's disks",
+        grown_memory,
+        "vm branch with memory of the fresh VM",
+        fresh_memory,
     ));
     Ok(rows)
 }
@@ -1376,6 +1387,7 @@ fn by_hand_spec(
         vsock_path: dir.join("bench-vsock.sock"),
         log_path: dir.join("by-hand.log"),
         restore: None,
+        restore_link_down: false,
     }
 }
 

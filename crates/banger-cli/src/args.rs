@@ -148,7 +148,7 @@ pub struct BranchArgs {
     /// The new VM's name
     #[arg(value_parser = parse_name)]
     pub name: String,
-    /// Boot the branch from the copied disks instead of the source's memory (needed for now)
+    /// Cold-boot the branch from the copied disks instead of resuming it from the source's memory
     #[arg(long)]
     pub no_memory: bool,
     #[command(flatten)]

@@ -11,6 +11,11 @@ use std::net::Ipv4Addr;
 use banger_host::config_drive::{GuestContent, GuestFile};
 
 pub const AUTHORIZED_KEYS: &str = "/etc/banger/authorized_keys";
+/// eth0's address, for systemd-networkd.
+pub const NETWORK_FILE: &str = "/etc/systemd/network/10-banger-eth0.network";
+/// The files that say who the guest is on the network: what a branch
+/// resumed from its source's memory rewrites live.
+const IDENTITY_FILES: [&str; 3] = ["/etc/hostname", "/etc/hosts", NETWORK_FILE];
 pub const PINGD_UNIT: &str = "banger-vsock-pingd.service";
 
 /// A first boot's host keys: the images' `banger-ssh-hostkeys.service`
@@ -80,6 +85,19 @@ impl GuestConfig {
         });
     }
 
+    /// The rendered files that carry the guest's identity (hostname and
+    /// address), as path and text.
+    pub fn identity_files(&self) -> Vec<(String, String)> {
+        self.render()
+            .into_iter()
+            .filter(|f| IDENTITY_FILES.contains(&f.path.as_str()))
+            .filter_map(|f| match f.content {
+                GuestContent::File { data, .. } => Some((f.path, data)),
+                GuestContent::Symlink(_) => None,
+            })
+            .collect()
+    }
+
     /// Every file, in a stable order.
     pub fn render(&self) -> Vec<GuestFile> {
         let mut files = vec![
@@ -101,11 +119,7 @@ impl GuestConfig {
             for ns in &self.nameservers {
                 text.push_str(&format!("DNS={ns}\n"));
             }
-            files.push(file(
-                "/etc/systemd/network/10-banger-eth0.network",
-                0o644,
-                text,
-            ));
+            files.push(file(NETWORK_FILE, 0o644, text));
         }
         let mut resolv = String::from("# Written by banger at each boot.\n");
         if !self.search.is_empty() {

@@ -8,6 +8,7 @@ pub mod exits;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod guest;
+pub mod guest_agent;
 pub mod image_build;
 pub mod images;
 pub mod instance;

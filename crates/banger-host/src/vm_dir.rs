@@ -95,6 +95,13 @@ impl VmDir {
         self.path.join("snapshots")
     }
 
+    /// Present while a VM branched with its source's memory still holds the
+    /// source's identity (address, MAC, hostname, machine-id, host keys):
+    /// its network stays down until the daemon has given it its own.
+    pub fn identity_pending(&self) -> PathBuf {
+        self.path.join("identity.pending")
+    }
+
     /// Where a suspend writes before it is complete; renamed to
     /// [`VmDir::saved_state`] only then, so a crash never leaves half a state.
     pub fn saved_state_partial(&self) -> PathBuf {
@@ -124,6 +131,7 @@ mod tests {
             dir.saved_state(),
             dir.saved_state_partial(),
             dir.snapshots(),
+            dir.identity_pending(),
         ];
         let unique: std::collections::HashSet<_> = files.iter().collect();
         assert_eq!(unique.len(), files.len());

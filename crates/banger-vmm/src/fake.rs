@@ -47,11 +47,15 @@ pub struct FakeVmm {
     ignore_shutdown: AtomicBool,
     ignore_sigterm: AtomicBool,
     io_error: AtomicBool,
+    /// Refuses restoring a state as another VM, as Firecracker does.
+    restores_in_place_only: AtomicBool,
     /// Every `set_paused`: the VM directory and the state asked for.
     pauses: Mutex<Vec<(PathBuf, bool)>>,
     /// Every VM directory whose guest `resume_after_save` let run on.
     resumed_after_save: Mutex<Vec<PathBuf>>,
     launches: Mutex<Vec<LaunchSpec>>,
+    /// Every `set_link`: the VM directory and whether the link went up.
+    links: Mutex<Vec<(PathBuf, bool)>>,
     prepared: Mutex<Vec<u32>>,
     checks: Mutex<Vec<banger_proto::check::Check>>,
     /// The backend it poses as; Firecracker unless set.
@@ -90,6 +94,11 @@ impl FakeVmm {
         self.io_error.store(paused, Ordering::SeqCst);
     }
 
+    /// A state restores only as the VM that saved it, as Firecracker's.
+    pub fn restore_in_place_only(&self) {
+        self.restores_in_place_only.store(true, Ordering::SeqCst);
+    }
+
     /// VMM processes started from now on ignore SIGTERM.
     pub fn ignore_sigterm(&self, ignore: bool) {
         self.ignore_sigterm.store(ignore, Ordering::SeqCst);
@@ -119,6 +128,11 @@ impl FakeVmm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Every network link switched, in order.
+    pub fn links(&self) -> Vec<(PathBuf, bool)> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn launches(&self) -> Vec<LaunchSpec> {
@@ -240,6 +254,18 @@ impl Vmm for FakeVmm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(vm_dir.to_path_buf());
+        Ok(())
+    }
+
+    fn restores_as_another_vm(&self) -> bool {
+        !self.restores_in_place_only.load(Ordering::SeqCst)
+    }
+
+    fn set_link(&self, vm_dir: &Path, up: bool) -> Result<()> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((vm_dir.to_path_buf(), up));
         Ok(())
     }
 

@@ -379,6 +379,7 @@ mod tests {
             vsock_path: "/s/vms/aa12bb34/vsock.sock".into(),
             log_path: "/s/vms/aa12bb34/firecracker.log".into(),
             restore: None,
+            restore_link_down: false,
         }
     }
 

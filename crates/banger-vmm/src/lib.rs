@@ -73,6 +73,8 @@ pub enum VmmError {
         log: PathBuf,
         tail: Vec<String>,
     },
+    #[error("{0} is not supported by this VMM")]
+    Unsupported(&'static str),
     #[error("injected failure: {0}")]
     Injected(String),
 }
@@ -114,6 +116,10 @@ pub struct LaunchSpec {
     /// of booting. The backend consumes it (removes the directory) before
     /// the guest runs, since the disks move on from then.
     pub restore: Option<PathBuf>,
+    /// The restored guest starts with its network link down: a branch's
+    /// memory still holds its source's address and MAC, and the daemon
+    /// brings the link up ([`Vmm::set_link`]) once the guest has its own.
+    pub restore_link_down: bool,
 }
 
 /// A started VMM process.
@@ -223,6 +229,18 @@ pub trait Vmm: Send + Sync + fmt::Debug {
 
     /// Lets a guest that [`Vmm::save_state`] stopped run on in the same VMM.
     fn resume_after_save(&self, vm_dir: &Path) -> Result<()>;
+
+    /// Whether a state saved from one VM restores as another: in another
+    /// directory, on other disks, TAP and vsock (a branch with memory).
+    fn restores_as_another_vm(&self) -> bool {
+        false
+    }
+
+    /// Connects (`true`) or disconnects the guest's network link, as a
+    /// cable would; the guest sees its carrier come and go.
+    fn set_link(&self, _vm_dir: &Path, _up: bool) -> Result<()> {
+        Err(VmmError::Unsupported("switching the network link"))
+    }
 
     /// Whether the VMM holds its guest still on an I/O error (QEMU pauses
     /// a guest whose disk write failed). `None` when the backend cannot

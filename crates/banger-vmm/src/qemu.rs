@@ -186,7 +186,10 @@ impl Qemu {
         // e2e run), so a refused connect is retried while QEMU lives.
         let connect_by = Instant::now() + START_TIMEOUT;
         let mut qmp = loop {
-            match Qmp::connect(&socket) {
+            // While QEMU loads the stream its main loop answers nothing for
+            // seconds at a time (13 s seen with two QEMUs on two cores): a
+            // QEMU that dies instead ends the session, so waiting is safe.
+            match Qmp::connect_waiting(&socket, MIGRATION_TIMEOUT) {
                 Ok(qmp) => break qmp,
                 Err(e)
                     if e.kind() == std::io::ErrorKind::ConnectionRefused
@@ -219,6 +222,10 @@ impl Qemu {
         let loaded = started.elapsed();
         std::fs::remove_dir_all(state).map_err(|e| VmmError::StateWrite(state.into(), e))?;
         let qmp_error = |what| qmp_failed(what, &socket);
+        if spec.restore_link_down {
+            qmp.execute("set_link", Some(link(false)))
+                .map_err(qmp_error("taking the network link down"))?;
+        }
         qmp.execute("cont", None)
             .map_err(qmp_error("resuming the guest"))?;
         plug_vsock(&mut qmp, &spec.vm_dir).map_err(qmp_error("plugging the vsock device back"))?;
@@ -308,8 +315,13 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Qmp {
     fn connect(socket: &Path) -> std::io::Result<Self> {
+        Self::connect_waiting(socket, QMP_TIMEOUT)
+    }
+
+    /// A session whose answers may take up to `wait` each.
+    fn connect_waiting(socket: &Path, wait: Duration) -> std::io::Result<Self> {
         let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(QMP_TIMEOUT))?;
+        stream.set_read_timeout(Some(wait))?;
         let mut qmp = Self {
             writer: stream.try_clone()?,
             reader: BufReader::new(stream),
@@ -407,6 +419,11 @@ impl Qmp {
         let status: QmpStatus = serde_json::from_value(answer).map_err(std::io::Error::other)?;
         Ok(status.status)
     }
+}
+
+/// `set_link`'s arguments: the NIC's netdev (the one it has).
+fn link(up: bool) -> serde_json::Value {
+    serde_json::json!({ "name": "net0", "up": up })
 }
 
 /// Puts the vsock device back at its slot, on a new connection to the
@@ -578,6 +595,20 @@ impl Vmm for Qemu {
         qmp(&socket, command)
             .map(|_| ())
             .map_err(qmp_failed(what, &socket))
+    }
+
+    /// A saved state names no paths: the disks, TAP and vsock helper are
+    /// the restoring command line's.
+    fn restores_as_another_vm(&self) -> bool {
+        true
+    }
+
+    fn set_link(&self, vm_dir: &Path, up: bool) -> Result<()> {
+        let socket = banger_host::VmDir::new(vm_dir).qmp();
+        let mut qmp = Qmp::connect(&socket).map_err(qmp_failed("connecting", &socket))?;
+        qmp.execute("set_link", Some(link(up)))
+            .map(|_| ())
+            .map_err(qmp_failed("switching the network link", &socket))
     }
 
     /// vhost-user-vsock cannot migrate (its backend lacks
@@ -818,6 +849,7 @@ mod tests {
             vsock_path: "/s/vms/aa12/vsock.sock".into(),
             log_path: "/s/vms/aa12/firecracker.log".into(),
             restore: None,
+            restore_link_down: false,
         };
         let line = Qemu::args(&spec).join(" ");
         assert!(!line.contains("-incoming"), "{line}");

@@ -49,8 +49,21 @@ impl Lifecycle {
             vsock_path: record.vsock_path.clone().unwrap_or_else(|| files.vsock()),
             log_path: files.console_log(),
             restore: files.saved_state().is_dir().then(|| files.saved_state()),
+            restore_link_down: files.identity_pending().exists(),
             vm_dir: dir,
         }
+    }
+
+    /// What the guest is told at boot: every capability's part.
+    pub(super) fn guest_config(&self, record: &VmRecord) -> crate::guest::GuestConfig {
+        let mut guest = crate::guest::GuestConfig {
+            hostname: record.name.to_string(),
+            ..Default::default()
+        };
+        for c in &self.capabilities {
+            c.guest_config(record, &mut guest);
+        }
+        guest
     }
 
     /// Attaches every capability, launches the VMM and starts watching it;
@@ -72,14 +85,7 @@ impl Lifecycle {
             dir: self.vm_dir(&record.id),
             base_rootfs: image.rootfs.clone(),
         };
-        let mut guest = crate::guest::GuestConfig {
-            hostname: record.name.to_string(),
-            ..Default::default()
-        };
-        for c in &self.capabilities {
-            c.guest_config(record, &mut guest);
-        }
-        let files = guest.render();
+        let files = self.guest_config(record).render();
         for c in &self.capabilities {
             c.write_guest(record, &ctx, &files)
                 .map_err(|e| LifecycleError::capability(action, &record.name, e))?;

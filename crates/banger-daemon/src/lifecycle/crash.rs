@@ -40,7 +40,10 @@ impl Lifecycle {
 /// `delete:forgotten` (row gone, files still there), `suspend:saving`
 /// (state `suspending`, nothing saved yet), `suspend:saved` (the state whole,
 /// the VMM not yet ended), `snapshot:saved` (the guest stopped for the
-/// disk copies), `branch:copied` (the source's disks staged, no VM yet).
+/// disk copies), `branch:saved` (a running source stopped for a branch
+/// with memory, its state saved), `branch:copied` (the source's disks
+/// staged, no VM yet), `branch:resumed` (the branch runs from the source's
+/// memory, its own identity not yet given).
 pub const CRASH_AT_VAR: &str = "BANGER_TEST_CRASH_AT";
 
 /// What reaching the crash step does.

@@ -93,9 +93,12 @@ pub enum LifecycleError {
         what: &'static str,
     },
     #[error(
-        "branching {vm} with its memory is not implemented yet: add --no-memory to boot the branch from a copy of its disks ({vm} keeps running)"
+        "branching {vm} with its memory is not implemented yet on the {backend} backend: add --no-memory to boot the branch from a copy of its disks ({vm} keeps running)"
     )]
-    BranchWithMemory { vm: String },
+    BranchWithMemory {
+        vm: String,
+        backend: banger_proto::Backend,
+    },
     #[error("{name} is {state}: try again once it is running, stopped or suspended")]
     Busy { name: String, state: VmState },
     #[error(

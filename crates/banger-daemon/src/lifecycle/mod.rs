@@ -33,6 +33,7 @@ mod create;
 mod delete;
 mod error;
 mod files;
+mod identity;
 mod image_delete;
 mod inspect;
 mod kill;
@@ -110,6 +111,8 @@ pub struct Lifecycle {
     /// For what the lifecycle does to disks beyond the storage capability
     /// (a branch's copied overlay forgets its guest's identity).
     disks: Arc<dyn banger_host::disk::Disks>,
+    /// Commands into running guests (a memory branch's new identity).
+    agent: Arc<dyn crate::guest_agent::GuestAgent>,
     /// In pipeline order; undone in reverse.
     capabilities: Vec<Arc<dyn Capability>>,
     namegen_path: Option<PathBuf>,
@@ -158,6 +161,7 @@ impl Lifecycle {
             store,
             backends,
             disks,
+            agent: Arc::new(crate::guest_agent::VsockAgent),
             capabilities,
             namegen_path,
             locks: VmLocks::default(),
@@ -169,6 +173,17 @@ impl Lifecycle {
             min_free_bytes: MIN_FREE_BYTES,
             crash: std::env::var(CRASH_AT_VAR).ok().map(Crash::Kill),
         })
+    }
+
+    /// Talks to guests through `agent` instead of their vsock (tests).
+    pub fn with_agent(
+        mut self: Arc<Self>,
+        agent: Arc<dyn crate::guest_agent::GuestAgent>,
+    ) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before use")
+            .agent = agent;
+        self
     }
 
     /// Changes the free space creates and disk growth need (tests).

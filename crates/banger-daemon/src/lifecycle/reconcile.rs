@@ -171,6 +171,12 @@ impl Lifecycle {
                 self.watch(&record, launched);
                 tracing::info!(vm = %record.name, pid, "adopted running VM");
                 report.adopted.push(record.name.to_string());
+                if banger_host::VmDir::new(self.vm_dir(&record.id))
+                    .identity_pending()
+                    .exists()
+                {
+                    self.finish_identity_later(&record);
+                }
                 return Ok(());
             }
             Some(pid) => {

@@ -17,7 +17,7 @@ use super::*;
 /// The snapshot's description, beside its files.
 const META_FILE: &str = "snapshot.json";
 /// The backend's saved state, when the snapshot holds memory.
-const STATE_DIR: &str = "state";
+const STATE_DIR: &str = super::suspend::CAPTURED_STATE;
 /// Where a restore stages its copies before anything of the VM changes.
 const RESTORE_STAGING: &str = "restoring.partial";
 /// Ends the name of a snapshot still being written.
@@ -75,7 +75,7 @@ impl Lifecycle {
             })?;
             let started = std::time::Instant::now();
             let written = if running {
-                self.snapshot_running(&mut record, &partial)
+                self.capture_running(&mut record, &partial, "snapshotting", "snapshot:saved")
             } else {
                 copy_disks(&files, &partial)
                     .and_then(|()| {
@@ -115,50 +115,6 @@ impl Lifecycle {
             tracing::info!(vm = %record.name, snapshot = %name, memory = snapshot.memory, secs = started.elapsed().as_secs_f64(), bytes = snapshot.allocated_bytes, "snapshot taken");
             Ok(snapshot)
         })
-    }
-
-    /// The guest's state and its disks at one instant: the guest stays
-    /// stopped from the save to the end of the disk copies, then runs on.
-    /// Its state is `suspending` meanwhile, so a daemon killed here lets
-    /// the guest run on at the next start.
-    fn snapshot_running(&self, record: &mut VmRecord, partial: &std::path::Path) -> Result<()> {
-        let backend = self.backend(record.vmm)?;
-        let dir = self.vm_dir(&record.id);
-        let files = banger_host::VmDir::new(&dir);
-        self.thaw_user_pause(record);
-        self.transition(record, VmState::Suspending)?;
-        let state = partial.join(STATE_DIR);
-        let result = std::fs::create_dir(&state)
-            .map_err(|e| {
-                LifecycleError::step("snapshotting", &record.name, "making its directory", e)
-            })
-            .and_then(|()| {
-                backend.save_state(&dir, &state).map_err(|e| {
-                    LifecycleError::step(
-                        "snapshotting",
-                        &record.name,
-                        "saving the guest's state",
-                        e,
-                    )
-                })
-            })
-            .and_then(|()| {
-                self.crash_point("snapshot:saved");
-                let copied = copy_disks(&files, partial).map_err(|e| {
-                    LifecycleError::step("snapshotting", &record.name, "copying the disks", e)
-                });
-                let resumed = backend.resume_after_save(&dir).map_err(|e| {
-                    LifecycleError::step(
-                        "snapshotting",
-                        &record.name,
-                        "letting the guest run on",
-                        e,
-                    )
-                });
-                copied.and(resumed)
-            });
-        self.transition(record, VmState::Running)?;
-        result
     }
 
     pub fn snapshot_list(&self, id: &str) -> Result<Vec<Snapshot>> {

@@ -18,6 +18,9 @@ impl Lifecycle {
         let image = self.usable_image(&record.image)?;
         self.preflight("start", &record.name, &record)?;
         let resuming = record.state == VmState::Suspended;
+        if !resuming {
+            self.forget_pending_identity(&record)?;
+        }
         let action = if resuming { "resuming" } else { "starting" };
         self.transition(&mut record, VmState::Starting)?;
         match self.boot(&mut record, &image, action, None) {

@@ -6,8 +6,12 @@
 //! and removed (by the backend) before the resumed guest runs: a saved
 //! state that exists is always whole and always matches the disks.
 
-use super::files::{commit_dir, dir_bytes};
+use super::files::{commit_dir, copy_disks, dir_bytes};
 use super::*;
+
+/// Where [`Lifecycle::capture_running`] puts the guest's state, beside
+/// the disk copies.
+pub(super) const CAPTURED_STATE: &str = "state";
 
 /// How long a resumed guest's agent has to answer the clock step.
 const CLOCK_STEP_WAIT: Duration = Duration::from_secs(20);
@@ -102,6 +106,45 @@ impl Lifecycle {
                 }),
             }
         })
+    }
+
+    /// The guest's state (into `into/state`) and its disks (into `into`)
+    /// at one instant, for a snapshot or a branch: the guest stays stopped
+    /// from the save to the end of the disk copies, then runs on. Its
+    /// state is `suspending` meanwhile, so a daemon killed here lets the
+    /// guest run on at the next start.
+    pub(super) fn capture_running(
+        &self,
+        record: &mut VmRecord,
+        into: &std::path::Path,
+        action: &'static str,
+        crash_point: &'static str,
+    ) -> Result<()> {
+        let backend = self.backend(record.vmm)?;
+        let dir = self.vm_dir(&record.id);
+        let files = banger_host::VmDir::new(&dir);
+        self.thaw_user_pause(record);
+        self.transition(record, VmState::Suspending)?;
+        let state = into.join(CAPTURED_STATE);
+        let result = std::fs::create_dir(&state)
+            .map_err(|e| LifecycleError::step(action, &record.name, "making its directory", e))
+            .and_then(|()| {
+                backend.save_state(&dir, &state).map_err(|e| {
+                    LifecycleError::step(action, &record.name, "saving the guest's state", e)
+                })
+            })
+            .and_then(|()| {
+                self.crash_point(crash_point);
+                let copied = copy_disks(&files, into).map_err(|e| {
+                    LifecycleError::step(action, &record.name, "copying the disks", e)
+                });
+                let resumed = backend.resume_after_save(&dir).map_err(|e| {
+                    LifecycleError::step(action, &record.name, "letting the guest run on", e)
+                });
+                copied.and(resumed)
+            });
+        self.transition(record, VmState::Running)?;
+        result
     }
 
     /// After a resume: the guest's clock stood still while it was

@@ -1503,6 +1503,9 @@ fn crash_cases() -> Vec<(&'static str, CrashOp, Before, bool, Option<VmState>)> 
     let branch: Op = |lc, id| {
         let _ = lc.branch(&id, "offshoot", true);
     };
+    let branch_with_memory: Op = |lc, id| {
+        let _ = lc.branch(&id, "offshoot", false);
+    };
     use Before::*;
     vec![
         ("create:reserved", create, Running, true, None),
@@ -1550,6 +1553,15 @@ fn crash_cases() -> Vec<(&'static str, CrashOp, Before, bool, Option<VmState>)> 
         (
             "branch:copied",
             branch,
+            Running,
+            false,
+            Some(VmState::Running),
+        ),
+        // A branch with memory, its source stopped for the save and the
+        // copy: the source runs on, no branch.
+        (
+            "branch:saved",
+            branch_with_memory,
             Running,
             false,
             Some(VmState::Running),
@@ -2418,6 +2430,7 @@ fn a_branch_boots_from_a_copy_with_an_identity_of_its_own() {
     let source = fx.create("trunk");
     let source_files = banger_host::VmDir::new(fx.paths.vm_dir(&source.id));
     std::fs::write(source_files.work_disk(), "root files").unwrap();
+    fx.vmm.restore_in_place_only();
     let err = fx.lifecycle.branch(&source.id, "limb", false).unwrap_err();
     assert!(
         error_text(&err).contains("--no-memory"),
@@ -2470,4 +2483,192 @@ fn a_branch_boots_from_a_copy_with_an_identity_of_its_own() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(fx.store.list_vms().unwrap().len(), 2);
+}
+
+/// A fake agent that answers `ip addr show` with the address the store
+/// gives the VM behind the vsock socket, as a guest that took it would.
+fn agent_with_addresses(store: &Arc<Store>) -> Arc<crate::guest_agent::RecordingAgent> {
+    let agent = Arc::new(crate::guest_agent::RecordingAgent::default());
+    let store = store.clone();
+    agent.answer_with(Box::new(move |vsock, argv| {
+        if argv.first().map(String::as_str) != Some("ip") {
+            return (Vec::new(), 0);
+        }
+        let address = store
+            .list_vms()
+            .unwrap()
+            .into_iter()
+            .find(|vm| vm.vsock_path.as_deref() == Some(vsock))
+            .and_then(|vm| vm.guest_ip);
+        let text = address.map_or(String::new(), |ip| {
+            format!("2: eth0    inet {ip}/24 scope global eth0\n")
+        });
+        (text.into_bytes(), 0)
+    }));
+    agent
+}
+
+/// A daemon that talks to guests through [`agent_with_addresses`], and a
+/// running VM "trunk" to branch.
+fn source_with_agent(
+    fx: &Fixture,
+) -> (
+    Arc<crate::guest_agent::RecordingAgent>,
+    Arc<Lifecycle>,
+    VmRecord,
+) {
+    let agent = agent_with_addresses(&fx.store);
+    let lifecycle = fx.new_lifecycle().with_agent(agent.clone());
+    fx.lifecycle.retire();
+    let source = lifecycle
+        .create(&CreateVmParams {
+            name: Some("trunk".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    (agent, lifecycle, source)
+}
+
+#[test]
+fn a_branch_with_memory_resumes_off_the_network_until_it_has_its_own_identity() {
+    let fx = fixture();
+    let (agent, lifecycle, source) = source_with_agent(&fx);
+    let source_dir = fx.paths.vm_dir(&source.id);
+    std::fs::write(
+        banger_host::VmDir::new(&source_dir).work_disk(),
+        "root files",
+    )
+    .unwrap();
+
+    let branch = lifecycle.branch(&source.id, "limb", false).unwrap();
+    assert_eq!(branch.state, VmState::Running);
+    assert_ne!(branch.guest_ip, source.guest_ip);
+    let dir = fx.paths.vm_dir(&branch.id);
+    let files = banger_host::VmDir::new(&dir);
+    let launch = fx.vmm.launches().pop().unwrap();
+    assert_eq!(launch.vm_dir, dir);
+    assert_eq!(
+        launch.restore.as_deref(),
+        Some(files.saved_state().as_path())
+    );
+    assert!(launch.restore_link_down, "resumed with its link down");
+    assert!(!files.saved_state().exists(), "the state was consumed");
+    assert_eq!(
+        std::fs::read_to_string(files.work_disk()).unwrap(),
+        "root files"
+    );
+    assert!(
+        fx.disks.forgotten().is_empty(),
+        "disks under saved memory are never edited offline"
+    );
+
+    // Its identity went in through its own agent, then its link came up.
+    let (vsock, argv) = agent
+        .calls()
+        .into_iter()
+        .find(|(_, argv)| argv.get(3).map(String::as_str) == Some("banger-identity"))
+        .expect("the identity script ran");
+    assert_eq!(Some(vsock.as_path()), branch.vsock_path.as_deref());
+    let mac = banger_host::net::guest_mac(branch.guest_ip.unwrap());
+    assert_eq!(argv[4..6], ["limb".to_owned(), mac]);
+    assert!(
+        argv.iter()
+            .any(|a| a.contains(&format!("Address={}/", branch.guest_ip.unwrap())))
+    );
+    assert_eq!(fx.vmm.links(), [(dir.clone(), true)]);
+    assert!(!files.identity_pending().exists());
+
+    // The source was stopped for the save and the copy, then ran on.
+    let source_now = lifecycle.record(&source.id).unwrap();
+    assert_eq!(
+        (source_now.state, source_now.pid),
+        (VmState::Running, source.pid)
+    );
+    assert_eq!(
+        fx.vmm.resumed_after_save(),
+        std::slice::from_ref(&source_dir)
+    );
+
+    // A guest that refuses its identity takes the branch away again.
+    agent.answer_with(Box::new(|_, argv| {
+        let refused = argv.get(3).map(String::as_str) == Some("banger-identity");
+        (b"hostname: permission denied".to_vec(), i32::from(refused))
+    }));
+    let err = lifecycle.branch(&source.id, "twig", false).unwrap_err();
+    assert!(
+        error_text(&err).contains("permission denied"),
+        "{}",
+        error_text(&err)
+    );
+    let names: Vec<String> = fx
+        .store
+        .list_vms()
+        .unwrap()
+        .iter()
+        .map(|vm| vm.name.to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!names.contains(&"twig".to_owned()));
+    let leftovers: Vec<_> = std::fs::read_dir(&fx.paths.vms_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(
+        lifecycle.record(&source.id).unwrap().state,
+        VmState::Running
+    );
+
+    // A suspended source stays suspended; its branch resumes from a copy.
+    agent.answer_with(Box::new(|_, _| (Vec::new(), 0)));
+    let agent = agent_with_addresses(&fx.store);
+    let lifecycle2 = fx.new_lifecycle().with_agent(agent);
+    lifecycle.retire();
+    lifecycle2.suspend(&source.id).unwrap();
+    let sprout = lifecycle2.branch(&source.id, "sprout", false).unwrap();
+    assert_eq!(sprout.state, VmState::Running);
+    assert_eq!(
+        lifecycle2.record(&source.id).unwrap().state,
+        VmState::Suspended
+    );
+    assert!(banger_host::VmDir::new(&source_dir).saved_state().is_dir());
+}
+
+#[test]
+fn a_daemon_killed_before_a_branch_took_its_identity_finishes_it_at_restart() {
+    let fx = fixture();
+    let (agent, first, source) = source_with_agent(&fx);
+    first.retire();
+    let source_id = source.id.to_string();
+    let daemon = || fx.new_lifecycle().with_agent(agent.clone());
+    let report = crash_then_restart(&fx, &daemon, "branch:resumed", move |lc| {
+        let _ = lc.branch(&source_id, "limb", false);
+    });
+    assert_eq!(report.adopted.len(), 2, "{report:?}");
+    let branch = fx
+        .store
+        .list_vms()
+        .unwrap()
+        .into_iter()
+        .find(|vm| vm.name == "limb")
+        .expect("the branch was kept");
+    let dir = fx.paths.vm_dir(&branch.id);
+    let files = banger_host::VmDir::new(&dir);
+    wait_until("the branch to take its identity", || {
+        !files.identity_pending().exists()
+    });
+    assert!(
+        fx.vmm.links().contains(&(dir, true)),
+        "{:?}",
+        fx.vmm.links()
+    );
+    assert!(agent.calls().iter().any(|(vsock, argv)| {
+        Some(vsock.as_path()) == branch.vsock_path.as_deref()
+            && argv.get(3).map(String::as_str) == Some("banger-identity")
+    }));
+    assert_eq!(
+        fx.store.get_vm(&branch.id).unwrap().unwrap().state,
+        VmState::Running
+    );
 }
