@@ -356,33 +356,27 @@ branch_gone() { ! test -e "$state/vms/$1" && ! pgrep -f "$1" >/dev/null && ! ip 
 check "nothing of e2e-c is left (files, process, TAP)" branch_gone "$id_c"
 
 say "== 4j. vm branch with memory: e2e-a's running processes go on in a VM of its own"
-if [ "$vmm" = qemu ]; then
-    check "a counter runs in e2e-a" in_vm e2e-a "setsid -f sh -c '$counter_loop' </dev/null >/dev/null 2>&1; sleep 2"
-    boot_id=$(in_vm e2e-a cat /proc/sys/kernel/random/boot_id)
-    started=$SECONDS
-    check "vm branch e2e-a e2e-d (with memory, the default)" "$banger" vm branch e2e-a e2e-d
-    say "      branched in $((SECONDS - started))s"
-    check "e2e-d answers SSH at once, with its own hostname" test "$(in_vm e2e-d hostname)" = e2e-d
-    check "e2e-d goes on from e2e-a's memory (same boot_id, the counter's process alive)" test "$(in_vm e2e-d 'cat /proc/sys/kernel/random/boot_id; kill -0 $(cat /root/counter.pid) && echo alive')" = "$(printf '%s\nalive' "$boot_id")"
-    counter_then=$(in_vm e2e-d cat /root/counter)
-    sleep 2
-    check "e2e-d's counter goes on counting ($counter_then, then $(in_vm e2e-d cat /root/counter))" test "$(in_vm e2e-d cat /root/counter)" -gt "$counter_then"
-    check "e2e-a runs on, its counter too" test "$(vm_field e2e-a state)" = running -a -n "$(in_vm e2e-a 'kill -0 $(cat /root/counter.pid) && echo alive')"
-    ip_d=$(vm_field e2e-d guest_ip)
-    check "e2e-d holds its own address $ip_d on eth0 (e2e-a: $ip_a) and nothing else" test "$(in_vm e2e-d "ip -4 -o addr show dev eth0 | awk '{print \$4}'")" = "$ip_d/24" -a "$ip_d" != "$ip_a"
-    check "e2e-d has its own MAC" test "$(in_vm e2e-d cat /sys/class/net/eth0/address)" != "$(in_vm e2e-a cat /sys/class/net/eth0/address)"
-    check "e2e-d has its own machine-id and SSH host key" test "$(in_vm e2e-d "$identity")" != "$(in_vm e2e-a "$identity")" -a -n "$(in_vm e2e-d "$identity")"
-    check "e2e-d reaches its gateway, and e2e-a still answers at $ip_a" sh -c "'$banger' vm ssh e2e-d -- ping -c1 -W2 ${ip_d%.*}.1 >/dev/null 2>&1 && '$banger' vm ssh e2e-a -- true 2>/dev/null"
-    check "vm exec reaches e2e-d over its own vsock" test "$("$banger" vm exec e2e-d -- hostname)" = e2e-d
-    in_vm e2e-a 'kill $(cat /root/counter.pid)'
-    id_d=$(vm_field e2e-d id)
-    check "vm delete e2e-d" "$banger" vm delete e2e-d
-    check "nothing of e2e-d is left (files, process, TAP)" branch_gone "$id_d"
-else
-    refusal=$("$banger" vm branch e2e-a e2e-d 2>&1); refused=$?
-    say "      ${refusal%%$'\n'*}"
-    check "a branch with memory on $vmm says it is not implemented yet, names --no-memory, and makes nothing" test "$refused" != 0 -a -n "$(grep -- 'not implemented yet.*--no-memory' <<<"$refusal")" -a -z "$(vm_field e2e-d id)"
-fi
+check "a counter runs in e2e-a" in_vm e2e-a "setsid -f sh -c '$counter_loop' </dev/null >/dev/null 2>&1; sleep 2"
+boot_id=$(in_vm e2e-a cat /proc/sys/kernel/random/boot_id)
+started=$SECONDS
+check "vm branch e2e-a e2e-d (with memory, the default)" "$banger" vm branch e2e-a e2e-d
+say "      branched in $((SECONDS - started))s"
+check "e2e-d answers SSH at once, with its own hostname" test "$(in_vm e2e-d hostname)" = e2e-d
+check "e2e-d goes on from e2e-a's memory (same boot_id, the counter's process alive)" test "$(in_vm e2e-d 'cat /proc/sys/kernel/random/boot_id; kill -0 $(cat /root/counter.pid) && echo alive')" = "$(printf '%s\nalive' "$boot_id")"
+counter_then=$(in_vm e2e-d cat /root/counter)
+sleep 2
+check "e2e-d's counter goes on counting ($counter_then, then $(in_vm e2e-d cat /root/counter))" test "$(in_vm e2e-d cat /root/counter)" -gt "$counter_then"
+check "e2e-a runs on, its counter too" test "$(vm_field e2e-a state)" = running -a -n "$(in_vm e2e-a 'kill -0 $(cat /root/counter.pid) && echo alive')"
+ip_d=$(vm_field e2e-d guest_ip)
+check "e2e-d holds its own address $ip_d on eth0 (e2e-a: $ip_a) and nothing else" test "$(in_vm e2e-d "ip -4 -o addr show dev eth0 | awk '{print \$4}'")" = "$ip_d/24" -a "$ip_d" != "$ip_a"
+check "e2e-d has its own MAC" test "$(in_vm e2e-d cat /sys/class/net/eth0/address)" != "$(in_vm e2e-a cat /sys/class/net/eth0/address)"
+check "e2e-d has its own machine-id and SSH host key" test "$(in_vm e2e-d "$identity")" != "$(in_vm e2e-a "$identity")" -a -n "$(in_vm e2e-d "$identity")"
+check "e2e-d reaches its gateway, and e2e-a still answers at $ip_a" sh -c "'$banger' vm ssh e2e-d -- ping -c1 -W2 ${ip_d%.*}.1 >/dev/null 2>&1 && '$banger' vm ssh e2e-a -- true 2>/dev/null"
+check "vm exec reaches e2e-d over its own vsock" test "$("$banger" vm exec e2e-d -- hostname)" = e2e-d
+in_vm e2e-a 'kill $(cat /root/counter.pid)'
+id_d=$(vm_field e2e-d id)
+check "vm delete e2e-d" "$banger" vm delete e2e-d
+check "nothing of e2e-d is left (files, process, TAP)" branch_gone "$id_d"
 
 say "== 5. files survive stop and start; the work disk grows"
 # One string: ssh joins its arguments with spaces for the remote shell.

@@ -81,6 +81,13 @@ pub trait Capability: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// A VM attached with its network held (`LaunchSpec::restore_link_down`:
+    /// a branch resumed from its source's memory) joins it, once the guest
+    /// has its own address.
+    fn connect(&self, _vm: &VmRecord) -> Result<()> {
+        Ok(())
+    }
+
     /// After the VMM exits, or to undo `attach`. Idempotent.
     fn detach(&self, _vm: &VmRecord) -> Result<()> {
         Ok(())

@@ -148,6 +148,9 @@ pub trait HostNetwork: Send + Sync + fmt::Debug {
     fn ensure_bridge(&self, pool: &Pool) -> Result<()>;
     /// A TAP owned by `uid`, attached to the bridge and up. Idempotent.
     fn create_tap(&self, name: &str, uid: u32) -> Result<()>;
+    /// A TAP owned by `uid`, down and on no bridge: a guest on it reaches
+    /// nothing until [`HostNetwork::create_tap`] connects it. Idempotent.
+    fn hold_tap(&self, name: &str, uid: u32) -> Result<()>;
     /// Removes a TAP; a missing one is fine.
     fn delete_tap(&self, name: &str) -> Result<()>;
     /// Every TAP with banger's prefix.
@@ -325,6 +328,18 @@ impl IpTablesNetwork {
         }
     }
 
+    /// A TAP named `name` owned by `uid`, made unless it exists.
+    fn ensure_tap(&self, name: &str, uid: u32) -> Result<()> {
+        if !self.link_exists(name)? {
+            let uid = uid.to_string();
+            self.run(
+                "ip",
+                &["tuntap", "add", "dev", name, "mode", "tap", "user", &uid],
+            )?;
+        }
+        Ok(())
+    }
+
     fn link_exists(&self, name: &str) -> Result<bool> {
         let out = self
             .runner
@@ -457,15 +472,16 @@ impl HostNetwork for IpTablesNetwork {
     }
 
     fn create_tap(&self, name: &str, uid: u32) -> Result<()> {
-        if !self.link_exists(name)? {
-            let uid = uid.to_string();
-            self.run(
-                "ip",
-                &["tuntap", "add", "dev", name, "mode", "tap", "user", &uid],
-            )?;
-        }
+        self.ensure_tap(name, uid)?;
         self.run("ip", &["link", "set", "dev", name, "master", &self.bridge])?;
         self.run("ip", &["link", "set", "dev", name, "up"])?;
+        Ok(())
+    }
+
+    fn hold_tap(&self, name: &str, uid: u32) -> Result<()> {
+        self.ensure_tap(name, uid)?;
+        self.run("ip", &["link", "set", "dev", name, "down"])?;
+        self.run("ip", &["link", "set", "dev", name, "nomaster"])?;
         Ok(())
     }
 
@@ -605,6 +621,8 @@ mod fakes {
     pub struct FakeNetState {
         pub bridge: Option<String>,
         pub taps: std::collections::BTreeMap<String, u32>,
+        /// TAPs that exist but are held off the bridge.
+        pub held: std::collections::BTreeSet<String>,
         pub nat: std::collections::BTreeMap<String, Ipv4Addr>,
         pub routes: Vec<String>,
         pub fail: std::collections::HashSet<NetOp>,
@@ -661,11 +679,22 @@ mod fakes {
             let mut state = self.lock();
             Self::check(&state, NetOp::CreateTap)?;
             state.taps.insert(name.to_owned(), uid);
+            state.held.remove(name);
+            Ok(())
+        }
+
+        fn hold_tap(&self, name: &str, uid: u32) -> Result<()> {
+            let mut state = self.lock();
+            Self::check(&state, NetOp::CreateTap)?;
+            state.taps.insert(name.to_owned(), uid);
+            state.held.insert(name.to_owned());
             Ok(())
         }
 
         fn delete_tap(&self, name: &str) -> Result<()> {
-            self.lock().taps.remove(name);
+            let mut state = self.lock();
+            state.taps.remove(name);
+            state.held.remove(name);
             Ok(())
         }
 

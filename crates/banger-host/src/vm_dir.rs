@@ -102,6 +102,13 @@ impl VmDir {
         self.path.join("identity.pending")
     }
 
+    /// Present when the VM's VMM opened its own disks by paths relative to
+    /// this directory (its working directory), so that a state it saves
+    /// names no directory and restores in another one (a branch).
+    pub fn relative_drives(&self) -> PathBuf {
+        self.path.join("drives-relative")
+    }
+
     /// Where a suspend writes before it is complete; renamed to
     /// [`VmDir::saved_state`] only then, so a crash never leaves half a state.
     pub fn saved_state_partial(&self) -> PathBuf {
@@ -132,6 +139,7 @@ mod tests {
             dir.saved_state_partial(),
             dir.snapshots(),
             dir.identity_pending(),
+            dir.relative_drives(),
         ];
         let unique: std::collections::HashSet<_> = files.iter().collect();
         assert_eq!(unique.len(), files.len());

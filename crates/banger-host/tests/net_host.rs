@@ -75,6 +75,22 @@ fn bridge_taps_and_nat_rules_on_a_real_kernel() {
     assert!(link.contains("master banger0"), "{link}");
     assert_eq!(net.list_taps().unwrap(), ["bg-0011223344"]);
 
+    // Held: down and off the bridge; connected again by create_tap.
+    let show = || {
+        runner
+            .run(&Cmd::new("ip").args(["-o", "link", "show", "dev", "bg-0011223344"]))
+            .unwrap()
+    };
+    net.hold_tap("bg-0011223344", 0).unwrap();
+    let held = show();
+    assert!(!held.contains("master") && !held.contains(",UP"), "{held}");
+    net.create_tap("bg-0011223344", 0).unwrap();
+    let connected = show();
+    assert!(
+        connected.contains("master banger0") && connected.contains(",UP"),
+        "{connected}"
+    );
+
     let rule = NatRule {
         vm_id: "aa12bb34".into(),
         guest_ip: Ipv4Addr::new(10, 219, 0, 2),

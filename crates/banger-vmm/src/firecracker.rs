@@ -26,6 +26,17 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// A saved state's files: the device state and the guest memory.
 const SNAPSHOT_FILE: &str = "firecracker-vmstate";
 const MEMORY_FILE: &str = "firecracker-memory";
+/// In a saved state: its disks are named relative to the VM's directory
+/// (see [`banger_host::VmDir::relative_drives`]).
+const RELATIVE_DRIVES: &str = "drives-relative";
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Firecracker {
@@ -60,12 +71,16 @@ impl Firecracker {
         }
         requests.push(("boot source", "/boot-source".to_owned(), boot));
         for drive in &spec.drives {
+            // The VM's own disks by paths relative to its directory, which
+            // is Firecracker's working directory: a state it saves then
+            // opens another VM's disks when restored in that VM's directory.
+            let path = drive.path.strip_prefix(&spec.vm_dir).unwrap_or(&drive.path);
             requests.push((
                 "drive",
                 format!("/drives/{}", drive.id),
                 json!({
                     "drive_id": drive.id,
-                    "path_on_host": drive.path,
+                    "path_on_host": path,
                     "is_root_device": false,
                     "is_read_only": drive.read_only,
                 }),
@@ -96,11 +111,18 @@ impl Firecracker {
     /// Loads a saved state into a fresh Firecracker (which takes the
     /// drives, TAP and vsock socket from it), removes the state, stale
     /// from the guest's first instruction on, then lets the guest run.
-    fn restore(session: &mut api::Session, state: &Path) -> Result<()> {
+    fn restore(session: &mut api::Session, spec: &LaunchSpec, state: &Path) -> Result<()> {
         for file in [SNAPSHOT_FILE, MEMORY_FILE] {
             if !state.join(file).is_file() {
                 return Err(VmmError::StateMissing(state.into(), file));
             }
+        }
+        let relative = state.join(RELATIVE_DRIVES).is_file();
+        // Restoring as another VM (a branch) needs a state that names no
+        // directory; its TAP and vsock socket are this VM's.
+        let as_another_vm = spec.restore_link_down;
+        if as_another_vm && !relative {
+            return Err(VmmError::NotRelocatable(state.into()));
         }
         let api_error = |what| move |source| VmmError::Api { what, source };
         session
@@ -111,14 +133,29 @@ impl Firecracker {
             .map_err(|source| VmmError::StateWrite(state.into(), source))?;
         // Memory is mapped from the file (MAP_PRIVATE): removing the file
         // below leaves the mapping whole.
-        let load = json!({
+        let mut load = json!({
             "snapshot_path": state.join(SNAPSHOT_FILE),
             "mem_backend": { "backend_type": "File", "backend_path": state.join(MEMORY_FILE) },
             "resume_vm": false,
         });
+        if as_another_vm {
+            load["vsock_override"] = json!({ "uds_path": spec.vsock_path });
+            if let Some(net) = &spec.net {
+                load["network_overrides"] =
+                    json!([{ "iface_id": "eth0", "host_dev_name": net.tap }]);
+            }
+        }
         session
             .call("PUT", "/snapshot/load", Some(&load))
             .map_err(api_error("loading the saved state"))?;
+        // The restored guest opened its disks as the state names them.
+        let marker = banger_host::VmDir::new(&spec.vm_dir).relative_drives();
+        let marked = if relative {
+            std::fs::write(&marker, "")
+        } else {
+            std::fs::remove_file(&marker).or_else(ignore_missing)
+        };
+        marked.map_err(|e| VmmError::StateWrite(state.into(), e))?;
         std::fs::remove_dir_all(state).map_err(|e| VmmError::StateWrite(state.into(), e))?;
         session
             .call("PATCH", "/vm", Some(&json!({ "state": "Resumed" })))
@@ -236,10 +273,14 @@ impl Vmm for Firecracker {
         // 12 ms create (`make bench BENCH=create`, 0.36 ms against 0.43 ms
         // for six requests), so the simpler exchange stays.
         if let Some(state) = &spec.restore {
-            return match Self::restore(&mut session, state) {
+            return match Self::restore(&mut session, spec, state) {
                 Ok(()) => Ok(process::launched(child)),
                 Err(err) => fail(&mut child, err),
             };
+        }
+        if let Err(e) = std::fs::write(banger_host::VmDir::new(&spec.vm_dir).relative_drives(), "")
+        {
+            return fail(&mut child, VmmError::StateWrite(spec.vm_dir.clone(), e));
         }
         let requests = Self::requests(spec);
         let Some(((start_step, start_path, start_body), configure)) = requests.split_last() else {
@@ -319,6 +360,14 @@ impl Vmm for Firecracker {
             let memory = state_dir.join(MEMORY_FILE);
             banger_host::disk::punch_zero_pages(&memory)
                 .map_err(|e| VmmError::StateWrite(memory, e))
+        })
+        .and_then(|()| {
+            // Whether the state names the disks relative to the VM's directory.
+            if !banger_host::VmDir::new(vm_dir).relative_drives().is_file() {
+                return Ok(());
+            }
+            std::fs::write(state_dir.join(RELATIVE_DRIVES), "")
+                .map_err(|e| VmmError::StateWrite(state_dir.into(), e))
         });
         if let Err(err) = saved {
             if let Err(undo) = self.set_paused(vm_dir, false) {
@@ -331,6 +380,20 @@ impl Vmm for Firecracker {
 
     fn resume_after_save(&self, vm_dir: &Path) -> Result<()> {
         self.set_paused(vm_dir, false)
+    }
+
+    /// With its disks by relative path and `network_overrides` and
+    /// `vsock_override` (Firecracker 1.12 and later) at the load. The
+    /// guest keeps the vsock CID it was saved with: Firecracker's vsock is
+    /// a Unix socket on the host, where a CID means nothing.
+    fn restores_as_another_vm(&self) -> bool {
+        true
+    }
+
+    /// Firecracker's NIC has no link state: the daemon holds the TAP off
+    /// the bridge instead, so there is nothing to switch here.
+    fn set_link(&self, _vm_dir: &Path, _up: bool) -> Result<()> {
+        Ok(())
     }
 
     fn responds(&self, vm_dir: &Path, _pid: u32) -> bool {
@@ -405,6 +468,11 @@ mod tests {
         let requests = Firecracker::requests(&spec());
         assert_eq!(requests[2].2["initrd_path"], "/r/initrd.img");
         assert_eq!(requests[3].2["is_read_only"], true);
+        assert_eq!(requests[3].2["path_on_host"], "/r/rootfs.ext4");
+        assert_eq!(
+            requests[4].2["path_on_host"], "overlay.ext4",
+            "the VM's own disks by path relative to its directory"
+        );
         assert_eq!(
             requests[6].2,
             json!({"guest_cid": 3, "uds_path": "/s/vms/aa12bb34/vsock.sock"})

@@ -73,6 +73,10 @@ pub enum VmmError {
         log: PathBuf,
         tail: Vec<String>,
     },
+    #[error(
+        "the saved state in {0} names its VM's disks by absolute path (saved by an older banger), so it cannot restore as another VM: branch with --no-memory, or restart the source and branch again"
+    )]
+    NotRelocatable(PathBuf),
     #[error("{0} is not supported by this VMM")]
     Unsupported(&'static str),
     #[error("injected failure: {0}")]

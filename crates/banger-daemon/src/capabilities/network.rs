@@ -93,14 +93,29 @@ impl Capability for NetworkCapability {
         self.net
             .ensure_bridge(&self.pool)
             .map_err(|e| Self::fail("setting up the bridge", e))?;
-        self.net
-            .create_tap(tap, self.uid)
-            .map_err(|e| Self::fail("creating the TAP device", e))?;
+        // A guest resumed from another VM's memory would speak with that
+        // VM's address and MAC: its TAP stays off the bridge until `connect`.
+        if spec.restore_link_down {
+            self.net.hold_tap(tap, self.uid)
+        } else {
+            self.net.create_tap(tap, self.uid)
+        }
+        .map_err(|e| Self::fail("creating the TAP device", e))?;
         spec.net = Some(NetSpec {
             tap: tap.to_owned(),
             mac: guest_mac(ip),
         });
         Ok(())
+    }
+
+    fn connect(&self, vm: &VmRecord) -> Result<()> {
+        match vm.tap.as_deref() {
+            Some(tap) => self
+                .net
+                .create_tap(tap, self.uid)
+                .map_err(|e| Self::fail("connecting the TAP device to the bridge", e)),
+            None => Ok(()),
+        }
     }
 
     fn detach(&self, vm: &VmRecord) -> Result<()> {

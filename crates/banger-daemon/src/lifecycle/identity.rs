@@ -1,7 +1,8 @@
 //! A branch resumed from its source's memory runs as its source: same
-//! address, MAC, hostname, machine-id and SSH host keys. It comes up with
-//! its network link down (`identity.pending` in its directory), and this
-//! gives it its own identity through the agent, then connects it.
+//! address, MAC, hostname, machine-id and SSH host keys. It comes up held
+//! off the network (`identity.pending` in its directory: its TAP off the
+//! bridge, and on QEMU its link down), and this gives it its own identity
+//! through the agent, then connects it.
 //!
 //! A daemon killed before this finishes leaves the file: its next start
 //! finishes the job for a branch that still runs (see `reconcile.rs`).
@@ -114,6 +115,10 @@ impl Lifecycle {
                 code: status.shell_code(),
                 output: String::from_utf8_lossy(&output).trim().to_owned(),
             }));
+        }
+        for c in &self.capabilities {
+            c.connect(record)
+                .map_err(|e| LifecycleError::capability("branching", &record.name, e))?;
         }
         self.backend(record.vmm)?
             .set_link(&dir, true)

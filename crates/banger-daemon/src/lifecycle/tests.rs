@@ -2486,24 +2486,36 @@ fn a_branch_boots_from_a_copy_with_an_identity_of_its_own() {
 }
 
 /// A fake agent that answers `ip addr show` with the address the store
-/// gives the VM behind the vsock socket, as a guest that took it would.
-fn agent_with_addresses(store: &Arc<Store>) -> Arc<crate::guest_agent::RecordingAgent> {
+/// gives the VM behind the vsock socket, as a guest that took it would;
+/// and refuses the identity script unless that VM's TAP is held off the
+/// bridge meanwhile, as it must be.
+fn agent_with_addresses(fx: &Fixture) -> Arc<crate::guest_agent::RecordingAgent> {
     let agent = Arc::new(crate::guest_agent::RecordingAgent::default());
-    let store = store.clone();
+    let (store, network) = (fx.store.clone(), fx.network.clone());
     agent.answer_with(Box::new(move |vsock, argv| {
-        if argv.first().map(String::as_str) != Some("ip") {
-            return (Vec::new(), 0);
-        }
-        let address = store
+        let vm = store
             .list_vms()
             .unwrap()
             .into_iter()
-            .find(|vm| vm.vsock_path.as_deref() == Some(vsock))
-            .and_then(|vm| vm.guest_ip);
-        let text = address.map_or(String::new(), |ip| {
-            format!("2: eth0    inet {ip}/24 scope global eth0\n")
-        });
-        (text.into_bytes(), 0)
+            .find(|vm| vm.vsock_path.as_deref() == Some(vsock));
+        match argv.first().map(String::as_str) {
+            Some("ip") => {
+                let address = vm.and_then(|vm| vm.guest_ip);
+                let text = address.map_or(String::new(), |ip| {
+                    format!("2: eth0    inet {ip}/24 scope global eth0\n")
+                });
+                (text.into_bytes(), 0)
+            }
+            _ if argv.get(3).map(String::as_str) == Some("banger-identity") => {
+                let tap = vm.and_then(|vm| vm.tap).unwrap_or_default();
+                if network.state().held.contains(&tap) {
+                    (Vec::new(), 0)
+                } else {
+                    (format!("TAP {tap} is on the bridge").into_bytes(), 99)
+                }
+            }
+            _ => (Vec::new(), 0),
+        }
     }));
     agent
 }
@@ -2517,7 +2529,7 @@ fn source_with_agent(
     Arc<Lifecycle>,
     VmRecord,
 ) {
-    let agent = agent_with_addresses(&fx.store);
+    let agent = agent_with_addresses(fx);
     let lifecycle = fx.new_lifecycle().with_agent(agent.clone());
     fx.lifecycle.retire();
     let source = lifecycle
@@ -2576,6 +2588,8 @@ fn a_branch_with_memory_resumes_off_the_network_until_it_has_its_own_identity() 
             .any(|a| a.contains(&format!("Address={}/", branch.guest_ip.unwrap())))
     );
     assert_eq!(fx.vmm.links(), [(dir.clone(), true)]);
+    let net = fx.network.state();
+    assert!(net.held.is_empty() && net.taps.contains_key(branch.tap.as_deref().unwrap()));
     assert!(!files.identity_pending().exists());
 
     // The source was stopped for the save and the copy, then ran on.
@@ -2621,8 +2635,7 @@ fn a_branch_with_memory_resumes_off_the_network_until_it_has_its_own_identity() 
     );
 
     // A suspended source stays suspended; its branch resumes from a copy.
-    agent.answer_with(Box::new(|_, _| (Vec::new(), 0)));
-    let agent = agent_with_addresses(&fx.store);
+    let agent = agent_with_addresses(&fx);
     let lifecycle2 = fx.new_lifecycle().with_agent(agent);
     lifecycle.retire();
     lifecycle2.suspend(&source.id).unwrap();
