@@ -1387,7 +1387,7 @@ fn by_hand_spec(
         vsock_path: dir.join("bench-vsock.sock"),
         log_path: dir.join("by-hand.log"),
         restore: None,
-        restore_link_down: false,
+        restore_as_another_vm: false,
     }
 }
 

@@ -81,7 +81,7 @@ pub trait Capability: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// A VM attached with its network held (`LaunchSpec::restore_link_down`:
+    /// A VM attached with its network held (`LaunchSpec::restore_as_another_vm`:
     /// a branch resumed from its source's memory) joins it, once the guest
     /// has its own address.
     fn connect(&self, _vm: &VmRecord) -> Result<()> {

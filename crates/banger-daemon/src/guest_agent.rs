@@ -23,6 +23,39 @@ pub trait GuestAgent: Send + Sync + std::fmt::Debug {
     ) -> Result<(Vec<u8>, ExitStatus), AgentError>;
 }
 
+/// The command `argv` makes, through `agent`, retried while the agent
+/// cannot be reached yet (after a restore it listens again once the vsock
+/// device is back), each try allowed `per_try`, until `wait` has passed.
+/// `argv` is made again for each try, so a time in it is the try's.
+pub fn run_when_up(
+    agent: &dyn GuestAgent,
+    vsock: &Path,
+    argv: impl Fn() -> Vec<String>,
+    per_try: Duration,
+    wait: Duration,
+) -> Result<(Vec<u8>, ExitStatus), AgentError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let args = argv();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match agent.run(vsock, &args, per_try) {
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %banger_proto::rpc::error_text(&e), "agent not up yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// The host's clock as `date -s` takes it: `@<seconds>.<millis>`.
+pub fn host_clock_arg() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("@{}.{:03}", now.as_secs(), now.subsec_millis())
+}
+
 /// The real agent, over the VM's vsock socket.
 #[derive(Debug, Default)]
 pub struct VsockAgent;

@@ -120,8 +120,7 @@ impl Firecracker {
         let relative = state.join(RELATIVE_DRIVES).is_file();
         // Restoring as another VM (a branch) needs a state that names no
         // directory; its TAP and vsock socket are this VM's.
-        let as_another_vm = spec.restore_link_down;
-        if as_another_vm && !relative {
+        if spec.restore_as_another_vm && !relative {
             return Err(VmmError::NotRelocatable(state.into()));
         }
         let api_error = |what| move |source| VmmError::Api { what, source };
@@ -138,7 +137,7 @@ impl Firecracker {
             "mem_backend": { "backend_type": "File", "backend_path": state.join(MEMORY_FILE) },
             "resume_vm": false,
         });
-        if as_another_vm {
+        if spec.restore_as_another_vm {
             load["vsock_override"] = json!({ "uds_path": spec.vsock_path });
             if let Some(net) = &spec.net {
                 load["network_overrides"] =
@@ -442,7 +441,7 @@ mod tests {
             vsock_path: "/s/vms/aa12bb34/vsock.sock".into(),
             log_path: "/s/vms/aa12bb34/firecracker.log".into(),
             restore: None,
-            restore_link_down: false,
+            restore_as_another_vm: false,
         }
     }
 

@@ -120,10 +120,11 @@ pub struct LaunchSpec {
     /// of booting. The backend consumes it (removes the directory) before
     /// the guest runs, since the disks move on from then.
     pub restore: Option<PathBuf>,
-    /// The restored guest starts with its network link down: a branch's
-    /// memory still holds its source's address and MAC, and the daemon
-    /// brings the link up ([`Vmm::set_link`]) once the guest has its own.
-    pub restore_link_down: bool,
+    /// `restore` was saved by another VM (a branch with memory): the
+    /// backend points it at this VM's disks, TAP and vsock, and the guest,
+    /// which still holds that VM's address and MAC, starts off the network
+    /// until the daemon has given it its own ([`Vmm::set_link`]).
+    pub restore_as_another_vm: bool,
 }
 
 /// A started VMM process.

@@ -222,7 +222,7 @@ impl Qemu {
         let loaded = started.elapsed();
         std::fs::remove_dir_all(state).map_err(|e| VmmError::StateWrite(state.into(), e))?;
         let qmp_error = |what| qmp_failed(what, &socket);
-        if spec.restore_link_down {
+        if spec.restore_as_another_vm {
             qmp.execute("set_link", Some(link(false)))
                 .map_err(qmp_error("taking the network link down"))?;
         }
@@ -849,7 +849,7 @@ mod tests {
             vsock_path: "/s/vms/aa12/vsock.sock".into(),
             log_path: "/s/vms/aa12/firecracker.log".into(),
             restore: None,
-            restore_link_down: false,
+            restore_as_another_vm: false,
         };
         let line = Qemu::args(&spec).join(" ");
         assert!(!line.contains("-incoming"), "{line}");

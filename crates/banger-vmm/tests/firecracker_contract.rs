@@ -61,7 +61,7 @@ fn spec(dir: &Path) -> LaunchSpec {
         vsock_path: dir.join("vsock.sock"),
         log_path: dir.join("firecracker.log"),
         restore: None,
-        restore_link_down: false,
+        restore_as_another_vm: false,
     }
 }
 

@@ -95,7 +95,7 @@ impl Capability for NetworkCapability {
             .map_err(|e| Self::fail("setting up the bridge", e))?;
         // A guest resumed from another VM's memory would speak with that
         // VM's address and MAC: its TAP stays off the bridge until `connect`.
-        if spec.restore_link_down {
+        if spec.restore_as_another_vm {
             self.net.hold_tap(tap, self.uid)
         } else {
             self.net.create_tap(tap, self.uid)

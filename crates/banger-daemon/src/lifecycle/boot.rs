@@ -49,7 +49,7 @@ impl Lifecycle {
             vsock_path: record.vsock_path.clone().unwrap_or_else(|| files.vsock()),
             log_path: files.console_log(),
             restore: files.saved_state().is_dir().then(|| files.saved_state()),
-            restore_link_down: files.identity_pending().exists(),
+            restore_as_another_vm: files.identity_pending().exists(),
             vm_dir: dir,
         }
     }

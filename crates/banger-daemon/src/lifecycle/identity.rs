@@ -15,6 +15,9 @@ const AGENT_WAIT: Duration = Duration::from_secs(30);
 /// How long the guest's network has to take the new address once its link is up.
 const ADDRESS_WAIT: Duration = Duration::from_secs(20);
 
+/// The identity script's `$0`, by which tests recognise it.
+pub(super) const SCRIPT_NAME: &str = "banger-identity";
+
 /// Run as root in the guest: `name mac time [path text]...`. Files are
 /// written whole (rename), and networkd is reloaded while the link is
 /// down, so that when the carrier comes it configures the new address and
@@ -86,30 +89,28 @@ impl Lifecycle {
             .vsock_path
             .clone()
             .ok_or_else(|| step(IdentityError::NoAgent(record.name.to_string())))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let now = format!("@{}.{:03}", now.as_secs(), now.subsec_millis());
         let mac = record
             .guest_ip
             .map(banger_host::net::guest_mac)
             .unwrap_or_default();
         let guest_files = self.guest_config(record).identity_files();
-        let mut argv = vec![
-            "sh",
-            "-c",
-            SCRIPT,
-            "banger-identity",
-            record.name.as_ref(),
-            &mac,
-            &now,
-        ];
-        for (path, text) in &guest_files {
-            argv.extend([path.as_str(), text.as_str()]);
-        }
-        let (output, status) = self
-            .agent_when_up(&vsock, &argv, AGENT_WAIT)
-            .map_err(step)?;
+        // Made at each try, so that the clock it sets is the try's.
+        let argv = || {
+            let mut argv = vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                SCRIPT.to_owned(),
+                SCRIPT_NAME.to_owned(),
+                record.name.to_string(),
+                mac.clone(),
+                crate::guest_agent::host_clock_arg(),
+            ];
+            for (path, text) in &guest_files {
+                argv.extend([path.clone(), text.clone()]);
+            }
+            argv
+        };
+        let (output, status) = self.agent_when_up(&vsock, argv).map_err(step)?;
         if status.shell_code() != 0 {
             return Err(step(IdentityError::Refused {
                 code: status.shell_code(),
@@ -177,25 +178,14 @@ impl Lifecycle {
         })
     }
 
-    /// `argv` through the agent, retried while the agent cannot be reached
-    /// yet (its vsock device comes back just after the restore).
+    /// The command `argv` makes, through the agent once it answers.
     fn agent_when_up(
         &self,
         vsock: &std::path::Path,
-        argv: &[&str],
-        wait: Duration,
+        argv: impl Fn() -> Vec<String>,
     ) -> Result<(Vec<u8>, banger_proto::agent::ExitStatus), IdentityError> {
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            match self.agent.run(vsock, argv, wait) {
-                Ok(answer) => return Ok(answer),
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %error_text(&e), "agent not up yet");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(IdentityError::Agent(e)),
-            }
-        }
+        crate::guest_agent::run_when_up(&*self.agent, vsock, argv, AGENT_WAIT, AGENT_WAIT)
+            .map_err(IdentityError::Agent)
     }
 
     /// Waits until eth0 holds `address` (networkd configures it once the
@@ -207,9 +197,13 @@ impl Lifecycle {
     ) -> Result<(), IdentityError> {
         let deadline = std::time::Instant::now() + ADDRESS_WAIT;
         let wanted = format!("inet {address}/");
-        let argv = ["ip", "-4", "-o", "addr", "show", "dev", "eth0"];
+        let argv = || {
+            ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]
+                .map(str::to_owned)
+                .to_vec()
+        };
         loop {
-            let (output, _) = self.agent_when_up(vsock, &argv, ADDRESS_WAIT)?;
+            let (output, _) = self.agent_when_up(vsock, argv)?;
             if String::from_utf8_lossy(&output).contains(&wanted) {
                 return Ok(());
             }

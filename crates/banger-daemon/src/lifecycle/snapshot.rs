@@ -12,12 +12,11 @@ use super::files::{
     commit_dir, copy_disks, copy_tree, dir_bytes, disks_allocated, disks_changed_since,
     move_disks_in,
 };
+use super::suspend::CAPTURED_STATE;
 use super::*;
 
 /// The snapshot's description, beside its files.
 const META_FILE: &str = "snapshot.json";
-/// The backend's saved state, when the snapshot holds memory.
-const STATE_DIR: &str = super::suspend::CAPTURED_STATE;
 /// Where a restore stages its copies before anything of the VM changes.
 const RESTORE_STAGING: &str = "restoring.partial";
 /// Ends the name of a snapshot still being written.
@@ -80,7 +79,7 @@ impl Lifecycle {
                 copy_disks(&files, &partial)
                     .and_then(|()| {
                         if record.state == VmState::Suspended {
-                            copy_tree(&files.saved_state(), &partial.join(STATE_DIR))
+                            copy_tree(&files.saved_state(), &partial.join(CAPTURED_STATE))
                         } else {
                             Ok(())
                         }
@@ -93,7 +92,7 @@ impl Lifecycle {
                 name: name.clone(),
                 vm: record.name.clone(),
                 created_at: now(),
-                memory: partial.join(STATE_DIR).is_dir(),
+                memory: partial.join(CAPTURED_STATE).is_dir(),
                 allocated_bytes: 0,
                 vcpu: record.vcpu,
                 memory_mib: record.memory_mib.0,
@@ -201,8 +200,8 @@ impl Lifecycle {
             let _ = std::fs::remove_dir_all(files.saved_state());
             let swapped = (|| {
                 move_disks_in(&staging, &files)?;
-                if staging.join(STATE_DIR).is_dir() {
-                    std::fs::rename(staging.join(STATE_DIR), files.saved_state())?;
+                if staging.join(CAPTURED_STATE).is_dir() {
+                    std::fs::rename(staging.join(CAPTURED_STATE), files.saved_state())?;
                 }
                 std::fs::remove_dir_all(&staging)
             })();

@@ -157,31 +157,23 @@ impl Lifecycle {
             return;
         };
         let name = record.name.to_string();
+        let agent = self.agent.clone();
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + CLOCK_STEP_WAIT;
-            loop {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let at = format!("@{}.{:03}", now.as_secs(), now.subsec_millis());
-                let argv = ["date", "-u", "-s", at.as_str()];
-                match banger_host::agent::run(&vsock, &argv, Duration::from_secs(3)) {
-                    Ok((_, status)) if status.shell_code() == 0 => {
-                        tracing::info!(vm = %name, "guest clock stepped after resume");
-                        return;
-                    }
-                    Ok((_, status)) => {
-                        tracing::warn!(vm = %name, ?status, "the guest refused the clock step");
-                        return;
-                    }
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        tracing::debug!(vm = %name, error = %error_text(&e), "agent not back yet");
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    Err(e) => {
-                        tracing::warn!(vm = %name, error = %error_text(&e), "could not step the guest clock after resume");
-                        return;
-                    }
+            let argv = || {
+                ["date", "-u", "-s", &crate::guest_agent::host_clock_arg()]
+                    .map(str::to_owned)
+                    .to_vec()
+            };
+            let per_try = Duration::from_secs(3);
+            match crate::guest_agent::run_when_up(&*agent, &vsock, argv, per_try, CLOCK_STEP_WAIT) {
+                Ok((_, status)) if status.shell_code() == 0 => {
+                    tracing::info!(vm = %name, "guest clock stepped after resume");
+                }
+                Ok((_, status)) => {
+                    tracing::warn!(vm = %name, ?status, "the guest refused the clock step");
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %name, error = %error_text(&e), "could not step the guest clock after resume");
                 }
             }
         });

@@ -134,12 +134,7 @@ impl Fixture {
     }
 
     fn create(&self, name: &str) -> VmRecord {
-        self.lifecycle
-            .create(&CreateVmParams {
-                name: Some(name.into()),
-                ..Default::default()
-            })
-            .unwrap()
+        create_on(&self.lifecycle, name)
     }
 
     /// Everything a failed action must leave untouched.
@@ -178,6 +173,16 @@ impl Drop for Fixture {
             }
         }
     }
+}
+
+/// A VM named `name`, created by `lifecycle` with the defaults.
+fn create_on(lifecycle: &Arc<Lifecycle>, name: &str) -> VmRecord {
+    lifecycle
+        .create(&CreateVmParams {
+            name: Some(name.into()),
+            ..Default::default()
+        })
+        .unwrap()
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -1583,12 +1588,7 @@ fn crash_matrix(host: &dyn Fn(&Fixture) -> CrashHost) {
         let (daemon, taps) = host(&fx);
         let first = daemon();
         fx.lifecycle.retire();
-        let existing = first
-            .create(&CreateVmParams {
-                name: Some("existing".into()),
-                ..Default::default()
-            })
-            .unwrap();
+        let existing = create_on(&first, "existing");
         match before {
             Before::Running => {}
             Before::Stopped => {
@@ -2506,7 +2506,7 @@ fn agent_with_addresses(fx: &Fixture) -> Arc<crate::guest_agent::RecordingAgent>
                 });
                 (text.into_bytes(), 0)
             }
-            _ if argv.get(3).map(String::as_str) == Some("banger-identity") => {
+            _ if argv.get(3).map(String::as_str) == Some(identity::SCRIPT_NAME) => {
                 let tap = vm.and_then(|vm| vm.tap).unwrap_or_default();
                 if network.state().held.contains(&tap) {
                     (Vec::new(), 0)
@@ -2532,12 +2532,7 @@ fn source_with_agent(
     let agent = agent_with_addresses(fx);
     let lifecycle = fx.new_lifecycle().with_agent(agent.clone());
     fx.lifecycle.retire();
-    let source = lifecycle
-        .create(&CreateVmParams {
-            name: Some("trunk".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    let source = create_on(&lifecycle, "trunk");
     (agent, lifecycle, source)
 }
 
@@ -2563,7 +2558,10 @@ fn a_branch_with_memory_resumes_off_the_network_until_it_has_its_own_identity() 
         launch.restore.as_deref(),
         Some(files.saved_state().as_path())
     );
-    assert!(launch.restore_link_down, "resumed with its link down");
+    assert!(
+        launch.restore_as_another_vm,
+        "restored as another VM, off the network"
+    );
     assert!(!files.saved_state().exists(), "the state was consumed");
     assert_eq!(
         std::fs::read_to_string(files.work_disk()).unwrap(),
@@ -2578,7 +2576,7 @@ fn a_branch_with_memory_resumes_off_the_network_until_it_has_its_own_identity() 
     let (vsock, argv) = agent
         .calls()
         .into_iter()
-        .find(|(_, argv)| argv.get(3).map(String::as_str) == Some("banger-identity"))
+        .find(|(_, argv)| argv.get(3).map(String::as_str) == Some(identity::SCRIPT_NAME))
         .expect("the identity script ran");
     assert_eq!(Some(vsock.as_path()), branch.vsock_path.as_deref());
     let mac = banger_host::net::guest_mac(branch.guest_ip.unwrap());
@@ -2605,7 +2603,7 @@ fn a_branch_with_memory_resumes_off_the_network_until_it_has_its_own_identity() 
 
     // A guest that refuses its identity takes the branch away again.
     agent.answer_with(Box::new(|_, argv| {
-        let refused = argv.get(3).map(String::as_str) == Some("banger-identity");
+        let refused = argv.get(3).map(String::as_str) == Some(identity::SCRIPT_NAME);
         (b"hostname: permission denied".to_vec(), i32::from(refused))
     }));
     let err = lifecycle.branch(&source.id, "twig", false).unwrap_err();
@@ -2678,10 +2676,41 @@ fn a_daemon_killed_before_a_branch_took_its_identity_finishes_it_at_restart() {
     );
     assert!(agent.calls().iter().any(|(vsock, argv)| {
         Some(vsock.as_path()) == branch.vsock_path.as_deref()
-            && argv.get(3).map(String::as_str) == Some("banger-identity")
+            && argv.get(3).map(String::as_str) == Some(identity::SCRIPT_NAME)
     }));
     assert_eq!(
         fx.store.get_vm(&branch.id).unwrap().unwrap().state,
         VmState::Running
+    );
+}
+
+#[test]
+fn a_resume_steps_the_guest_clock_through_its_agent_to_the_host_time_of_the_try() {
+    let fx = fixture();
+    let (agent, lifecycle, vm) = source_with_agent(&fx);
+    lifecycle.suspend(&vm.id).unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    lifecycle.start(&vm.id).unwrap();
+    wait_until("the clock step", || {
+        agent.calls().iter().any(|(_, argv)| argv[0] == "date")
+    });
+    let (vsock, argv) = agent
+        .calls()
+        .into_iter()
+        .find(|(_, argv)| argv[0] == "date")
+        .unwrap();
+    assert_eq!(Some(vsock.as_path()), vm.vsock_path.as_deref());
+    assert_eq!(argv[..3], ["date", "-u", "-s"]);
+    let secs: u64 = argv[3]
+        .strip_prefix('@')
+        .and_then(|t| t.split('.').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a clock argument, not {:?}", argv[3]));
+    assert!(
+        secs >= before && secs <= before + 10,
+        "{secs} against {before}"
     );
 }
