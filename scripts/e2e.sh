@@ -115,6 +115,12 @@ E
 grep -q 'overlay.ko' <<'E'
 $initrd_list
 E"
+check "the initrd has virtio_net and the vsock transport (eth0 and the agent before udev)" sh -c "grep -q 'virtio_net.ko' <<'E'
+$initrd_list
+E
+grep -q 'vmw_vsock_virtio_transport.ko' <<'E'
+$initrd_list
+E"
 check "id_ed25519 is mode 0600" test "$(stat -c %a "$bundle/id_ed25519")" = 600
 for image in ${BANGER_E2E_IMAGES:-rootfs.ext4 rootfs-docker.ext4}; do
     check "$image passes e2fsck -fn" sh -c "e2fsck -fn '$bundle/$image' >/dev/null 2>&1"
@@ -160,6 +166,19 @@ check "/root is mounted from the disk labelled banger-work" test "$(in_vm e2e-a 
 check "the guest resolves e2e-a.vm" in_vm e2e-a getent hosts e2e-a.vm
 check "the guest kernel skipped its crypto self-tests (cryptomgr.notests)" grep -q 'alg: self-tests disabled' <<<"$(in_vm e2e-a dmesg)"
 check "the ping responder is active" test "$(in_vm e2e-a systemctl is-active banger-vsock-pingd)" = active
+# The trimmed boot (scripts/runtime/build.sh, trim_boot): sshd and the agent
+# start early, eth0 is set by the initrd, and the rest still comes up.
+check "the boot finishes with no failed unit ($(in_vm e2e-a 'timeout 180 systemctl is-system-running --wait'))" \
+    test "$(in_vm e2e-a 'systemctl is-system-running')" = running
+check "sshd does not wait for network.target" sh -c "! grep -q network.target <<'E'
+$(in_vm e2e-a systemctl show -p After ssh.service)
+E"
+check "networkd manages the address the initrd set on eth0" sh -c "grep -q 'State: routable (configured)' <<'E'
+$(in_vm e2e-a networkctl status eth0)
+E"
+if in_vm e2e-a test -x /usr/bin/docker; then
+    check "dockerd answers ($(in_vm e2e-a docker info --format '{{.ServerVersion}}'))" in_vm e2e-a docker info
+fi
 # Nested virtualization: a guest whose CPU offers svm/vmx gets /dev/kvm at
 # boot (udev loads kvm_amd/kvm_intel). QEMU's TCG `-cpu max` always offers
 # svm; under Firecracker it depends on the host's nested setting.

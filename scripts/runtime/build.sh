@@ -39,7 +39,7 @@ mirror=${BANGER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${BANGER_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 suite=bookworm
 # Bump when a recipe below changes in a way that must rebuild its artifact.
-recipe=1
+recipe=4
 mkdir -p "$work"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -117,7 +117,9 @@ fi
 
 # --- initrd -------------------------------------------------------------------
 step "initrd: busybox and the virtio, block and overlay modules"
-modules_wanted="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk overlay ext4 jbd2 mbcache crc16 crc32c_generic"
+# virtio_net and the vsock transport too: loaded here, eth0 and /dev/vsock exist
+# before systemd starts, so neither the address nor the agent waits for udev.
+modules_wanted="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk overlay ext4 jbd2 mbcache crc16 crc32c_generic failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
 busybox_pkg_version=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
 initrd_inputs=("$kver" "$busybox_pkg_version" "$modules_wanted" "$recipe" "$(sha256sum "$here/init" | cut -d' ' -f1)")
 if current initrd.img "${initrd_inputs[@]}"; then
@@ -204,6 +206,67 @@ from_base() {
     [ "$status" = 0 ] || die "installing $extra on top of $image failed"
 }
 
+# trim_boot TREE: what a VM's boot does not need on its way to SSH and the
+# agent (measured under QEMU's TCG; see the bench's boot row). Nothing a
+# user's units or Docker rely on is removed.
+trim_boot() {
+    local tree=$1 unit
+    local systemd_dir=$tree/etc/systemd/system
+    # SSH starts as soon as its host key exists, beside sysinit rather than
+    # after basic.target and network.target (networkd's start): sshd listens
+    # on every address, the initrd has set eth0's and mounted /root, and
+    # nothing it serves root needs more. `sshd -t` before each start is gone
+    # too: sshd -D refuses a bad config the same way, and a reload still
+    # tests first. A unit in /etc replaces the package's whole, so it is
+    # made from the package's own, and the build stops if that changed.
+    sed -e 's|^After=network.target auditd.service$|After=auditd.service root.mount\nDefaultDependencies=no\nConflicts=shutdown.target\nBefore=shutdown.target|' \
+        -e '\|^ExecStartPre=/usr/sbin/sshd -t$|d' \
+        -e '1i # banger: Debian'"'"'s ssh.service, started early (scripts/runtime/build.sh, trim_boot)' \
+        "$tree/lib/systemd/system/ssh.service" > "$systemd_dir/ssh.service"
+    if ! grep -q '^DefaultDependencies=no' "$systemd_dir/ssh.service" \
+        || grep -q -e '^ExecStartPre=' -e 'network.target' "$systemd_dir/ssh.service"; then
+        die "Debian's ssh.service changed: update trim_boot in scripts/runtime/build.sh"
+    fi
+    # During the boot, sshd gets ten times an ordinary unit's share of the
+    # CPU, which twenty units starting at once contend for (2 vCPUs, TCG).
+    # Sessions are not in ssh.service's cgroup, and the weight ends with
+    # the boot (StartupCPUWeight).
+    mkdir -p "$systemd_dir/ssh.service.d"
+    printf '# banger: see scripts/runtime/build.sh, trim_boot\n[Service]\nStartupCPUWeight=1000\n' \
+        > "$systemd_dir/ssh.service.d/banger-boot.conf"
+    # No display: multi-user.target, not graphical.target, is the goal.
+    ln -sf /lib/systemd/system/multi-user.target "$systemd_dir/default.target"
+    # Units for hardware and setups a VM lacks (LVM snapshots, EFI, GPUs),
+    # and eager loads of loop and dm_mod, which the kernel loads when
+    # /dev/loop-control or /dev/mapper/control is first opened (the static
+    # nodes kmod-static-nodes makes). configfs and fuse stay: mounts
+    # require them.
+    for unit in e2scrub_reap.service modprobe@efi_pstore.service modprobe@drm.service \
+        modprobe@loop.service modprobe@dm_mod.service; do
+        ln -sf /dev/null "$systemd_dir/$unit"
+    done
+    # Generators for encrypted, verity, integrity, GPT-discovered and
+    # hibernated disks: banger's initrd assembles the root, and none exist.
+    mkdir -p "$tree/etc/systemd/system-generators"
+    # Each costs about 0.1 s under TCG. Also those for kernel command-line
+    # switches banger never passes (systemd.debug_shell, systemd.run) and
+    # offline system updates.
+    for unit in systemd-cryptsetup-generator systemd-integritysetup-generator \
+        systemd-veritysetup-generator systemd-gpt-auto-generator systemd-hibernate-resume-generator \
+        systemd-debug-generator systemd-run-generator systemd-system-update-generator; do
+        ln -sf /dev/null "$tree/etc/systemd/system-generators/$unit"
+    done
+    # The image is current: what ConditionNeedsUpdate runs at a first boot
+    # (sysusers, ldconfig, hwdb and catalog updates) was done when the
+    # packages installed. The stamps carry /usr's time, as
+    # systemd-update-done writes them.
+    local usr_time; usr_time=$(stat -c '%.9Y' "$tree/usr" | tr -d .)
+    for stamp in "$tree/etc/.updated" "$tree/var/.updated"; do
+        printf '# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the time this directory\n# was updated. See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC=%s\n' "$usr_time" > "$stamp"
+        touch -r "$tree/usr" "$stamp"
+    done
+}
+
 # build_image NAME EXTRA_PACKAGES: an mmdebstrap tree (or, for the Docker
 # image with --base-rootfs, the given base), customized, made into ext4
 # with mkfs.ext4 -d.
@@ -240,6 +303,7 @@ build_image() {
         ln -sf "/etc/systemd/system/$unit" "$tree/etc/systemd/system/multi-user.target.wants/$unit"
     done
     ln -sf /lib/systemd/system/systemd-networkd.service "$tree/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    trim_boot "$tree"
     # Every VM makes its own host keys at first boot.
     rm -f "$tree"/etc/ssh/ssh_host_*
     install -d -m 0700 "$tree/root/.ssh"

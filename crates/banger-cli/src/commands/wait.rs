@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use banger_proto::Vm;
 
-/// Waits until `vm`'s SSH server sends its banner, then until the guest
-/// behind this VM's own vsock device names itself `vm.name`: an SSH answer
-/// at the VM's address proves nothing alone (another guest could hold it),
-/// the vsock device belongs to this VM's VMM.
+/// Waits until the guest behind this VM's own vsock device names itself
+/// `vm.name`, then until its SSH server sends its banner: an SSH answer at
+/// the VM's address proves nothing alone (another guest could hold it),
+/// the vsock device belongs to this VM's VMM. The agent starts before sshd,
+/// so it is asked first and once; then port 22 is polled, which costs a
+/// refused connection until sshd listens.
 pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Result<()> {
     let ip = vm
         .guest_ip
@@ -22,29 +24,35 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
         timeout.as_secs()
     );
     let started = Instant::now();
+    let mut confirmed = false;
     let mut last_identity = None;
     while started.elapsed() < timeout {
-        if ssh_banner(addr) {
+        if !confirmed {
             match identity(ctx, &vm.name) {
-                Ok(hostname) if vm.name == hostname.as_str() => {
-                    eprintln!(
-                        "{} is ready (answered SSH after {:.1}s, confirmed over vsock)",
-                        vm.name,
-                        started.elapsed().as_secs_f64()
-                    );
-                    return Ok(());
-                }
+                Ok(hostname) if vm.name == hostname.as_str() => confirmed = true,
                 Ok(other) => last_identity = Some(format!("the guest over vsock is {other:?}")),
                 Err(e) => last_identity = Some(e),
             }
         }
+        if confirmed && ssh_banner(addr) {
+            eprintln!(
+                "{} is ready (answered SSH after {:.1}s, confirmed over vsock)",
+                vm.name,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
         // A refused connection answers at once, so polling often is cheap
-        // and readiness is seen within 0.2 s.
-        std::thread::sleep(Duration::from_millis(200));
+        // and readiness is seen within 0.1 s.
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let detail = last_identity
-        .map(|why| format!(" (SSH answered at {ip}, but {why})"))
-        .unwrap_or_default();
+    let detail = if confirmed {
+        format!(" (its guest answered over vsock, but nothing answered SSH at {ip})")
+    } else {
+        last_identity
+            .map(|why| format!(" ({why})"))
+            .unwrap_or_default()
+    };
     anyhow::bail!(
         "{} did not answer SSH within {}s{detail}; its console is in {}",
         vm.name,
@@ -76,7 +84,11 @@ fn identity(ctx: &super::Context, name: &str) -> Result<String, String> {
 }
 
 fn ssh_banner(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+    // The guest is on a local bridge: it answers a SYN (or refuses it) in
+    // milliseconds once up. A connect sent before its address exists waits
+    // for ARP instead, and a long timeout there held readiness back by up
+    // to 2 s per try.
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
