@@ -855,6 +855,16 @@ impl ImageBuilds {
             }
         }
         let _ = writeln!(log, "builder agent answers");
+        // The agent starts early in the boot (the trimmed boot): the build
+        // waits for the rest, so that no unit starts or mounts under it.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
+        let state =
+            banger_host::agent::run(&vsock, &["systemctl", "is-system-running", "--wait"], left)
+                .map(|(out, _)| String::from_utf8_lossy(&out).trim().to_owned())
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+        let _ = writeln!(log, "builder boot finished: {state}");
         Ok(vsock)
     }
 

@@ -68,9 +68,11 @@ target=$(findfs LABEL=banger-build)
 mkdir -p /mnt/image
 mount "$target" /mnt/image
 mount -t proc proc /mnt/image/proc
-mount --bind /sys /mnt/image/sys
-mount --bind /dev /mnt/image/dev
-mount --bind /dev/pts /mnt/image/dev/pts
+# Private binds: a mount the builder's systemd makes under /sys or /dev later
+# would otherwise propagate into the chroot and make the seal's umount busy.
+mount --bind --make-private /sys /mnt/image/sys
+mount --bind --make-private /dev /mnt/image/dev
+mount --bind --make-private /dev/pts /mnt/image/dev/pts
 mount -t tmpfs tmpfs /mnt/image/run
 # apt in the chroot resolves with the builder's resolvers; the image's own
 # resolv.conf goes back at the seal.
