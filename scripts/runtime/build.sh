@@ -116,7 +116,7 @@ else
 fi
 
 # --- initrd -------------------------------------------------------------------
-step "initrd: busybox and the virtio, block and overlay modules"
+step "initrd: busybox and the virtio, block, overlay, net and vsock modules"
 # virtio_net and the vsock transport too: loaded here, eth0 and /dev/vsock exist
 # before systemd starts, so neither the address nor the agent waits for udev.
 modules_wanted="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk overlay ext4 jbd2 mbcache crc16 crc32c_generic failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
