@@ -453,6 +453,12 @@ check "vm list --json has it" test "$("$banger" vm list --json | python3 -c 'imp
 pub_taken=$("$banger" vm set e2e-a --publish "$pub_port:22" 2>&1)
 check "the same host port for e2e-a is refused, naming e2e-b" grep -q "already published by VM e2e-b" <<<"$pub_taken"
 
+say "== 6c. a stop right after vm create --wait is graceful (SSH answers before logind is up)"
+check "vm create e2e-quick --wait" create_booted "$banger" e2e-quick "${sizes[@]}" --disk-size 1G --wait --wait-timeout "$boot_timeout"
+stopped=$("$banger" vm stop e2e-quick 2>&1)
+check "vm stop at once ends it cleanly ($stopped)" grep -q "clean shutdown" <<<"$stopped"
+check "vm delete e2e-quick" "$banger" vm delete e2e-quick
+
 say "== 7. bangerd killed with SIGKILL; the next command restarts it"
 old=$(cat "$XDG_RUNTIME_DIR/banger/bangerd.pid")
 kill -9 "$old"

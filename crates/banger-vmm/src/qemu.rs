@@ -1,7 +1,7 @@
 //! The `qemu` backend: software emulation (TCG) for hosts whose KVM cannot
 //! boot guests. The same drives, TAP and guest as Firecracker; vsock through
 //! `vhost-device-vsock`, which speaks the same `CONNECT`/`OK` protocol on the
-//! VM's vsock socket; graceful stop through QMP's `system_powerdown`.
+//! VM's vsock socket; graceful stop through QMP's `system_powerdown` and Ctrl-Alt-Del.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -579,10 +579,21 @@ impl Vmm for Qemu {
         Ok(process::launched(child))
     }
 
+    /// The ACPI power button, then Ctrl-Alt-Del too: the button needs
+    /// logind, which starts after SSH answers (the trimmed boot), so a stop
+    /// right after `vm create --wait` lost it and ended in SIGTERM after
+    /// 20 s. systemd takes Ctrl-Alt-Del from its first moment (a reboot,
+    /// which ends QEMU under -no-reboot); once a shutdown runs, it ignores it.
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
-        qmp(&banger_host::VmDir::new(vm_dir).qmp(), "system_powerdown")
+        let socket = banger_host::VmDir::new(vm_dir).qmp();
+        let mut qmp = Qmp::connect(&socket).map_err(|e| VmmError::Qmp(socket.clone(), e))?;
+        qmp.execute("system_powerdown", None)
+            .map_err(|e| VmmError::Qmp(socket.clone(), e))?;
+        let keys = ["ctrl", "alt", "delete"]
+            .map(|key| serde_json::json!({ "type": "qcode", "data": key }));
+        qmp.execute("send-key", Some(serde_json::json!({ "keys": keys })))
             .map(|_| ())
-            .map_err(|e| VmmError::Qmp(banger_host::VmDir::new(vm_dir).qmp(), e))
+            .map_err(|e| VmmError::Qmp(socket, e))
     }
 
     fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()> {
