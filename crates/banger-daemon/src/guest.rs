@@ -258,4 +258,21 @@ mod tests {
         assert_eq!(mount_unit_name("/root"), "root.mount");
         assert_eq!(mount_unit_name("/var/lib/docker"), "var-lib-docker.mount");
     }
+
+    /// The initrd sets eth0's address from this file, and mounts the
+    /// drive's mount units by their What=LABEL=, Where= and Type= lines.
+    #[test]
+    fn the_initrd_reads_the_files_this_renders() {
+        let init = include_str!("../../../scripts/runtime/init");
+        assert!(init.contains(&format!("network=/newroot{NETWORK_FILE}\n")));
+        let files = render_text(&base());
+        for key in ["What=LABEL=", "Where=", "Type=", "Address=", "Gateway="] {
+            assert!(files.contains(&format!("\n{key}")), "{key} is not rendered");
+            let name = key.trim_end_matches('=');
+            assert!(
+                init.contains(&format!("unit_value {name} ")),
+                "the initrd reads no {name}"
+            );
+        }
+    }
 }

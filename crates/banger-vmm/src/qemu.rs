@@ -586,14 +586,14 @@ impl Vmm for Qemu {
     /// which ends QEMU under -no-reboot); once a shutdown runs, it ignores it.
     fn request_shutdown(&self, vm_dir: &Path, _pid: u32) -> Result<()> {
         let socket = banger_host::VmDir::new(vm_dir).qmp();
-        let mut qmp = Qmp::connect(&socket).map_err(|e| VmmError::Qmp(socket.clone(), e))?;
-        qmp.execute("system_powerdown", None)
-            .map_err(|e| VmmError::Qmp(socket.clone(), e))?;
+        let failed = |e| VmmError::Qmp(socket.clone(), e);
+        let mut qmp = Qmp::connect(&socket).map_err(failed)?;
+        qmp.execute("system_powerdown", None).map_err(failed)?;
         let keys = ["ctrl", "alt", "delete"]
             .map(|key| serde_json::json!({ "type": "qcode", "data": key }));
         qmp.execute("send-key", Some(serde_json::json!({ "keys": keys })))
             .map(|_| ())
-            .map_err(|e| VmmError::Qmp(socket, e))
+            .map_err(failed)
     }
 
     fn set_paused(&self, vm_dir: &Path, paused: bool) -> Result<()> {
