@@ -108,10 +108,31 @@ apt_mirror() {
     in_vm "$1" "grep -rhoE '^deb +https?://[^/ ]+' /etc/apt/sources.list | head -n1 | sed -E 's|.*://||'"
 }
 
+# Inside VM $1, from the moment it answers SSH until networkd has configured
+# eth0 and 200 samples after: how often the default route was missing.
+# Prints "samples=N gaps=G settled=yes|no". Reads /proc/net/route and
+# networkd's link state with bash builtins, so a sample takes no fork.
+route_watch() {
+    in_vm "$1" 'state=/run/systemd/netif/links/$(cat /sys/class/net/eth0/ifindex)
+samples=0 gaps=0 after=0 settled=no end=$((SECONDS + 120))
+while [ $SECONDS -lt $end ] && [ $after -lt 200 ]; do
+    found=no
+    while read -r dev dst _; do [ "$dev $dst" = "eth0 00000000" ] && found=yes; done < /proc/net/route
+    samples=$((samples + 1))
+    [ $found = yes ] || gaps=$((gaps + 1))
+    if [ $settled = no ] && [ -r "$state" ]; then
+        while read -r line; do [ "$line" = ADMIN_STATE=configured ] && settled=yes; done < "$state"
+    fi
+    [ $settled = no ] || after=$((after + 1))
+done
+echo "samples=$samples gaps=$gaps settled=$settled"'
+}
+
 # The first bytes of an HTTP answer from host $2, fetched inside VM $1:
-# HTTP/1.x when the guest reaches the outside (through NAT).
+# HTTP/1.x when the guest reaches the outside (through NAT); "no address for
+# $2" when the guest's resolvers gave none.
 mirror_answer() {
-    local probe="exec 3<>/dev/tcp/$2/80 && printf 'HEAD / HTTP/1.0\\r\\nHost: $2\\r\\n\\r\\n' >&3 && head -c 8 <&3"
+    local probe="getent hosts $2 >/dev/null || { echo no address for $2; exit; }; exec 3<>/dev/tcp/$2/80 && printf 'HEAD / HTTP/1.0\\r\\nHost: $2\\r\\n\\r\\n' >&3 && head -c 8 <&3"
     in_vm "$1" "timeout 20 bash -c \"$probe\""
 }
 

@@ -158,6 +158,11 @@ check "vm create e2e-a --wait (boots to SSH)" create_booted "$banger" e2e-a "${s
 check "vm ssh works" wait_ssh e2e-a
 
 say "== 2. inside e2e-a"
+# The initrd set eth0's route; networkd takes it over seconds after SSH
+# answers and must not drop it meanwhile (a route networkd calls foreign it
+# deletes and re-adds: a guest's first connections failed).
+watched=$(route_watch e2e-a)
+check "eth0's default route stays while networkd takes it over ($watched)" grep -q ' gaps=0 settled=yes$' <<<"$watched"
 check "hostname is e2e-a" test "$(in_vm e2e-a hostname)" = e2e-a
 check "/ is an overlay over the read-only base" test "$(in_vm e2e-a findmnt -n -o FSTYPE /)" = overlay
 size=$(in_vm e2e-a df --output=size -BM /root | tail -n1 | tr -dc 0-9)

@@ -113,7 +113,7 @@ impl GuestConfig {
         ];
         if let Some(net) = &self.network {
             let mut text = format!(
-                "[Match]\nName=eth0\n\n[Network]\nAddress={}/{}\nGateway={}\n",
+                "[Match]\nName=eth0\n\n[Network]\nAddress={}/{}\nGateway={}\nKeepConfiguration=static\n",
                 net.address, net.prefix, net.gateway
             );
             for ns in &self.nameservers {
