@@ -326,6 +326,16 @@ started=$SECONDS
 check "vm suspend e2e-a" "$banger" vm suspend e2e-a
 say "      suspended in $((SECONDS - started))s; saved state $(du -sh "$state/vms/$id_suspended/suspended" 2>/dev/null | cut -f1) for $(vm_field e2e-a memory_mib) MiB of guest memory"
 check "vm show says suspended" test "$(vm_field e2e-a state)" = suspended
+if [ "$vmm" = qemu ]; then
+    # The stream holds the devices; the memory is a file of its own, its
+    # zero pages holes, which a resume copies into the memfd QEMU maps.
+    saved="$state/vms/$id_suspended/suspended"
+    ram_kib=$(( $(stat -c %s "$saved/qemu-ram" 2>/dev/null || echo 0) >> 10 ))
+    ram_used=$(du -k "$saved/qemu-ram" 2>/dev/null | cut -f1)
+    stream_used=$(du -k "$saved/qemu-state" 2>/dev/null | cut -f1)
+    check "the memory is saved beside the device stream (qemu-ram ${ram_used:-none} KiB used of ${ram_kib} KiB, qemu-state ${stream_used:-none} KiB)" \
+        test "$ram_kib" = "$(( $(vm_field e2e-a memory_mib) << 10 ))" -a "${ram_used:-0}" -gt 0 -a "${ram_used:-0}" -lt "$ram_kib" -a "${stream_used:-99999}" -lt 8192
+fi
 check "its VMM process ($pid_before) is gone" sh -c "! kill -0 $pid_before 2>/dev/null"
 refusal=$("$banger" vm stop e2e-a 2>&1); refused=$?
 say "      ${refusal%%$'\n'*}"

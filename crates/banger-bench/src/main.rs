@@ -1515,7 +1515,7 @@ fn boot_by_hand(
     let (out, err) = banger_vmm::process::log_files(&spec.log_path)?;
     let start = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(banger_vmm::qemu::Qemu::args(spec))
+        .args(banger_vmm::qemu::Qemu::args(spec, None))
         .stdout(out)
         .stderr(err)
         .spawn()?;

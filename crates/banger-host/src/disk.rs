@@ -476,93 +476,38 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Turns every all-zero 4 KiB page of `path` into a hole, so a file
-/// written whole (a guest's memory dump) takes only what is not zero.
-pub fn punch_zero_pages(path: &Path) -> std::io::Result<()> {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
-    const PAGE: usize = 4096;
-    const CHUNK: usize = 1 << 20;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    let mut buffer = vec![0u8; CHUNK];
-    let mut offset: u64 = 0;
-    let punch = |file: &std::fs::File, start: u64, len: u64| -> std::io::Result<()> {
-        let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
-            return Err(std::io::ErrorKind::InvalidInput.into());
-        };
-        // SAFETY: fallocate on a descriptor we own; the result is checked.
-        let rc = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start,
-                len,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
+const PAGE: usize = 4096;
+/// How much of a file the page scans read at a time.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// The runs of `buffer` as `(start, end, zero)` indices into it: whole
+/// 4 KiB pages of zeros, or not (a short last page is never zero).
+fn page_runs(buffer: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for (index, page) in buffer.chunks(PAGE).enumerate() {
+        let at = index * PAGE;
+        let zero = page.len() == PAGE && page.iter().all(|b| *b == 0);
+        let end = at + page.len();
+        match runs.last_mut() {
+            Some(run) if run.2 == zero => run.1 = end,
+            _ => runs.push((at, end, zero)),
         }
-    };
-    loop {
-        let mut filled = 0;
-        while filled < CHUNK {
-            match file.read(&mut buffer[filled..])? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        if filled == 0 {
-            return Ok(());
-        }
-        let mut run: Option<u64> = None;
-        for (index, page) in buffer[..filled].chunks(PAGE).enumerate() {
-            let at = offset + (index * PAGE) as u64;
-            let zero = page.len() == PAGE && page.iter().all(|b| *b == 0);
-            match (zero, run) {
-                (true, None) => run = Some(at),
-                (false, Some(start)) => {
-                    punch(&file, start, at - start)?;
-                    run = None;
-                }
-                _ => {}
-            }
-        }
-        let end = offset + filled as u64;
-        if let Some(start) = run {
-            punch(&file, start, end - start)?;
-        }
-        offset = end;
     }
+    runs
 }
 
-/// Copies a sparse file: a reflink where the filesystem shares blocks,
-/// else data extents only (`SEEK_DATA`/`SEEK_HOLE` with `copy_file_range`),
-/// so a 64 GiB disk with 4 MiB written copies 4 MiB.
-pub fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+/// `file`'s data extents (`SEEK_DATA`/`SEEK_HOLE`) within its first `len`
+/// bytes, in order: what a copy must read. Holes read as zeros.
+fn data_extents(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use std::os::fd::AsRawFd;
-    let source = std::fs::File::open(from)?;
-    let len = source.metadata()?.len();
-    let target = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)?;
-    // SAFETY: FICLONE takes the source descriptor; both descriptors are open.
-    if unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0 {
-        return Ok(()); // btrfs and XFS share the blocks: nothing to copy
-    }
-    target.set_len(len)?;
     let end =
         i64::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let src = source.as_raw_fd();
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
     let mut offset: i64 = 0;
     while offset < end {
-        // SAFETY: lseek on a descriptor we own; results are checked.
-        let data = unsafe { libc::lseek(src, offset, libc::SEEK_DATA) };
+        // SAFETY: lseek on a descriptor the caller owns; results are checked.
+        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
         if data < 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::ENXIO) {
@@ -571,12 +516,143 @@ pub fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
             return Err(err);
         }
         // SAFETY: as above.
-        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) };
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
         if hole < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        copy_extent(&source, &target, data, hole)?;
+        let hole = hole.min(end);
+        extents.push((data as u64, hole as u64));
         offset = hole;
+    }
+    Ok(extents)
+}
+
+/// Turns every all-zero 4 KiB page of `path` into a hole, so a file
+/// written whole (a guest's memory dump) takes only what is not zero.
+pub fn punch_zero_pages(path: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut buffer = vec![0u8; SCAN_CHUNK];
+    let mut offset: u64 = 0;
+    loop {
+        let mut filled = 0;
+        while filled < SCAN_CHUNK {
+            match file.read(&mut buffer[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        for (start, end, zero) in page_runs(&buffer[..filled]) {
+            if !zero {
+                continue;
+            }
+            let (Ok(start), Ok(len)) = (
+                i64::try_from(offset + start as u64),
+                i64::try_from(end - start),
+            ) else {
+                return Err(std::io::ErrorKind::InvalidInput.into());
+            };
+            // SAFETY: fallocate on a descriptor we own; the result is checked.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    start,
+                    len,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        offset += filled as u64;
+    }
+}
+
+/// Writes `source`'s pages that are not all zeros into a new file `to` of
+/// the same length, leaving holes for the rest; reads only `source`'s data
+/// extents. For a guest's memory, most of which is untouched or zero.
+/// Returns the bytes written.
+pub fn copy_nonzero_pages(source: &std::fs::File, to: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = source.metadata()?.len();
+    let target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    target.set_len(len)?;
+    let mut buffer = vec![0u8; SCAN_CHUNK];
+    let mut written = 0;
+    for (start, end) in data_extents(source, len)? {
+        let mut offset = start;
+        while offset < end {
+            let want = usize::try_from(end - offset).map_or(SCAN_CHUNK, |n| n.min(SCAN_CHUNK));
+            source.read_exact_at(&mut buffer[..want], offset)?;
+            for (run_start, run_end, zero) in page_runs(&buffer[..want]) {
+                if !zero {
+                    target.write_all_at(&buffer[run_start..run_end], offset + run_start as u64)?;
+                    written += (run_end - run_start) as u64;
+                }
+            }
+            offset += want as u64;
+        }
+    }
+    Ok(written)
+}
+
+/// A new memory-backed file (`memfd_create`, closed on exec), for a
+/// guest's memory that a VMM maps.
+pub fn memory_file(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: name is NUL-terminated; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Copies a sparse file: a reflink where the filesystem shares blocks,
+/// else data extents only (`SEEK_DATA`/`SEEK_HOLE` with `copy_file_range`),
+/// so a 64 GiB disk with 4 MiB written copies 4 MiB.
+pub fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let source = std::fs::File::open(from)?;
+    let target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    // SAFETY: FICLONE takes the source descriptor; both descriptors are open.
+    if unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0 {
+        return Ok(()); // btrfs and XFS share the blocks: nothing to copy
+    }
+    copy_data_into(&source, &target)
+}
+
+/// Copies `source`'s data extents into `target` at the same offsets, after
+/// setting `target`'s length to `source`'s: `target`'s holes stay holes
+/// (a new file, or a fresh memfd for a guest's memory).
+pub fn copy_data_into(source: &std::fs::File, target: &std::fs::File) -> std::io::Result<()> {
+    let len = source.metadata()?.len();
+    target.set_len(len)?;
+    for (start, end) in data_extents(source, len)? {
+        let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+        copy_extent(
+            source,
+            target,
+            i64::try_from(start).map_err(invalid)?,
+            i64::try_from(end).map_err(invalid)?,
+        )?;
     }
     Ok(())
 }
@@ -603,12 +679,48 @@ fn copy_extent(
             let err = std::io::Error::last_os_error();
             return match err.raw_os_error() {
                 Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
-                    copy_extent_buffered(source, target, from_offset, end)
+                    copy_extent_sendfile(source, target, from_offset, end)
                 }
                 _ => Err(err),
             };
         }
         if copied == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+    }
+    Ok(())
+}
+
+/// `sendfile` copies in the kernel where `copy_file_range` will not (from
+/// ext4 into a memfd: 0.12 s for 327 MiB here, against 0.16 s through a
+/// buffer); it writes at `target`'s position, so that is set first.
+fn copy_extent_sendfile(
+    source: &std::fs::File,
+    target: &std::fs::File,
+    start: i64,
+    end: i64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (src, dst) = (source.as_raw_fd(), target.as_raw_fd());
+    // SAFETY: lseek on a descriptor the caller owns; the result is checked.
+    if unsafe { libc::lseek(dst, start, libc::SEEK_SET) } < 0 {
+        return copy_extent_buffered(source, target, start, end);
+    }
+    let mut offset = start;
+    while offset < end {
+        let chunk = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        // SAFETY: both descriptors are open; the kernel updates offset.
+        let sent = unsafe { libc::sendfile(dst, src, &mut offset, chunk) };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENOSYS | libc::EINVAL) => {
+                    copy_extent_buffered(source, target, offset, end)
+                }
+                _ => Err(err),
+            };
+        }
+        if sent == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
     }
@@ -1216,6 +1328,52 @@ mod tests {
         let meta = copied.metadata().unwrap();
         assert_eq!(meta.len(), 8 << 30);
         assert!(meta.blocks() * 512 < 1 << 20, "holes stay holes");
+    }
+
+    /// A guest's memory: a memfd with untouched holes, touched zero pages
+    /// and two written pages; only the two pages are written out.
+    #[test]
+    fn copy_nonzero_pages_writes_only_pages_with_data() {
+        use std::os::unix::fs::FileExt;
+        let memory = memory_file("test-guest-ram").unwrap();
+        memory.set_len(64 << 20).unwrap();
+        memory.write_all_at(b"start", 0).unwrap();
+        memory.write_all_at(&vec![0u8; 1 << 20], 16 << 20).unwrap();
+        memory.write_all_at(b"middle", (32 << 20) + 100).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let to = tmp.path().join("ram");
+        let written = copy_nonzero_pages(&memory, &to).unwrap();
+        assert_eq!(written, 2 * 4096);
+        let copied = std::fs::File::open(&to).unwrap();
+        let mut buf = [0u8; 6];
+        copied.read_exact_at(&mut buf, (32 << 20) + 100).unwrap();
+        assert_eq!(&buf, b"middle");
+        copied.read_exact_at(&mut buf[..5], 0).unwrap();
+        assert_eq!(&buf[..5], b"start");
+        let meta = copied.metadata().unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 <= 64 << 10, "zero pages stay holes");
+    }
+
+    /// The way back: a sparse file's data into a fresh memfd, whose holes
+    /// stay unallocated.
+    #[test]
+    fn copy_data_into_fills_a_memory_file() {
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("ram");
+        let file = std::fs::File::create(&from).unwrap();
+        file.set_len(256 << 20).unwrap();
+        file.write_all_at(b"middle", 128 << 20).unwrap();
+        drop(file);
+        let memory = memory_file("test-guest-ram").unwrap();
+        copy_data_into(&std::fs::File::open(&from).unwrap(), &memory).unwrap();
+        let mut buf = [0u8; 6];
+        memory.read_exact_at(&mut buf, 128 << 20).unwrap();
+        assert_eq!(&buf, b"middle");
+        let meta = memory.metadata().unwrap();
+        assert_eq!(meta.len(), 256 << 20);
+        assert!(meta.blocks() * 512 < 4 << 20, "holes stay holes");
     }
 
     /// State and cache on different filesystems: `copy_file_range` says

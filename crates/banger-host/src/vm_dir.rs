@@ -114,6 +114,44 @@ impl VmDir {
     pub fn saved_state_partial(&self) -> PathBuf {
         self.path.join("suspended.partial")
     }
+
+    /// States [`discard_state`] took out of use whose deletion was cut
+    /// short (a daemon killed meanwhile): nothing reads them.
+    pub fn discarded_states(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_name().to_string_lossy().contains(DISCARDED))
+            .map(|entry| entry.path())
+            .collect()
+    }
+}
+
+/// What [`discard_state`] adds to a state's name.
+const DISCARDED: &str = ".discarded-";
+
+/// Takes the saved state at `state` out of use at once and deletes it in
+/// the background: a rename to `<state>.discarded-<nanos>` (a name of its
+/// own, so it never lands on one still being deleted), where deleting a
+/// guest's memory file took 0.16 s of a 0.4 s resume. Falls back to
+/// deleting it here when the rename fails.
+pub fn discard_state(state: &Path) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("{DISCARDED}{nanos}"));
+    let discarded = state.with_file_name(name);
+    if std::fs::rename(state, &discarded).is_err() {
+        return std::fs::remove_dir_all(state);
+    }
+    std::thread::spawn(move || {
+        if let Err(e) = std::fs::remove_dir_all(&discarded) {
+            tracing::warn!(path = %discarded.display(), error = %e, "could not delete a discarded state");
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -155,7 +155,8 @@ impl Firecracker {
             std::fs::remove_file(&marker).or_else(ignore_missing)
         };
         marked.map_err(|e| VmmError::StateWrite(state.into(), e))?;
-        std::fs::remove_dir_all(state).map_err(|e| VmmError::StateWrite(state.into(), e))?;
+        banger_host::vm_dir::discard_state(state)
+            .map_err(|e| VmmError::StateWrite(state.into(), e))?;
         session
             .call("PATCH", "/vm", Some(&json!({ "state": "Resumed" })))
             .map_err(api_error("resuming the guest"))?;

@@ -66,6 +66,10 @@ pub enum VmmError {
     StateMissing(PathBuf, &'static str),
     #[error("writing the saved state into {0}")]
     StateWrite(PathBuf, #[source] std::io::Error),
+    #[error("reading the saved state from {0}")]
+    StateRead(PathBuf, #[source] std::io::Error),
+    #[error("finding the guest's memory among the descriptors of QEMU (PID {0})")]
+    GuestMemory(u32, #[source] std::io::Error),
     #[error("{binary} exited ({status}) while restoring the saved state; see {log}{tail}", tail = process::tail_suffix(.tail))]
     RestoreExit {
         binary: String,

@@ -3,16 +3,19 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use banger_proto::Vm;
 
 /// Waits until the guest behind this VM's own vsock device names itself
-/// `vm.name`, then until its SSH server sends its banner: an SSH answer at
-/// the VM's address proves nothing alone (another guest could hold it),
-/// the vsock device belongs to this VM's VMM. The agent starts before sshd,
-/// so it is asked first and once; then port 22 is polled, which costs a
-/// refused connection until sshd listens.
+/// `vm.name`, and its SSH server has sent its banner: an SSH answer at the
+/// VM's address proves nothing alone (another guest could hold it), the
+/// vsock device belongs to this VM's VMM. The two are asked side by side:
+/// after a resume each takes a guest under TCG some tenths of a second
+/// (sshd forks and re-executes itself, the agent's device is plugged back),
+/// and asked one after the other they added up. Port 22 is polled, which
+/// costs a refused connection until sshd listens.
 pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Result<()> {
     let ip = vm
         .guest_ip
@@ -24,27 +27,47 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
         timeout.as_secs()
     );
     let started = Instant::now();
-    let mut confirmed = false;
-    let mut last_identity = None;
-    while started.elapsed() < timeout {
-        if !confirmed {
-            match identity(ctx, &vm.name) {
-                Ok(hostname) if vm.name == hostname.as_str() => confirmed = true,
-                Ok(other) => last_identity = Some(format!("the guest over vsock is {other:?}")),
-                Err(e) => last_identity = Some(e),
+    let banner_seen = AtomicBool::new(false);
+    let stop_polling = AtomicBool::new(false);
+    let (confirmed, last_identity) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed) {
+                if ssh_banner(addr) {
+                    banner_seen.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // A refused connection answers at once, so polling often
+                // is cheap and readiness is seen within 0.1 s.
+                std::thread::sleep(Duration::from_millis(100));
             }
+        });
+        let mut confirmed = false;
+        let mut last_identity = None;
+        while started.elapsed() < timeout {
+            if !confirmed {
+                match identity(ctx, &vm.name) {
+                    Ok(hostname) if vm.name == hostname.as_str() => confirmed = true,
+                    Ok(other) => {
+                        last_identity = Some(format!("the guest over vsock is {other:?}"));
+                    }
+                    Err(e) => last_identity = Some(e),
+                }
+            }
+            if confirmed && banner_seen.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(if confirmed { 10 } else { 100 }));
         }
-        if confirmed && ssh_banner(addr) {
-            eprintln!(
-                "{} is ready (answered SSH after {:.1}s, confirmed over vsock)",
-                vm.name,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(());
-        }
-        // A refused connection answers at once, so polling often is cheap
-        // and readiness is seen within 0.1 s.
-        std::thread::sleep(Duration::from_millis(100));
+        stop_polling.store(true, Ordering::Relaxed);
+        (confirmed, last_identity)
+    });
+    if confirmed && banner_seen.load(Ordering::Relaxed) {
+        eprintln!(
+            "{} is ready (answered SSH after {:.1}s, confirmed over vsock)",
+            vm.name,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
     }
     let detail = if confirmed {
         format!(" (its guest answered over vsock, but nothing answered SSH at {ip})")

@@ -39,6 +39,9 @@ impl Lifecycle {
         let files = banger_host::VmDir::new(self.vm_dir(&record.id));
         // Half-written states and snapshots are never used: the writer died.
         let _ = std::fs::remove_dir_all(files.saved_state_partial());
+        for discarded in files.discarded_states() {
+            let _ = std::fs::remove_dir_all(discarded);
+        }
         snapshot::remove_partial_snapshots(&files);
         let pid_file = files.vmm_pid();
         // The stored PID, or, when a daemon died between starting the VMM
