@@ -669,26 +669,17 @@ fn copy_extent(
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (src, dst) = (source.as_raw_fd(), target.as_raw_fd());
-    let (mut from_offset, mut to_offset) = (start, start);
-    while from_offset < end {
-        let chunk = usize::try_from(end - from_offset).unwrap_or(usize::MAX);
-        // SAFETY: both descriptors are open; the offsets are ours and updated by the kernel.
-        let copied =
-            unsafe { libc::copy_file_range(src, &mut from_offset, dst, &mut to_offset, chunk, 0) };
-        if copied < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
-                    copy_extent_sendfile(source, target, from_offset, end)
-                }
-                _ => Err(err),
-            };
-        }
-        if copied == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-        }
-    }
-    Ok(())
+    in_kernel(
+        start,
+        end,
+        |from, chunk| {
+            let mut to = *from; // the same offsets on both sides
+            // SAFETY: both descriptors are open; the offsets are ours and updated by the kernel.
+            unsafe { libc::copy_file_range(src, from, dst, &mut to, chunk, 0) }
+        },
+        &[libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL],
+        |from| copy_extent_sendfile(source, target, from, end),
+    )
 }
 
 /// `sendfile` copies in the kernel where `copy_file_range` will not (from
@@ -706,21 +697,37 @@ fn copy_extent_sendfile(
     if unsafe { libc::lseek(dst, start, libc::SEEK_SET) } < 0 {
         return copy_extent_buffered(source, target, start, end);
     }
+    in_kernel(
+        start,
+        end,
+        // SAFETY: both descriptors are open; the kernel updates the offset.
+        |from, chunk| unsafe { libc::sendfile(dst, src, from, chunk) },
+        &[libc::ENOSYS, libc::EINVAL],
+        |from| copy_extent_buffered(source, target, from, end),
+    )
+}
+
+/// Runs `copy(offset, chunk)`, a kernel copy that advances `offset`, until
+/// `end`; on an error in `unsupported` goes on with `fallback(offset)`.
+fn in_kernel(
+    start: i64,
+    end: i64,
+    mut copy: impl FnMut(&mut i64, usize) -> isize,
+    unsupported: &[i32],
+    fallback: impl FnOnce(i64) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut offset = start;
     while offset < end {
         let chunk = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        // SAFETY: both descriptors are open; the kernel updates offset.
-        let sent = unsafe { libc::sendfile(dst, src, &mut offset, chunk) };
-        if sent < 0 {
+        let copied = copy(&mut offset, chunk);
+        if copied < 0 {
             let err = std::io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::ENOSYS | libc::EINVAL) => {
-                    copy_extent_buffered(source, target, offset, end)
-                }
+                Some(code) if unsupported.contains(&code) => fallback(offset),
                 _ => Err(err),
             };
         }
-        if sent == 0 {
+        if copied == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
     }
