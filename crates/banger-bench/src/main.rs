@@ -803,7 +803,7 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(&shared).into_iter().flatten().flatten() {
         std::fs::copy(entry.path(), cache.join(entry.file_name()))?;
     }
-    let mut config = format!("{QEMU_CONFIG}[image_sources]\n");
+    let mut config = format!("{}[image_sources]\n", qemu_config());
     for (key, dir) in [
         ("tmux_resurrect", "tmux-resurrect-4.0.0"),
         ("tmux_continuum", "tmux-continuum-3.1.0"),
@@ -832,7 +832,6 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
     world.write_config(&config)?;
     std::fs::write(home.join("packages.apt"), "tree\n")?;
-    let made_bridge = !bridge_exists("banger0")?;
     let timed = |args: &[&str]| -> anyhow::Result<Duration> {
         let started = Instant::now();
         let out = world
@@ -864,9 +863,7 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         Ok((build, boot))
     })();
     let _ = world.command(&["daemon", "stop"]).output();
-    if made_bridge {
-        remove_bridge("banger0");
-    }
+    remove_bridge(&bench_bridge());
     let (build, boot) = measured?;
     rows.push(Row::timed(
         WHAT,
@@ -1287,17 +1284,28 @@ fn agent_figures(world: &World, bundle: &Path, ip: &str) -> anyhow::Result<Vec<R
 
 /// One guest on QEMU made by `vm create --wait` with the checkout's
 /// bundle, in a private banger world; `delete` removes it, its daemon,
-/// and the `banger0` bridge if that daemon made it.
+/// and the bench's bridge.
 struct QemuGuest {
     world: World,
     bundle: PathBuf,
     vm: serde_json::Value,
     name: String,
-    made_bridge: bool,
+}
+
+/// The bridge of this run's bench worlds, its own: the default `banger0`
+/// belongs to the user's daemon when they have VMs, and a bench daemon
+/// was refused it (its pool moves off the user's by itself).
+fn bench_bridge() -> String {
+    format!("bgbench{}", std::process::id())
 }
 
 /// The config of a bench world whose guests run on QEMU.
-const QEMU_CONFIG: &str = "vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\n";
+fn qemu_config() -> String {
+    format!(
+        "vmm = \"qemu\"\ndns_listen = \"127.0.0.1:0\"\nbridge = \"{}\"\n",
+        bench_bridge()
+    )
+}
 
 impl QemuGuest {
     /// The checkout's bundle, or why no guest can boot here.
@@ -1324,9 +1332,7 @@ impl QemuGuest {
             Err(why) => return Ok(Err(why)),
         };
         let world = World::new(banger.to_path_buf())?;
-        world.write_config(QEMU_CONFIG)?;
-        // The bench's daemon makes banger0 unless it exists; then it removes it.
-        let made_bridge = !bridge_exists("banger0")?;
+        world.write_config(&qemu_config())?;
         let created = world
             .command(&["vm", "create", "--name", name, "--wait", "--json"])
             .env("BANGER_RUNTIME_DIR", &bundle)
@@ -1343,28 +1349,15 @@ impl QemuGuest {
             bundle,
             vm,
             name: name.to_owned(),
-            made_bridge,
         }))
     }
 
     fn delete(self) -> anyhow::Result<()> {
         self.world.run(&["vm", "delete", &self.name])?;
-        let made_bridge = self.made_bridge;
         drop(self.world);
-        if made_bridge {
-            remove_bridge("banger0");
-        }
+        remove_bridge(&bench_bridge());
         Ok(())
     }
-}
-
-fn bridge_exists(name: &str) -> anyhow::Result<bool> {
-    Ok(Command::new("ip")
-        .args(["link", "show", "dev", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success())
 }
 
 /// Removes a bridge the bench's daemon made, and the guest-to-guest rule
@@ -1486,7 +1479,7 @@ fn boot_by_hand_with_tap(
     // So does its vsock helper: banger's stop cleans the VM directory.
     let run = |args: &[&str]| Command::new("ip").args(args).status();
     run(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
-    run(&["link", "set", "dev", tap, "master", "banger0"])?;
+    run(&["link", "set", "dev", tap, "master", &bench_bridge()])?;
     run(&["link", "set", "dev", tap, "up"])?;
     let _ = std::fs::remove_file(banger_host::VmDir::new(&spec.vm_dir).vhost_vsock());
     let mut vsock = Command::new(helper)
