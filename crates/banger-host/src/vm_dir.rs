@@ -183,4 +183,32 @@ mod tests {
         assert_eq!(unique.len(), files.len());
         assert!(files.iter().all(|f| f.parent() == Some(dir.path())));
     }
+
+    /// The state is out of use at once; its deletion finishes behind,
+    /// and what a cut-short deletion leaves is listed for the sweep.
+    #[test]
+    fn a_discarded_state_is_gone_at_once_and_deleted_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(tmp.path());
+        std::fs::create_dir(dir.saved_state()).unwrap();
+        std::fs::write(dir.saved_state().join("qemu-ram"), b"memory").unwrap();
+        discard_state(&dir.saved_state()).unwrap();
+        assert!(!dir.saved_state().exists());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dir.discarded_states().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(dir.discarded_states(), Vec::<PathBuf>::new());
+
+        // A daemon killed before the deletion ran leaves one; a later
+        // discard gets a name of its own beside it.
+        let left = tmp.path().join("suspended.discarded-1");
+        std::fs::create_dir(&left).unwrap();
+        std::fs::create_dir(dir.saved_state()).unwrap();
+        std::fs::create_dir(dir.snapshots()).unwrap();
+        assert_eq!(dir.discarded_states(), vec![left.clone()]);
+        discard_state(&dir.saved_state()).unwrap();
+        assert!(!dir.saved_state().exists());
+        assert!(left.is_dir(), "the earlier one is the sweep's, untouched");
+    }
 }

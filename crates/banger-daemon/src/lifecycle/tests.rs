@@ -683,6 +683,23 @@ fn an_interrupted_create_leaves_no_vmm_tap_or_file() {
     assert!(!taps.contains(half.tap.as_ref().unwrap()), "{taps:?}");
 }
 
+/// A daemon killed while a restored state was being deleted behind the
+/// resume leaves it renamed aside; the next daemon deletes it.
+#[test]
+fn the_next_daemon_deletes_a_restored_state_left_aside() {
+    let fx = fixture();
+    let vm = fx.create("resumed");
+    let files = banger_host::VmDir::new(fx.paths.vm_dir(&vm.id));
+    let left = files.path().join("suspended.discarded-1");
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join("qemu-ram"), b"memory").unwrap();
+    fx.lifecycle.retire();
+    fx.new_lifecycle().reconcile().unwrap();
+    assert!(!left.exists());
+    assert!(files.overlay().exists(), "the VM's own files stay");
+    assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Running);
+}
+
 #[test]
 fn an_interrupted_start_is_adopted_from_its_pid_file() {
     let fx = fixture();
@@ -1396,6 +1413,11 @@ fn assert_consistent(fx: &Fixture, taps: &[String], step: &str) {
         assert!(
             !files.saved_state_partial().exists(),
             "{step}: {} keeps half a saved state",
+            vm.name
+        );
+        assert!(
+            files.discarded_states().is_empty(),
+            "{step}: {} keeps a restored state",
             vm.name
         );
         if vm.state != VmState::Suspended {
