@@ -32,7 +32,9 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
     let (confirmed, last_identity) = std::thread::scope(|scope| {
         scope.spawn(|| {
             while started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed) {
-                if ssh_banner(addr) {
+                let waiting =
+                    || started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed);
+                if ssh_banner(addr, waiting) {
                     banner_seen.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -106,7 +108,12 @@ fn identity(ctx: &super::Context, name: &str) -> Result<String, String> {
     }
 }
 
-fn ssh_banner(addr: SocketAddr) -> bool {
+/// Whether the server at `addr` greets as SSH. A connection it accepts is
+/// kept, and read for as long as `keep_waiting` says, rather than dropped
+/// after a few seconds and made again: each connection costs the guest an
+/// sshd fork and re-exec, and on a one-vCPU guest still booting, a new one
+/// every few seconds can keep sshd slower than the interval.
+fn ssh_banner(addr: SocketAddr, keep_waiting: impl Fn() -> bool) -> bool {
     // The guest is on a local bridge: it answers a SYN (or refuses it) in
     // milliseconds once up. A connect sent before its address exists waits
     // for ARP instead, and a long timeout there held readiness back by up
@@ -114,9 +121,29 @@ fn ssh_banner(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut banner = [0u8; 4];
-    stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
+    let mut filled = 0;
+    while filled < banner.len() {
+        match stream.read(&mut banner[filled..]) {
+            Ok(0) => return false,
+            Ok(n) => filled += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if !keep_waiting() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    &banner == b"SSH-"
 }
 
 #[cfg(test)]
@@ -132,7 +159,7 @@ mod tests {
             let (mut stream, _) = listener.accept().unwrap();
             stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
         });
-        assert!(ssh_banner(addr));
+        assert!(ssh_banner(addr, || true));
         server.join().unwrap();
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = silent.local_addr().unwrap();
@@ -140,7 +167,25 @@ mod tests {
             let (mut stream, _) = silent.accept().unwrap();
             stream.write_all(b"HTTP/1.1").unwrap();
         });
-        assert!(!ssh_banner(addr));
+        assert!(!ssh_banner(addr, || true));
         server.join().unwrap();
+        // A server that accepts and says nothing yet is waited for, on
+        // the same connection, until the caller stops waiting.
+        let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = slow.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = slow.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            stream.write_all(b"SSH-2.0-late\r\n").unwrap();
+            slow.set_nonblocking(true).unwrap();
+            slow.accept().is_err() // no second connection was made
+        });
+        assert!(ssh_banner(addr, || true));
+        assert!(server.join().unwrap(), "one connection, kept");
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = mute.local_addr().unwrap();
+        let started = Instant::now();
+        assert!(!ssh_banner(addr, || started.elapsed() < Duration::from_millis(300)));
+        drop(mute);
     }
 }
