@@ -109,7 +109,7 @@ impl Firecracker {
 
 impl Firecracker {
     /// Loads a saved state into a fresh Firecracker (which takes the
-    /// drives, TAP and vsock socket from it), removes the state, stale
+    /// drives, TAP and vsock socket from it), discards the state, stale
     /// from the guest's first instruction on, then lets the guest run.
     fn restore(session: &mut api::Session, spec: &LaunchSpec, state: &Path) -> Result<()> {
         for file in [SNAPSHOT_FILE, MEMORY_FILE] {

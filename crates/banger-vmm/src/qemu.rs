@@ -180,9 +180,9 @@ impl Qemu {
         args
     }
 
-    /// Waits for QEMU to load the saved state, removes it (stale from the
-    /// guest's first instruction on), lets the guest run and plugs the
-    /// vsock device back in.
+    /// Waits for QEMU to load the saved state, discards it (stale from the
+    /// guest's first instruction on: renamed aside, deleted behind), lets
+    /// the guest run and plugs the vsock device back in.
     fn finish_restore(
         &self,
         child: &mut std::process::Child,

@@ -29,12 +29,11 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
     let started = Instant::now();
     let banner_seen = AtomicBool::new(false);
     let stop_polling = AtomicBool::new(false);
+    let keep_polling = || started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed);
     let (confirmed, last_identity) = std::thread::scope(|scope| {
         scope.spawn(|| {
-            while started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed) {
-                let waiting =
-                    || started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed);
-                if ssh_banner(addr, waiting) {
+            while keep_polling() {
+                if ssh_banner(addr, keep_polling) {
                     banner_seen.store(true, Ordering::Relaxed);
                     return;
                 }

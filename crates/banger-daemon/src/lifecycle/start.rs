@@ -35,7 +35,7 @@ impl Lifecycle {
             }
             Err(err) => {
                 record.last_error = Some(error_text(&err));
-                // The backend removes the state only once the guest can
+                // The backend takes the state away only once the guest can
                 // run: while it is there, the VM is still suspended.
                 let state = banger_host::VmDir::new(self.vm_dir(&record.id)).saved_state();
                 if resuming && state.is_dir() {

@@ -3,8 +3,9 @@
 //! restores it, and the guest goes on where it was.
 //!
 //! The state is written under a temporary name and renamed when complete,
-//! and removed (by the backend) before the resumed guest runs: a saved
-//! state that exists is always whole and always matches the disks.
+//! and taken away by the backend (renamed aside, deleted behind) before the
+//! resumed guest runs: a saved state that exists is always whole and
+//! always matches the disks.
 
 use super::files::{commit_dir, copy_disks, dir_bytes};
 use super::*;
