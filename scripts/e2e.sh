@@ -60,11 +60,29 @@ export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
 
 diagnose() {
     say "---- diagnostics"
-    for log in "$state"/vms/*/firecracker.log; do
+    # Every world's VMs: the suite's, the neighbour's and the full disk's.
+    for log in "$state"/vms/*/firecracker.log "$world"/neighbour/.local/state/banger/vms/*/firecracker.log \
+        "$world"/full/state/banger/vms/*/firecracker.log; do
         [ -e "$log" ] || continue
         say "== console of $(basename "$(dirname "$log")") (last 40 lines)"
         tail -n 40 "$log"
+        # Whether its processes were running, stuck or spinning: state and
+        # CPU seconds of the VMM and its vsock helper.
+        for pidfile in "$(dirname "$log")"/vmm.pid "$(dirname "$log")"/vhost-vsock.pid; do
+            pid=$(awk '{print $1; exit}' "$pidfile" 2>/dev/null)
+            [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || continue
+            say "   $(basename "$pidfile" .pid) pid $pid: $(awk '{printf "state %s, %.1f s user, %.1f s system", $3, $14/100, $15/100}' "/proc/$pid/stat")"
+        done
     done
+    # The full-disk world's own disk: what filled it, if it is full.
+    if mountpoint -q "$world/full/state" 2>/dev/null; then
+        say "== $world/full/state: $(df -h --output=used,avail "$world/full/state" | tail -n1); largest files:"
+        du -a "$world/full/state" 2>/dev/null | sort -n | tail -n 8
+        say "== its bangerd.log (last 20 lines)"
+        tail -n 20 "$world/full/state/banger/bangerd.log" 2>/dev/null
+    fi
+    say "== host load: $(cat /proc/loadavg); top processes by CPU:"
+    ps -eo pid,pcpu,etimes,comm --sort=-pcpu | head -n 8
     say "== bangerd.log (last 30 lines)"
     tail -n 30 "$state/bangerd.log" 2>/dev/null
 }

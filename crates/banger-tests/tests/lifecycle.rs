@@ -237,6 +237,41 @@ fn a_batch_reports_each_vm_and_fails_if_any_failed() {
 }
 
 #[test]
+fn wait_gives_up_at_once_on_a_guest_its_vmm_paused() {
+    let world = World::new();
+    world.write_fake_image();
+    let daemon = world.start_fake_daemon();
+    // The VMM holds the guest on a failed disk write from its first
+    // seconds: nothing will answer, and --wait says why within the
+    // daemon's next look (every 5 s), not at its 120 s deadline.
+    daemon.vmm.pause_on_io_error(true);
+    let started = std::time::Instant::now();
+    let out = world.banger(&[
+        "vm",
+        "create",
+        "--name",
+        "stuck",
+        "--wait",
+        "--wait-timeout",
+        "120",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("stuck stopped booting after")
+            && said.contains("it is paused (the VMM paused the guest after a disk write failed")
+            && said.contains("its console is in"),
+        "{said}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "gave up after {took:?}"
+    );
+    daemon.stop(&world);
+}
+
+#[test]
 fn generated_names_and_create_errors() {
     let world = World::new();
     world.write_fake_image();

@@ -30,7 +30,7 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
     let banner_seen = AtomicBool::new(false);
     let stop_polling = AtomicBool::new(false);
     let keep_polling = || started.elapsed() < timeout && !stop_polling.load(Ordering::Relaxed);
-    let (confirmed, last_identity) = std::thread::scope(|scope| {
+    let (confirmed, last_identity, not_running) = std::thread::scope(|scope| {
         scope.spawn(|| {
             while keep_polling() {
                 if ssh_banner(addr, keep_polling) {
@@ -44,6 +44,7 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
         });
         let mut confirmed = false;
         let mut last_identity = None;
+        let mut not_running = None;
         while started.elapsed() < timeout {
             if !confirmed {
                 match identity(ctx, &vm.name) {
@@ -51,7 +52,16 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
                     Ok(other) => {
                         last_identity = Some(format!("the guest over vsock is {other:?}"));
                     }
-                    Err(e) => last_identity = Some(e),
+                    Err(e) => {
+                        last_identity = Some(e);
+                        // A guest that stopped, or that its VMM paused on
+                        // a failed disk write, will not answer: say so now
+                        // rather than at the deadline.
+                        not_running = stopped_running(ctx, &vm.name);
+                        if not_running.is_some() {
+                            break;
+                        }
+                    }
                 }
             }
             if confirmed && banner_seen.load(Ordering::Relaxed) {
@@ -60,7 +70,7 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
             std::thread::sleep(Duration::from_millis(if confirmed { 10 } else { 100 }));
         }
         stop_polling.store(true, Ordering::Relaxed);
-        (confirmed, last_identity)
+        (confirmed, last_identity, not_running)
     });
     if confirmed && banner_seen.load(Ordering::Relaxed) {
         eprintln!(
@@ -69,6 +79,14 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
             started.elapsed().as_secs_f64()
         );
         return Ok(());
+    }
+    if let Some(why) = not_running {
+        anyhow::bail!(
+            "{} stopped booting after {:.1}s: {why}; its console is in {}",
+            vm.name,
+            started.elapsed().as_secs_f64(),
+            vm.vmm_log_path.display()
+        );
     }
     let detail = if confirmed {
         format!(" (its guest answered over vsock, but nothing answered SSH at {ip})")
@@ -83,6 +101,29 @@ pub fn until_ssh(vm: &Vm, timeout: Duration, ctx: &super::Context) -> anyhow::Re
         timeout.as_secs(),
         vm.vmm_log_path.display()
     )
+}
+
+/// Why the VM can no longer come up, if it left the states a booting VM
+/// passes through: stopped, failed, or paused by its VMM (`last_error`
+/// says why, e.g. a full host disk).
+fn stopped_running(ctx: &super::Context, name: &str) -> Option<String> {
+    use banger_proto::{VmRef, VmState, api::method};
+    let vm = ctx
+        .client()
+        .and_then(|mut client| {
+            Ok(client.call::<method::VmShow>(VmRef {
+                vm: name.to_owned(),
+            })?)
+        })
+        .ok()?;
+    if matches!(vm.state, VmState::Running | VmState::Starting) {
+        return None;
+    }
+    let reason = vm.last_error.as_deref().or(vm.exit_reason.as_deref());
+    Some(match reason {
+        Some(reason) => format!("it is {} ({reason})", vm.state),
+        None => format!("it is {}", vm.state),
+    })
 }
 
 /// The hostname the guest behind the VM's vsock reports.
