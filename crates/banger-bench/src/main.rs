@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("suspend") {
         suspend_rows(&banger, &mut rows)?;
+        reflink_branch_rows(&banger, &mut rows)?;
     }
     print_table(&rows);
     Ok(())
@@ -878,7 +879,8 @@ fn image_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 /// tenth), the suspend's time against a graceful stop and its saved
 /// state against the guest's RAM, and a branch's time (without memory and
 /// with) after 1 GiB more on the source's disks against one of the fresh
-/// VM (goal: flat).
+/// VM (goal: flat; met only where copies are reflinks, see
+/// [`reflink_branch_rows`]).
 fn suspend_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     const NAME: &str = "bench-suspend";
     let started = Instant::now();
@@ -1078,7 +1080,20 @@ fn suspend_figures(guest: &QemuGuest, name: &str) -> anyhow::Result<Vec<Row>> {
             ratio: format!("{:.2}x", size as f64 / (memory_mib << 20) as f64),
         },
     ];
-    // The branch of the VM as created, then after 1 GiB more in /root.
+    rows.extend(branch_rows(guest, name, "")?);
+    Ok(rows)
+}
+
+/// A branch's time, without memory and with, of the VM as created and
+/// then after 1 GiB more in /root: flat where copies are reflinks.
+/// `on` names the filesystem in the rows.
+fn branch_rows(guest: &QemuGuest, name: &str, on: &str) -> anyhow::Result<Vec<Row>> {
+    let world = &guest.world;
+    let timed = |args: &[&str]| -> anyhow::Result<Duration> {
+        let mut command = world.command(args);
+        command.env("BANGER_RUNTIME_DIR", &guest.bundle);
+        time_command(command)
+    };
     let fresh = timed(&["vm", "branch", name, "bench-branch-a", "--no-memory"])?;
     world.run(&["vm", "delete", "bench-branch-a"])?;
     let fresh_memory = timed(&["vm", "branch", name, "bench-branch-c"])?;
@@ -1096,19 +1111,109 @@ fn suspend_figures(guest: &QemuGuest, name: &str) -> anyhow::Result<Vec<Row>> {
     world.run(&["vm", "delete", "bench-branch-b"])?;
     let grown_memory = timed(&["vm", "branch", name, "bench-branch-d"])?;
     world.run(&["vm", "delete", "bench-branch-d"])?;
-    rows.push(Row::timed(
-        "vm branch --no-memory after 1 GiB more on the source's disks",
-        grown,
-        "vm branch --no-memory of the fresh VM",
-        fresh,
-    ));
-    rows.push(Row::timed(
-        "vm branch with memory (resumed, own identity) after 1 GiB more on the source's disks",
-        grown_memory,
-        "vm branch with memory of the fresh VM",
-        fresh_memory,
-    ));
-    Ok(rows)
+    Ok(vec![
+        Row::timed(
+            format!("vm branch --no-memory after 1 GiB more on the source's disks{on}"),
+            grown,
+            "vm branch --no-memory of the fresh VM",
+            fresh,
+        ),
+        Row::timed(
+            format!(
+                "vm branch with memory (resumed, own identity) after 1 GiB more on the source's disks{on}"
+            ),
+            grown_memory,
+            "vm branch with memory of the fresh VM",
+            fresh_memory,
+        ),
+    ])
+}
+
+/// The branch rows again with the daemon's state on XFS, whose copies are
+/// reflinks (FICLONE): ext4, this host's filesystem, has none, so there a
+/// branch copies every allocated block.
+fn reflink_branch_rows(banger: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    const WHAT: &str = "vm branch on XFS (reflink copies)";
+    let fs = match ReflinkFs::create()? {
+        Ok(fs) => fs,
+        Err(why) => {
+            rows.push(skipped(WHAT, &why));
+            return Ok(());
+        }
+    };
+    let guest = match QemuGuest::create_in(banger, "bench-reflink", Some(&fs.mount))? {
+        Ok(guest) => guest,
+        Err(why) => {
+            rows.push(skipped(WHAT, why));
+            return Ok(());
+        }
+    };
+    let measured = branch_rows(&guest, "bench-reflink", ", state on XFS (reflink)");
+    guest.delete()?;
+    drop(fs);
+    rows.extend(measured?);
+    Ok(())
+}
+
+/// A fresh XFS filesystem on a loop device (a sparse 40 GiB image in a
+/// temporary directory), unmounted and removed when dropped.
+struct ReflinkFs {
+    mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ReflinkFs {
+    /// `Err(why)` when this host cannot make one, for the skipped row.
+    fn create() -> anyhow::Result<Result<Self, String>> {
+        if which("mkfs.xfs").is_err() {
+            return Ok(Err("mkfs.xfs missing (apt-get install xfsprogs)".into()));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("banger-bench-xfs-")
+            .tempdir()?;
+        let image = dir.path().join("xfs.img");
+        std::fs::File::create(&image)?.set_len(40 << 30)?;
+        // Each step's failure is a reason to skip, in its own words.
+        let failed = |command: &mut Command, what: &str| -> anyhow::Result<Option<String>> {
+            let out = command.output()?;
+            Ok((!out.status.success()).then(|| {
+                format!(
+                    "{what} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            }))
+        };
+        let mut mkfs = Command::new("mkfs.xfs");
+        mkfs.args(["-q", "-m", "reflink=1"]).arg(&image);
+        if let Some(why) = failed(&mut mkfs, "mkfs.xfs")? {
+            return Ok(Err(why));
+        }
+        let mount = dir.path().join("state");
+        std::fs::create_dir(&mount)?;
+        let mut loop_mount = Command::new("mount");
+        loop_mount.args(["-o", "loop"]).arg(&image).arg(&mount);
+        if let Some(why) = failed(
+            &mut loop_mount,
+            "mount -o loop of an XFS image (root and loop devices needed)",
+        )? {
+            return Ok(Err(why));
+        }
+        Ok(Ok(Self { mount, _dir: dir }))
+    }
+}
+
+impl Drop for ReflinkFs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy still (a process of the world ending): detach it, so the
+            // image's directory can go.
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+    }
 }
 
 /// Bytes the files in `dir` take on disk.
@@ -1327,11 +1432,21 @@ impl QemuGuest {
 
     /// `Err(why)` when this host cannot boot one, for the skipped row.
     fn create(banger: &Path, name: &str) -> anyhow::Result<Result<Self, &'static str>> {
+        Self::create_in(banger, name, None)
+    }
+
+    /// [`QemuGuest::create`], with the daemon's state under `state_home`.
+    fn create_in(
+        banger: &Path,
+        name: &str,
+        state_home: Option<&Path>,
+    ) -> anyhow::Result<Result<Self, &'static str>> {
         let bundle = match Self::bundle(banger) {
             Ok(bundle) => bundle,
             Err(why) => return Ok(Err(why)),
         };
-        let world = World::new(banger.to_path_buf())?;
+        let mut world = World::new(banger.to_path_buf())?;
+        world.state_home = state_home.map(Path::to_path_buf);
         world.write_config(&qemu_config())?;
         let created = world
             .command(&["vm", "create", "--name", name, "--wait", "--json"])
@@ -1716,13 +1831,19 @@ fn print_table(rows: &[Row]) {
 struct World {
     banger: PathBuf,
     tmp: tempfile::TempDir,
+    /// Where the daemon keeps its state, when not under `tmp`.
+    state_home: Option<PathBuf>,
 }
 
 impl World {
     fn new(banger: PathBuf) -> anyhow::Result<Self> {
         let tmp = tempfile::Builder::new().prefix("banger-bench-").tempdir()?;
         std::fs::create_dir_all(tmp.path().join("run"))?;
-        Ok(Self { banger, tmp })
+        Ok(Self {
+            banger,
+            tmp,
+            state_home: None,
+        })
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -1733,6 +1854,9 @@ impl World {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tmp.path())
             .env("XDG_RUNTIME_DIR", self.tmp.path().join("run"));
+        if let Some(state_home) = &self.state_home {
+            command.env("XDG_STATE_HOME", state_home);
+        }
         command
     }
 
