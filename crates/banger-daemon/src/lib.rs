@@ -327,7 +327,7 @@ pub async fn run(
     );
     serve_dns(&daemon, dns_socket, dns)?;
     spawn_signal_handler(daemon.clone())?;
-    tokio::spawn(watch_io_errors(
+    tokio::spawn(watch_running_vms(
         lifecycle.clone(),
         daemon.shutdown_receiver(),
     ));
@@ -424,20 +424,25 @@ fn settle_pool(mut config: Config, network: &dyn HostNetwork) -> (Config, Option
     }
 }
 
-/// How often running guests are checked for a pause on an I/O error.
-const IO_ERROR_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often running guests are checked for a pause on an I/O error, and
+/// their console logs for their size.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn watch_io_errors(
+async fn watch_running_vms(
     lifecycle: Arc<lifecycle::Lifecycle>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(IO_ERROR_POLL) => {}
+            _ = tokio::time::sleep(WATCH_POLL) => {}
             _ = shutdown.changed() => return,
         }
         let lifecycle = lifecycle.clone();
-        let _ = tokio::task::spawn_blocking(move || lifecycle.watch_io_errors()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            lifecycle.watch_io_errors();
+            lifecycle.trim_console_logs(banger_host::vm_dir::ConsoleCap::DEFAULT);
+        })
+        .await;
     }
 }
 

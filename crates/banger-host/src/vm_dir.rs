@@ -53,6 +53,12 @@ impl VmDir {
         self.path.join("firecracker.log")
     }
 
+    /// What [`trim_console_log`] kept of a console log that grew past its
+    /// cap: its first and its latest part.
+    pub fn console_log_trimmed(&self) -> PathBuf {
+        self.path.join("firecracker.log.trimmed")
+    }
+
     /// The guest's SSH host key, as `vm ssh` first saw it.
     pub fn known_hosts(&self) -> PathBuf {
         self.path.join("known_hosts")
@@ -154,9 +160,141 @@ pub fn discard_state(state: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How far a console log may grow before [`trim_console_log`] cuts it,
+/// and how much of its start and its end is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleCap {
+    pub max_bytes: u64,
+    pub keep_bytes: u64,
+}
+
+impl ConsoleCap {
+    /// A guest printing in a loop filled a host disk through its console
+    /// (or a VM's own small state disk); 64 MiB is far past any boot's
+    /// output (about 40 KiB), and the start and the latest megabyte are
+    /// what a reader of a runaway console needs.
+    pub const DEFAULT: Self = Self {
+        max_bytes: 64 << 20,
+        keep_bytes: 1 << 20,
+    };
+}
+
+/// Keeps the console log at `log` under `cap`: past it, its first and
+/// latest `keep_bytes` go to `trimmed` (the first part of an earlier trim
+/// kept as it was, so a boot's start survives any number of trims), and
+/// the log, which the VMM writes in append mode, is emptied in place and
+/// says where the rest went. Returns the bytes dropped, if it cut. Output
+/// the VMM writes between the copy and the cut is lost: at most what a
+/// guest prints in that instant.
+pub fn trim_console_log(
+    log: &Path,
+    trimmed: &Path,
+    cap: ConsoleCap,
+) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(log)?;
+    let len = file.metadata()?.len();
+    if len <= cap.max_bytes {
+        return Ok(None);
+    }
+    let keep = cap.keep_bytes.min(len / 2);
+    let mut head = Vec::new();
+    // The first part kept by an earlier trim is the boot's start.
+    let head_from_log = match std::fs::File::open(trimmed) {
+        Ok(earlier) => {
+            earlier.take(keep).read_to_end(&mut head)?;
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (&mut file).take(keep).read_to_end(&mut head)?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(len - keep))?;
+    (&mut file).take(keep).read_to_end(&mut tail)?;
+    let dropped = len - tail.len() as u64 - if head_from_log { head.len() as u64 } else { 0 };
+    let mut partial = trimmed.as_os_str().to_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    {
+        let mut out = std::fs::File::create(&partial)?;
+        out.write_all(&head)?;
+        writeln!(
+            out,
+            "\n[banger: console output cut here; the log passed {} MiB]",
+            cap.max_bytes >> 20
+        )?;
+        out.write_all(&tail)?;
+    }
+    std::fs::rename(&partial, trimmed)?;
+    file.set_len(0)?;
+    let mut appender = std::fs::OpenOptions::new().append(true).open(log)?;
+    writeln!(
+        appender,
+        "[banger: the console log passed {} MiB; its start and its latest part are in {}]",
+        cap.max_bytes >> 20,
+        trimmed.file_name().unwrap_or_default().to_string_lossy()
+    )?;
+    Ok(Some(dropped))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_log_past_its_cap_keeps_its_start_and_its_latest_part() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(tmp.path());
+        let (log, trimmed) = (dir.console_log(), dir.console_log_trimmed());
+        let cap = ConsoleCap {
+            max_bytes: 1000,
+            keep_bytes: 100,
+        };
+        std::fs::write(&log, "boot\n".repeat(100)).unwrap();
+        assert_eq!(
+            trim_console_log(&log, &trimmed, cap).unwrap(),
+            None,
+            "under the cap"
+        );
+        assert!(!trimmed.exists());
+        // A runaway guest, printing through an append-mode descriptor
+        // as the VMM's is.
+        let mut vmm = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        use std::io::Write;
+        vmm.write_all(&b"x".repeat(2000)).unwrap();
+        vmm.write_all(b"LATEST").unwrap();
+        let dropped = trim_console_log(&log, &trimmed, cap).unwrap().unwrap();
+        assert_eq!(dropped, 2506 - 200);
+        let kept = std::fs::read_to_string(&trimmed).unwrap();
+        assert!(kept.starts_with("boot\nboot\n"), "{kept}");
+        assert!(kept.contains("[banger: console output cut here"), "{kept}");
+        assert!(kept.ends_with("LATEST"), "{kept}");
+        let now = std::fs::read_to_string(&log).unwrap();
+        assert!(now.contains("firecracker.log.trimmed"), "{now}");
+        // The VMM goes on appending after the cut, at the new end.
+        vmm.write_all(b"after\n").unwrap();
+        let now = std::fs::read_to_string(&log).unwrap();
+        assert!(now.ends_with("]\nafter\n"), "{now:?}");
+        // A second trim keeps the boot's start from the first.
+        vmm.write_all(&b"y".repeat(2000)).unwrap();
+        let before = std::fs::metadata(&log).unwrap().len();
+        let dropped = trim_console_log(&log, &trimmed, cap).unwrap().unwrap();
+        assert_eq!(
+            dropped,
+            before - 100,
+            "only the latest part kept from the log"
+        );
+        let kept = std::fs::read_to_string(&trimmed).unwrap();
+        assert!(kept.starts_with("boot\nboot\n"), "{kept}");
+        assert!(kept.ends_with(&"y".repeat(100)), "{kept}");
+        assert!(std::fs::metadata(&log).unwrap().len() < 200);
+    }
 
     #[test]
     fn every_file_is_inside_the_directory_and_distinct() {
@@ -167,6 +305,7 @@ mod tests {
             dir.config_drive(),
             dir.vsock(),
             dir.console_log(),
+            dir.console_log_trimmed(),
             dir.known_hosts(),
             dir.vmm_pid(),
             dir.firecracker_api(),

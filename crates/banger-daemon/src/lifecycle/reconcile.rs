@@ -1,5 +1,6 @@
 //! Daemon start: adopting, stopping or removing each VM as the host finds
-//! it; and the watch for guests paused on an I/O error.
+//! it; the watch for guests paused on an I/O error; and the console logs'
+//! cap.
 
 use super::*;
 use delete::deleting_dir;
@@ -241,6 +242,38 @@ impl Lifecycle {
                 };
                 self.transition(&mut record, next)
             });
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Keeps each console log of a VM whose VMM runs under `cap`
+    /// ([`banger_host::vm_dir::trim_console_log`]): a guest printing in a
+    /// loop would otherwise fill the disk that holds the VM's state, and
+    /// QEMU then pauses the guest on its next disk write.
+    pub fn trim_console_logs(&self, cap: banger_host::vm_dir::ConsoleCap) {
+        let Ok(vms) = self.store.list_vms() else {
+            return;
+        };
+        for vm in vms.iter().filter(|vm| vm.pid.is_some()) {
+            let dir = banger_host::VmDir::new(self.vm_dir(&vm.id));
+            match banger_host::vm_dir::trim_console_log(
+                &dir.console_log(),
+                &dir.console_log_trimmed(),
+                cap,
+            ) {
+                Ok(Some(dropped)) => tracing::warn!(
+                    vm = %vm.name,
+                    dropped,
+                    kept = %dir.console_log_trimmed().display(),
+                    "console log passed its cap; its middle was dropped"
+                ),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(vm = %vm.name, error = %e, "could not trim the console log")
+                }
+            }
         }
     }
 }

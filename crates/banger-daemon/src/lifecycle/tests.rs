@@ -827,6 +827,35 @@ fn a_guest_paused_on_an_io_error_shows_paused_with_the_reason() {
 }
 
 #[test]
+fn a_running_guests_console_log_is_kept_under_its_cap() {
+    let fx = fixture();
+    let loud = fx.create("loud");
+    let quiet = fx.create("quiet");
+    fx.lifecycle.stop(&quiet.id, false).unwrap();
+    let cap = banger_host::vm_dir::ConsoleCap {
+        max_bytes: 4096,
+        keep_bytes: 512,
+    };
+    let loud_dir = banger_host::VmDir::new(fx.paths.vm_dir(&loud.id));
+    let quiet_dir = banger_host::VmDir::new(fx.paths.vm_dir(&quiet.id));
+    for dir in [&loud_dir, &quiet_dir] {
+        std::fs::write(dir.console_log(), "x".repeat(10_000)).unwrap();
+    }
+    fx.lifecycle.trim_console_logs(cap);
+    assert!(std::fs::metadata(loud_dir.console_log()).unwrap().len() < 512);
+    assert!(loud_dir.console_log_trimmed().exists());
+    // A stopped VM's log no longer grows; it is left as it is.
+    assert_eq!(
+        std::fs::metadata(quiet_dir.console_log()).unwrap().len(),
+        10_000
+    );
+    assert!(!quiet_dir.console_log_trimmed().exists());
+    // Its delete takes the kept part with the directory.
+    fx.lifecycle.delete(&loud.id).unwrap();
+    assert!(!loud_dir.path().exists());
+}
+
+#[test]
 fn twenty_vms_in_parallel_without_error_or_leak() {
     let fx = fixture();
     let names: Vec<String> = (0..20).map(|i| format!("par-{i}")).collect();
