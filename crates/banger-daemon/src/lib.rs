@@ -439,8 +439,7 @@ async fn watch_running_vms(
         }
         let lifecycle = lifecycle.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            lifecycle.watch_io_errors();
-            lifecycle.trim_console_logs(banger_host::vm_dir::ConsoleCap::DEFAULT);
+            lifecycle.watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT)
         })
         .await;
     }

@@ -192,32 +192,35 @@ pub fn trim_console_log(
     cap: ConsoleCap,
 ) -> std::io::Result<Option<u64>> {
     use std::io::{Read, Seek, SeekFrom, Write};
+    // Called for every running VM every few seconds: a log under its cap
+    // costs one stat, and is opened only to be cut.
+    let len = std::fs::metadata(log)?.len();
+    if len <= cap.max_bytes {
+        return Ok(None);
+    }
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(log)?;
-    let len = file.metadata()?.len();
-    if len <= cap.max_bytes {
-        return Ok(None);
-    }
     let keep = cap.keep_bytes.min(len / 2);
     let mut head = Vec::new();
-    // The first part kept by an earlier trim is the boot's start.
-    let head_from_log = match std::fs::File::open(trimmed) {
+    // The first part kept by an earlier trim is the boot's start; only
+    // without one is the head this log's own, and so not dropped.
+    let head_kept_from_log = match std::fs::File::open(trimmed) {
         Ok(earlier) => {
             earlier.take(keep).read_to_end(&mut head)?;
-            false
+            0
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             (&mut file).take(keep).read_to_end(&mut head)?;
-            true
+            head.len() as u64
         }
         Err(e) => return Err(e),
     };
     let mut tail = Vec::new();
     file.seek(SeekFrom::Start(len - keep))?;
     (&mut file).take(keep).read_to_end(&mut tail)?;
-    let dropped = len - tail.len() as u64 - if head_from_log { head.len() as u64 } else { 0 };
+    let dropped = len - tail.len() as u64 - head_kept_from_log;
     let mut partial = trimmed.as_os_str().to_os_string();
     partial.push(".partial");
     let partial = PathBuf::from(partial);

@@ -198,81 +198,80 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Marks running VMs whose VMM holds the guest on an I/O error as
-    /// paused, saying why, and paused ones that run again as running. The
-    /// daemon calls it every few seconds.
-    pub fn watch_io_errors(&self) {
+    /// The daemon's look at its VMs every few seconds, over one listing:
+    /// a guest its VMM paused on a disk error, or that runs again, and
+    /// each console log's cap.
+    pub fn watch_running_vms(&self, console_cap: banger_host::vm_dir::ConsoleCap) {
         let Ok(vms) = self.store.list_vms() else {
             return;
         };
-        for vm in vms
-            .iter()
-            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Paused))
-        {
-            let dir = self.vm_dir(&vm.id);
-            let Some(paused) = self
-                .backend(vm.vmm)
-                .ok()
-                .and_then(|b| b.io_error_pause(&dir))
-            else {
-                continue;
-            };
-            let _ = self.locks.with(&vm.id, || -> Result<()> {
-                let mut record = self.record(&vm.id)?;
-                let next = match (record.state, paused) {
-                    (VmState::Running, true) => {
-                        let free = banger_host::disk::free_bytes(&dir)
-                            .map_or_else(|_| "an unknown amount".to_owned(), format_size);
-                        record.last_error = Some(format!(
-                            "the VMM paused the guest after a disk write failed: the host filesystem holding {} has {free} free; free space there, then `banger vm restart {}`",
-                            dir.display(),
-                            record.name
-                        ));
-                        tracing::error!(vm = %record.name, free = %free, "guest paused on an I/O error");
-                        VmState::Paused
-                    }
-                    // Only a pause the watcher saw come from a disk error
-                    // (it left the reason): a `vm pause` stays paused.
-                    (VmState::Paused, false) if record.last_error.is_some() => {
-                        record.last_error = None;
-                        tracing::info!(vm = %record.name, "guest runs again");
-                        VmState::Running
-                    }
-                    _ => return Ok(()),
-                };
-                self.transition(&mut record, next)
-            });
+        for vm in &vms {
+            if matches!(vm.state, VmState::Running | VmState::Paused) {
+                self.follow_io_error_pause(vm);
+            }
+            // Whatever the state, a VMM that runs may still write.
+            if vm.pid.is_some() {
+                self.trim_console_log(vm, console_cap);
+            }
         }
     }
-}
 
-impl Lifecycle {
-    /// Keeps each console log of a VM whose VMM runs under `cap`
+    /// Marks a running VM whose VMM holds the guest on an I/O error as
+    /// paused, saying why, and a VM so paused that runs again as running.
+    fn follow_io_error_pause(&self, vm: &VmRecord) {
+        let dir = self.vm_dir(&vm.id);
+        let Some(paused) = self
+            .backend(vm.vmm)
+            .ok()
+            .and_then(|b| b.io_error_pause(&dir))
+        else {
+            return;
+        };
+        let _ = self.locks.with(&vm.id, || -> Result<()> {
+            let mut record = self.record(&vm.id)?;
+            let next = match (record.state, paused) {
+                (VmState::Running, true) => {
+                    let free = banger_host::disk::free_bytes(&dir)
+                        .map_or_else(|_| "an unknown amount".to_owned(), format_size);
+                    record.last_error = Some(format!(
+                        "the VMM paused the guest after a disk write failed: the host filesystem holding {} has {free} free; free space there, then `banger vm restart {}`",
+                        dir.display(),
+                        record.name
+                    ));
+                    tracing::error!(vm = %record.name, free = %free, "guest paused on an I/O error");
+                    VmState::Paused
+                }
+                // Only a pause the watcher saw come from a disk error
+                // (it left the reason): a `vm pause` stays paused.
+                (VmState::Paused, false) if record.last_error.is_some() => {
+                    record.last_error = None;
+                    tracing::info!(vm = %record.name, "guest runs again");
+                    VmState::Running
+                }
+                _ => return Ok(()),
+            };
+            self.transition(&mut record, next)
+        });
+    }
+
+    /// Keeps the VM's console log under `cap`
     /// ([`banger_host::vm_dir::trim_console_log`]): a guest printing in a
     /// loop would otherwise fill the disk that holds the VM's state, and
     /// QEMU then pauses the guest on its next disk write.
-    pub fn trim_console_logs(&self, cap: banger_host::vm_dir::ConsoleCap) {
-        let Ok(vms) = self.store.list_vms() else {
-            return;
-        };
-        for vm in vms.iter().filter(|vm| vm.pid.is_some()) {
-            let dir = banger_host::VmDir::new(self.vm_dir(&vm.id));
-            match banger_host::vm_dir::trim_console_log(
-                &dir.console_log(),
-                &dir.console_log_trimmed(),
-                cap,
-            ) {
-                Ok(Some(dropped)) => tracing::warn!(
-                    vm = %vm.name,
-                    dropped,
-                    kept = %dir.console_log_trimmed().display(),
-                    "console log passed its cap; its middle was dropped"
-                ),
-                Ok(None) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(vm = %vm.name, error = %e, "could not trim the console log")
-                }
+    fn trim_console_log(&self, vm: &VmRecord, cap: banger_host::vm_dir::ConsoleCap) {
+        let dir = banger_host::VmDir::new(self.vm_dir(&vm.id));
+        let trimmed = dir.console_log_trimmed();
+        match banger_host::vm_dir::trim_console_log(&dir.console_log(), &trimmed, cap) {
+            Ok(Some(dropped)) => tracing::warn!(
+                vm = %vm.name,
+                dropped,
+                kept = %trimmed.display(),
+                "console log passed its cap; its middle was dropped"
+            ),
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %e, "could not trim the console log")
             }
         }
     }

@@ -797,13 +797,15 @@ fn no_room_for_disks_refuses_create_and_growth_with_the_figures() {
 fn a_guest_paused_on_an_io_error_shows_paused_with_the_reason() {
     let fx = fixture();
     let vm = fx.create("writer");
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     assert_eq!(
         fx.store.get_vm(&vm.id).unwrap().unwrap().state,
         VmState::Running
     );
     fx.vmm.pause_on_io_error(true);
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     let paused = fx.store.get_vm(&vm.id).unwrap().unwrap();
     assert_eq!(paused.state, VmState::Paused);
     let why = paused.last_error.unwrap();
@@ -815,12 +817,14 @@ fn a_guest_paused_on_an_io_error_shows_paused_with_the_reason() {
         "{why}"
     );
     fx.vmm.pause_on_io_error(false);
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     let again = fx.store.get_vm(&vm.id).unwrap().unwrap();
     assert_eq!((again.state, again.last_error), (VmState::Running, None));
     // A paused VM still stops (and its VMM ends).
     fx.vmm.pause_on_io_error(true);
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     let stopped = fx.lifecycle.stop(&vm.id, false).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     assert!(!procfs::is_running(vm.pid.unwrap(), None));
@@ -841,7 +845,7 @@ fn a_running_guests_console_log_is_kept_under_its_cap() {
     for dir in [&loud_dir, &quiet_dir] {
         std::fs::write(dir.console_log(), "x".repeat(10_000)).unwrap();
     }
-    fx.lifecycle.trim_console_logs(cap);
+    fx.lifecycle.watch_running_vms(cap);
     assert!(std::fs::metadata(loud_dir.console_log()).unwrap().len() < 512);
     assert!(loud_dir.console_log_trimmed().exists());
     // A stopped VM's log no longer grows; it is left as it is.
@@ -850,9 +854,6 @@ fn a_running_guests_console_log_is_kept_under_its_cap() {
         10_000
     );
     assert!(!quiet_dir.console_log_trimmed().exists());
-    // Its delete takes the kept part with the directory.
-    fx.lifecycle.delete(&loud.id).unwrap();
-    assert!(!loud_dir.path().exists());
 }
 
 #[test]
@@ -2107,7 +2108,8 @@ fn pause_freezes_in_place_and_the_io_watcher_leaves_it_paused() {
     let paused = fx.lifecycle.pause(&vm.id).unwrap();
     assert_eq!(paused.state, VmState::Paused);
     assert_eq!(paused.pid, vm.pid, "the VMM process stays");
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Paused);
     // Twice is once.
     fx.lifecycle.pause(&vm.id).unwrap();
@@ -2143,7 +2145,8 @@ fn pause_freezes_in_place_and_the_io_watcher_leaves_it_paused() {
     // which would retry the write on a full disk.
     fx.lifecycle.start(&vm.id).unwrap();
     fx.vmm.pause_on_io_error(true);
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     assert_eq!(fx.lifecycle.record(&vm.id).unwrap().state, VmState::Paused);
     let before = fx.vmm.pauses().len();
     fx.lifecycle.stop(&vm.id, false).unwrap();
@@ -2300,7 +2303,8 @@ fn a_failed_save_leaves_the_vm_running_with_no_state_on_disk() {
     assert_eq!(fx.vmm.pauses().last(), Some(&(dir, false)));
     fx.lifecycle.start(&vm.id).unwrap();
     fx.vmm.pause_on_io_error(true);
-    fx.lifecycle.watch_io_errors();
+    fx.lifecycle
+        .watch_running_vms(banger_host::vm_dir::ConsoleCap::DEFAULT);
     let err = fx.lifecycle.suspend(&vm.id).unwrap_err();
     assert!(matches!(err, LifecycleError::PausedOnError { .. }), "{err}");
 }
